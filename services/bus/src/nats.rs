@@ -1,0 +1,238 @@
+//! The JetStream bus: stream [`crate::STREAM`] on `selfheal.>`, durable pull consumers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, pull},
+    message::PublishMessage,
+    stream,
+};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use crate::{
+    Acker, Bus, BusError, ConsumerSpec, Delivery, DeliveryStream, Headers, Outgoing, PublishAck,
+    STREAM, STREAM_SUBJECTS,
+};
+
+/// How to reach NATS and how to shape the stream.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// `nats://host:port`.
+    pub url: String,
+    /// Name this connection shows in the server's monitoring.
+    pub connection_name: String,
+    /// How long the stream remembers message ids for deduplication.
+    pub duplicate_window: Duration,
+    /// How long a publish may wait for JetStream's acknowledgement before it fails.
+    pub publish_timeout: Duration,
+}
+
+impl NatsOptions {
+    /// Options with selfheal's defaults: 2 min duplicate window, 5 s publish timeout.
+    pub fn new(url: impl Into<String>, connection_name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connection_name: connection_name.into(),
+            duplicate_window: Duration::from_secs(120),
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The bus on NATS JetStream.
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    options: NatsOptions,
+}
+
+impl NatsBus {
+    /// Connects and makes sure the stream exists. Keeps reconnecting in the background after
+    /// that; a publish while disconnected fails after `publish_timeout`.
+    pub async fn connect(options: NatsOptions) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(&options.connection_name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(options.url.as_str())
+            .await
+            .map_err(|e| BusError::Connect(format!("{}: {e}", options.url)))?;
+        let js = jetstream::new(client.clone());
+        let bus = Self {
+            client,
+            js,
+            options,
+        };
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    /// The underlying client, for what the trait does not cover (key-value buckets, tests).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![STREAM_SUBJECTS.into()],
+                duplicate_window: self.options.duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Connect(format!("stream {STREAM}: {e}")))
+    }
+}
+
+fn to_nats_headers(msg_id: &str, headers: &Headers) -> async_nats::HeaderMap {
+    let mut map = async_nats::HeaderMap::new();
+    for (key, value) in headers.iter() {
+        map.insert(key, value);
+    }
+    if !msg_id.is_empty() {
+        map.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    }
+    map
+}
+
+fn from_nats_headers(map: Option<&async_nats::HeaderMap>) -> Headers {
+    let mut headers = Headers::new();
+    if let Some(map) = map {
+        for (key, values) in map.iter() {
+            if let Some(value) = values.first() {
+                headers.insert(key.to_string(), value.as_str());
+            }
+        }
+    }
+    headers
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, message: Outgoing) -> Result<PublishAck, BusError> {
+        let subject = message.subject.clone();
+        let publish = PublishMessage::build()
+            .payload(message.payload)
+            .headers(to_nats_headers(&message.msg_id, &message.headers));
+        let timeout = self.options.publish_timeout;
+        let stored = async {
+            let ack_future = self
+                .js
+                .send_publish(message.subject, publish)
+                .await
+                .map_err(|e| BusError::Publish {
+                    subject: subject.clone(),
+                    reason: e.to_string(),
+                })?;
+            ack_future.await.map_err(|e| BusError::Publish {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let ack =
+            tokio::time::timeout(timeout, stored)
+                .await
+                .map_err(|_| BusError::Timeout {
+                    subject: subject.clone(),
+                    timeout,
+                })??;
+        Ok(PublishAck {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    async fn subscribe(&self, spec: ConsumerSpec) -> Result<DeliveryStream, BusError> {
+        let consumer_error = |e: &dyn std::fmt::Display| BusError::Consumer {
+            durable: spec.durable.clone(),
+            reason: e.to_string(),
+        };
+        let stream = self.ensure_stream().await?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &spec.durable,
+                pull::Config {
+                    durable_name: Some(spec.durable.clone()),
+                    filter_subjects: spec.filter_subjects.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: spec.ack_wait,
+                    max_deliver: spec.max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| consumer_error(&e))?;
+        let messages = consumer.messages().await.map_err(|e| consumer_error(&e))?;
+        let durable = spec.durable.clone();
+        let deliveries = messages.map(move |next| {
+            let message = next.map_err(|e| BusError::Consumer {
+                durable: durable.clone(),
+                reason: e.to_string(),
+            })?;
+            let (sequence, delivered) = match message.info() {
+                Ok(info) => (
+                    info.stream_sequence,
+                    u64::try_from(info.delivered).unwrap_or(1),
+                ),
+                Err(e) => {
+                    return Err(BusError::Consumer {
+                        durable: durable.clone(),
+                        reason: format!("delivery without JetStream metadata: {e}"),
+                    });
+                }
+            };
+            let (message, acker) = message.split();
+            let headers = from_nats_headers(message.headers.as_ref());
+            Ok(Delivery::new(
+                message.subject.to_string(),
+                headers,
+                message.payload,
+                sequence,
+                delivered,
+                Box::new(NatsAcker(acker)),
+            ))
+        });
+        Ok(Box::pin(deliveries))
+    }
+
+    async fn ready(&self) -> Result<(), BusError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(BusError::NotReady(format!("NATS connection is {other:?}"))),
+        }
+    }
+}
+
+struct NatsAcker(jetstream::message::Acker);
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        // Double ack: wait for the server to confirm, so "acked" means the server knows.
+        self.0
+            .double_ack()
+            .await
+            .map_err(|e| BusError::Ack(e.to_string()))
+    }
+    async fn nak(&self, delay: Duration) -> Result<(), BusError> {
+        self.0
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| BusError::Ack(e.to_string()))
+    }
+    async fn term(&self) -> Result<(), BusError> {
+        self.0
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| BusError::Ack(e.to_string()))
+    }
+}

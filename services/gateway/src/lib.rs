@@ -1,0 +1,349 @@
+//! The gateway: selfheal's front door.
+//!
+//! `POST /v1/alerts/alertmanager` takes Alertmanager's webhook (v4), checks the bearer token,
+//! validates every alert, and publishes each to `selfheal.alerts.<status>.<service>` with the
+//! message id `alert.<status>.<incident key>`. It answers 200 only once JetStream has stored
+//! every alert of the body (a retried or HA-duplicated body is stored once), and 503 when it
+//! could not, so Alertmanager retries.
+//!
+//! Each alert starts its own trace (one incident, one trace); its context rides in the message
+//! headers to the services downstream.
+
+pub mod config;
+pub mod error;
+pub mod incident;
+pub mod webhook;
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use prost::Message as _;
+use selfheal_bus::{Headers, Outgoing, SharedBus, subjects};
+use selfheal_config::Secret;
+use selfheal_proto::v1::AlertEvent;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use config::GatewayConfig;
+pub use error::RequestError;
+
+/// What the request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    bus: SharedBus,
+    tokens: Arc<Vec<Secret>>,
+    limits: webhook::Limits,
+    identity: incident::Identity,
+    max_body_bytes: usize,
+}
+
+impl AppState {
+    /// State for `config`; fails when no token is configured.
+    pub fn new(
+        config: &GatewayConfig,
+        bus: SharedBus,
+    ) -> Result<Self, selfheal_config::ConfigError> {
+        Ok(Self {
+            bus,
+            tokens: Arc::new(config.tokens()?),
+            limits: webhook::Limits {
+                max_alerts: config.max_alerts,
+                max_labels: config.max_labels,
+                max_label_value_len: config.max_label_value_len,
+            },
+            identity: incident::Identity::with_extra_labels(&config.identity_labels),
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+}
+
+/// The gateway's routes, health endpoints included.
+pub fn app(state: AppState) -> Router {
+    let metrics = selfheal_telemetry::metrics::install();
+    let ready = selfheal_telemetry::health::bus_ready(state.bus.clone());
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route("/v1/alerts/alertmanager", post(alertmanager))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+        .merge(selfheal_telemetry::health::router(ready, metrics))
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn run(
+    config: GatewayConfig,
+    bus: SharedBus,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState::new(&config, bus)?;
+    tracing::info!(listen = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The answer to an accepted body.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// Alerts in the body.
+    pub alerts: usize,
+    /// Alerts stored now.
+    pub stored: usize,
+    /// Alerts the stream already held (a retry or the other half of an HA pair).
+    pub duplicates: usize,
+    pub incidents: Vec<IncidentRef>,
+}
+
+/// One alert of an accepted body.
+#[derive(Debug, Serialize)]
+pub struct IncidentRef {
+    pub key: String,
+    pub status: String,
+    pub service: String,
+    pub duplicate: bool,
+    /// The trace this alert started (empty when tracing is off).
+    pub trace_id: String,
+}
+
+fn authorize(tokens: &[Secret], headers: &HeaderMap) -> Result<(), RequestError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().as_bytes())
+        .ok_or(RequestError::Unauthorized)?;
+    // Compare against every token, with no early exit, so timing says nothing about which matched.
+    let matched = tokens
+        .iter()
+        .fold(false, |any, token| any | token.matches(presented));
+    if matched {
+        Ok(())
+    } else {
+        Err(RequestError::Unauthorized)
+    }
+}
+
+async fn alertmanager(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Accepted>, RequestError> {
+    authorize(&state.tokens, &headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RequestError::TooLarge {
+                limit: state.max_body_bytes,
+            }
+        } else {
+            RequestError::invalid("body", rejection.body_text())
+        }
+    })?;
+    let webhook = webhook::parse(&body)?;
+    let events = webhook::to_events(&webhook, &state.limits, &state.identity, chrono::Utc::now())?;
+    if webhook.truncated_alerts > 0 {
+        tracing::warn!(
+            group.key = %webhook.group_key,
+            truncated = webhook.truncated_alerts,
+            "alertmanager truncated this group; raise max_alerts to see every alert"
+        );
+    }
+    let published =
+        futures::future::join_all(events.into_iter().map(|event| publish(&state.bus, event))).await;
+    let mut incidents = Vec::with_capacity(published.len());
+    for result in published {
+        incidents.push(result?);
+    }
+    let duplicates = incidents.iter().filter(|i| i.duplicate).count();
+    Ok(Json(Accepted {
+        alerts: incidents.len(),
+        stored: incidents.len() - duplicates,
+        duplicates,
+        incidents,
+    }))
+}
+
+async fn publish(bus: &SharedBus, event: AlertEvent) -> Result<IncidentRef, RequestError> {
+    let alert = event.alert.clone().unwrap_or_default();
+    let service = alert
+        .labels
+        .get("service")
+        .cloned()
+        .unwrap_or_else(|| webhook::NO_SERVICE.to_string());
+    let alertname = alert.labels.get("alertname").cloned().unwrap_or_default();
+    // A root span: each incident is its own trace.
+    let span = tracing::info_span!(
+        parent: None,
+        "gateway.ingest",
+        incident.key = %event.incident_key,
+        alert.name = %alertname,
+        alert.status = %alert.status,
+        alert.fingerprint = %alert.fingerprint,
+        service.label = %service,
+    );
+    let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
+    let mut headers = Headers::new();
+    selfheal_telemetry::propagation::inject_headers(&span, &mut headers);
+    let message = Outgoing {
+        subject: subjects::alert(&alert.status, &service),
+        msg_id: format!("alert.{}.{}", alert.status, event.incident_key),
+        headers,
+        payload: event.encode_to_vec().into(),
+    };
+    let started = Instant::now();
+    let result = bus.publish(message).instrument(span.clone()).await;
+    metrics::histogram!(selfheal_telemetry::metrics::GATEWAY_PUBLISH_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    let _entered = span.enter();
+    match result {
+        Ok(ack) => {
+            metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_RECEIVED, "status" => alert.status.clone()).increment(1);
+            if ack.duplicate {
+                metrics::counter!(selfheal_telemetry::metrics::GATEWAY_DUPLICATES).increment(1);
+            }
+            tracing::info!(
+                sequence = ack.sequence,
+                duplicate = ack.duplicate,
+                "alert stored"
+            );
+            Ok(IncidentRef {
+                key: event.incident_key,
+                status: alert.status,
+                service,
+                duplicate: ack.duplicate,
+                trace_id,
+            })
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "alert not stored");
+            Err(RequestError::Unavailable(error.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{body::Body, http::Request};
+    use selfheal_bus::memory::MemoryBus;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "s3cr3t-token";
+
+    fn state(bus: &MemoryBus) -> AppState {
+        let config = GatewayConfig {
+            token: Some(Secret::new(TOKEN)),
+            max_body_bytes: 4096,
+            ..Default::default()
+        };
+        AppState::new(&config, Arc::new(bus.clone())).expect("state")
+    }
+
+    fn request(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+        let mut builder =
+            Request::post("/v1/alerts/alertmanager").header("content-type", "application/json");
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder.body(body.into()).expect("request")
+    }
+
+    async fn json(response: axum::response::Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json body")
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../../shared/fixtures/alertmanager-0.25/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
+    }
+
+    #[tokio::test]
+    async fn stores_once_and_reports_duplicates() {
+        let _telemetry = selfheal_telemetry::init("gateway-test");
+        let bus = MemoryBus::default();
+        let app = app(state(&bus));
+        let first = app
+            .clone()
+            .oneshot(request(
+                Some(TOKEN),
+                fixture("05-firing-3alerts-truncated.json"),
+            ))
+            .await
+            .expect("response");
+        assert_eq!(first.status(), StatusCode::OK);
+        let first = json(first).await;
+        assert_eq!(first["stored"], 3);
+        let again = json(
+            app.oneshot(request(
+                Some(TOKEN),
+                fixture("05-firing-3alerts-truncated.json"),
+            ))
+            .await
+            .expect("response"),
+        )
+        .await;
+        assert_eq!(again["duplicates"], 3);
+        let subjects: Vec<String> = bus.messages().into_iter().map(|m| m.subject).collect();
+        assert_eq!(
+            subjects,
+            [
+                "selfheal.alerts.firing.cart",
+                "selfheal.alerts.firing.checkout",
+                "selfheal.alerts.firing.payments"
+            ]
+        );
+        assert!(
+            bus.messages()
+                .iter()
+                .all(|m| m.headers.get("traceparent").is_some())
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_without_storing() {
+        let bus = MemoryBus::default();
+        let app = app(state(&bus));
+        let body = fixture("02-firing-1alerts.json");
+        for (token, expected) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some("wrong"), StatusCode::UNAUTHORIZED),
+        ] {
+            let response = app
+                .clone()
+                .oneshot(request(token, body.clone()))
+                .await
+                .expect("response");
+            assert_eq!(response.status(), expected);
+            assert_eq!(json(response).await["error"]["code"], "unauthorized");
+        }
+        let response = app
+            .clone()
+            .oneshot(request(Some(TOKEN), "{\"version\":\"4\""))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json(response).await["error"]["field"], "body");
+        let response = app
+            .clone()
+            .oneshot(request(Some(TOKEN), vec![b' '; 5000]))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(bus.messages().is_empty());
+    }
+}

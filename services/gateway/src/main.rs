@@ -1,0 +1,52 @@
+//! `selfheal-gateway`: reads config, connects to NATS, serves until SIGTERM.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use selfheal_bus::nats::{NatsBus, NatsOptions};
+use selfheal_gateway::GatewayConfig;
+
+/// selfheal's ingest: Alertmanager webhooks into the SELFHEAL stream.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; SELFHEAL_GATEWAY_* environment variables override it.
+    #[arg(long, env = "SELFHEAL_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let _telemetry = selfheal_telemetry::init("selfheal-gateway");
+    let config: GatewayConfig =
+        match selfheal_config::load(args.config.as_deref(), "SELFHEAL_GATEWAY_") {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error = %error, "bad configuration");
+                return ExitCode::from(64);
+            }
+        };
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "gateway stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
+    let mut options = NatsOptions::new(&config.nats_url, "selfheal-gateway");
+    options.duplicate_window = config.duplicate_window;
+    options.publish_timeout = config.publish_timeout;
+    let bus = NatsBus::connect(options).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    selfheal_gateway::run(
+        config,
+        Arc::new(bus),
+        listener,
+        selfheal_telemetry::shutdown_signal(),
+    )
+    .await
+}

@@ -1,0 +1,363 @@
+//! Alertmanager's webhook body (version 4), parsed and validated into [`AlertEvent`]s.
+//!
+//! Every refusal names the field and the problem, so the sender can fix it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use selfheal_proto::{
+    Timestamp,
+    v1::{Alert, AlertEvent},
+};
+use serde::Deserialize;
+
+use crate::{error::RequestError, incident};
+
+/// Alertmanager's webhook payload, `version: "4"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub version: String,
+    #[serde(default)]
+    pub group_key: String,
+    #[serde(default)]
+    pub truncated_alerts: u32,
+    pub status: String,
+    #[serde(default)]
+    pub receiver: String,
+    #[serde(default)]
+    pub group_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "externalURL")]
+    pub external_url: String,
+    pub alerts: Vec<WebhookAlert>,
+}
+
+/// One alert in the webhook.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAlert {
+    pub status: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: String,
+    #[serde(default)]
+    pub ends_at: String,
+    #[serde(default, rename = "generatorURL")]
+    pub generator_url: String,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// Limits on what one body may hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_alerts: usize,
+    pub max_labels: usize,
+    pub max_label_value_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_alerts: 1000,
+            max_labels: 64,
+            max_label_value_len: 1024,
+        }
+    }
+}
+
+/// Parses a webhook body; errors name the JSON path that is wrong.
+pub fn parse(body: &[u8]) -> Result<Webhook, RequestError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(RequestError::invalid("body", "is not valid UTF-8"));
+    }
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path == "?" {
+            "body".to_string()
+        } else {
+            path
+        };
+        RequestError::invalid(field, e.into_inner().to_string())
+    })
+}
+
+/// Whether `value` is a DNS-1123 label: 1–63 of `a-z0-9-`, starting and ending alphanumeric.
+/// Label values that reach subjects, paths and branch names must be.
+pub fn is_dns1123_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// The subject token for an alert without a `service` label (`_` cannot start a DNS-1123 label,
+/// so it never collides with a real service).
+pub const NO_SERVICE: &str = "_none";
+
+/// Validates the webhook and turns each alert into an [`AlertEvent`].
+pub fn to_events(
+    webhook: &Webhook,
+    limits: &Limits,
+    identity: &incident::Identity,
+    received_at: DateTime<Utc>,
+) -> Result<Vec<AlertEvent>, RequestError> {
+    if webhook.version != "4" {
+        return Err(RequestError::invalid(
+            "version",
+            format!("must be \"4\", got {:?}", webhook.version),
+        ));
+    }
+    if webhook.alerts.is_empty() {
+        return Err(RequestError::invalid("alerts", "is empty"));
+    }
+    if webhook.alerts.len() > limits.max_alerts {
+        return Err(RequestError::invalid(
+            "alerts",
+            format!(
+                "has {} alerts, more than the limit of {}",
+                webhook.alerts.len(),
+                limits.max_alerts
+            ),
+        ));
+    }
+    webhook
+        .alerts
+        .iter()
+        .enumerate()
+        .map(|(index, alert)| to_event(webhook, index, alert, limits, identity, received_at))
+        .collect()
+}
+
+fn to_event(
+    webhook: &Webhook,
+    index: usize,
+    alert: &WebhookAlert,
+    limits: &Limits,
+    identity: &incident::Identity,
+    received_at: DateTime<Utc>,
+) -> Result<AlertEvent, RequestError> {
+    let field = |name: &str| format!("alerts[{index}].{name}");
+    if alert.status != "firing" && alert.status != "resolved" {
+        return Err(RequestError::invalid(
+            field("status"),
+            format!("must be \"firing\" or \"resolved\", got {:?}", alert.status),
+        ));
+    }
+    if alert.labels.is_empty() {
+        return Err(RequestError::invalid(field("labels"), "is empty"));
+    }
+    if alert.labels.len() > limits.max_labels {
+        return Err(RequestError::invalid(
+            field("labels"),
+            format!(
+                "has {} labels, more than the limit of {}",
+                alert.labels.len(),
+                limits.max_labels
+            ),
+        ));
+    }
+    for (name, value) in alert.labels.iter().chain(alert.annotations.iter()) {
+        if name.is_empty() || name.len() > 256 {
+            return Err(RequestError::invalid(
+                field("labels"),
+                "has a label name that is empty or longer than 256 bytes",
+            ));
+        }
+        if value.len() > limits.max_label_value_len {
+            return Err(RequestError::invalid(
+                field(&format!("labels.{name}")),
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    value.len(),
+                    limits.max_label_value_len
+                ),
+            ));
+        }
+    }
+    if alert.labels.get("alertname").is_none_or(|v| v.is_empty()) {
+        return Err(RequestError::invalid(
+            field("labels.alertname"),
+            "is missing",
+        ));
+    }
+    if let Some(service) = alert.labels.get("service") {
+        if !is_dns1123_label(service) {
+            return Err(RequestError::invalid(
+                field("labels.service"),
+                "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+            ));
+        }
+    }
+    let starts_at = parse_time(&alert.starts_at)
+        .ok_or_else(|| RequestError::invalid(field("startsAt"), "is not an RFC 3339 time"))?;
+    let ends_at = match alert.ends_at.as_str() {
+        "" => None,
+        text => Some(
+            parse_time(text)
+                .ok_or_else(|| RequestError::invalid(field("endsAt"), "is not an RFC 3339 time"))?,
+        ),
+    }
+    // Alertmanager sends the zero time (year 1) while an alert fires.
+    .filter(|t| t.timestamp() > 0);
+
+    let key = identity.incident_key(
+        &alert.labels,
+        &starts_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    );
+    Ok(AlertEvent {
+        incident_key: key,
+        alert: Some(Alert {
+            status: alert.status.clone(),
+            labels: alert.labels.clone().into_iter().collect(),
+            annotations: alert.annotations.clone().into_iter().collect(),
+            starts_at: Some(timestamp(starts_at)),
+            ends_at: ends_at.map(timestamp),
+            generator_url: alert.generator_url.clone(),
+            fingerprint: alert.fingerprint.clone(),
+        }),
+        source: "alertmanager".into(),
+        receiver: webhook.receiver.clone(),
+        group_key: webhook.group_key.clone(),
+        external_url: webhook.external_url.clone(),
+        truncated_alerts: webhook.truncated_alerts,
+        received_at: Some(timestamp(received_at)),
+    })
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn timestamp(time: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../../shared/fixtures/alertmanager-0.25/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+    }
+
+    fn events(name: &str) -> Vec<AlertEvent> {
+        let webhook = parse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        to_events(
+            &webhook,
+            &Limits::default(),
+            &incident::Identity::default(),
+            Utc::now(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+    }
+
+    #[test]
+    fn every_fixture_parses() {
+        for (name, count, status, truncated) in [
+            ("01-firing-1alerts.json", 1, "firing", 0),
+            ("02-firing-1alerts.json", 1, "firing", 0),
+            ("03-resolved-1alerts.json", 1, "resolved", 0),
+            ("04-firing-1alerts.json", 1, "firing", 0),
+            ("05-firing-3alerts-truncated.json", 3, "firing", 1),
+            ("06-resolved-3alerts-truncated.json", 3, "resolved", 1),
+        ] {
+            let events = events(name);
+            assert_eq!(events.len(), count, "{name}");
+            for event in &events {
+                let alert = event.alert.as_ref().expect("alert");
+                assert_eq!(alert.status, status, "{name}");
+                assert_eq!(event.truncated_alerts, truncated, "{name}");
+                assert_eq!(
+                    alert.ends_at.is_some(),
+                    status == "resolved",
+                    "{name}: zero endsAt is unset"
+                );
+                assert_eq!(event.incident_key.len(), 16);
+            }
+        }
+    }
+
+    #[test]
+    fn resolved_body_names_the_incidents_its_firing_body_opened() {
+        let key = |name| {
+            events(name)
+                .into_iter()
+                .map(|e| e.incident_key)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            key("02-firing-1alerts.json"),
+            key("03-resolved-1alerts.json")
+        );
+        assert_eq!(
+            key("05-firing-3alerts-truncated.json"),
+            key("06-resolved-3alerts-truncated.json")
+        );
+        assert_ne!(
+            key("02-firing-1alerts.json"),
+            key("05-firing-3alerts-truncated.json"),
+            "a new startsAt is a new incident"
+        );
+        assert_ne!(key("01-firing-1alerts.json"), key("04-firing-1alerts.json"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"{", "body"),
+            (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"status\":\"firing\",\"startsAt\":\"2026-01-01T00:00:00Z\"}]}", "alerts[0]"),
+            (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"status\":\"firing\",\"labels\":{\"alertname\":1},\"startsAt\":\"2026-01-01T00:00:00Z\"}]}", "alerts[0].labels.alertname"),
+            (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[]}", "alerts"),
+            (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"status\":\"firing\",\"labels\":{\"alertname\":\"A\",\"service\":\"../etc\"},\"startsAt\":\"2026-01-01T00:00:00Z\"}]}", "alerts[0].labels.service"),
+            (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"status\":\"firing\",\"labels\":{\"alertname\":\"A\"},\"startsAt\":\"yesterday\"}]}", "alerts[0].startsAt"),
+            (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"status\":\"up\",\"labels\":{\"alertname\":\"A\"},\"startsAt\":\"2026-01-01T00:00:00Z\"}]}", "alerts[0].status"),
+        ];
+        for (body, field) in cases {
+            let result = parse(body).and_then(|w| {
+                to_events(
+                    &w,
+                    &Limits::default(),
+                    &incident::Identity::default(),
+                    Utc::now(),
+                )
+            });
+            let error = result.expect_err(field);
+            assert!(
+                error.field().starts_with(field),
+                "expected field {field}, got {error:?}"
+            );
+        }
+        let invalid_utf8 = parse(b"{\"version\":\"4\xff\"}").expect_err("utf-8");
+        assert_eq!(invalid_utf8.field(), "body");
+    }
+
+    #[test]
+    fn dns1123() {
+        for ok in ["checkout", "a", "a-1", "0abc"] {
+            assert!(is_dns1123_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a/b", "a b", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(bad), "{bad}");
+        }
+    }
+}

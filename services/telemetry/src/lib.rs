@@ -1,0 +1,130 @@
+//! Telemetry shared by every selfheal service:
+//!
+//! * [`init`]: structured logs (`SELFHEAL_LOG_FORMAT=json` for JSON lines; `RUST_LOG` filters) and
+//!   OpenTelemetry tracing. Spans always carry W3C trace ids (so audit rows and notifications can
+//!   name the trace); they are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (standard `OTEL_*` variables apply).
+//! * [`propagation`]: W3C `traceparent`/`tracestate` through bus headers and gRPC metadata.
+//! * [`metrics`]: the Prometheus recorder and the metric names, in one place.
+//! * [`health`]: `/healthz`, `/readyz` and `/metrics`.
+
+pub mod health;
+pub mod metrics;
+pub mod propagation;
+
+use std::sync::OnceLock;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Keeps the tracer provider alive; flushes spans when dropped.
+#[must_use = "spans are flushed when the guard drops"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+static INITIALISED: OnceLock<()> = OnceLock::new();
+
+/// Whether the environment asks for OTLP export.
+pub fn otlp_requested() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|key| std::env::var(key).is_ok_and(|v| !v.is_empty()))
+        && std::env::var("OTEL_TRACES_EXPORTER")
+            .map(|v| v != "none")
+            .unwrap_or(true)
+}
+
+/// Sets up logging and tracing for `service_name` (overridden by `OTEL_SERVICE_NAME`).
+/// Call once per process; later calls return a guard that does nothing.
+pub fn init(service_name: &str) -> TelemetryGuard {
+    if INITIALISED.set(()).is_err() {
+        return TelemetryGuard { provider: None };
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let service_name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| service_name.to_string());
+    let resource = Resource::builder()
+        .with_service_name(service_name.clone())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let mut export_error = None;
+    if otlp_requested() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => export_error = Some(e.to_string()),
+        }
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer(service_name);
+
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SELFHEAL_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let fmt_layer = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
+    };
+    // Without this filter the HTTP/2 and gRPC stacks export hundreds of their own spans.
+    let otel_filter =
+        EnvFilter::new("info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off");
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer.with_filter(log_filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(otel_filter),
+        )
+        .try_init();
+    if let Some(error) = export_error {
+        tracing::warn!(error = %error, "otlp exporter not started; spans are not exported");
+    }
+    TelemetryGuard {
+        provider: Some(provider),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
