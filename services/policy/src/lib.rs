@@ -1,1 +1,194 @@
+//! The policy service: selfheal's decision layer.
+//!
+//! Consumes `selfheal.alerts.firing.>` (durable `policy`), evaluates the Rego policies with the
+//! alert as input, and publishes a [`Decision`](selfheal_proto::v1::Decision) on
+//! `selfheal.decisions.<service>` with the message id `decision.<incident>`, so a redelivered
+//! alert yields one stored decision. The policy never touches git: it only decides.
+//!
+//! gRPC `selfheal.v1.Policy/Evaluate` answers what would be decided, without publishing.
 
+pub mod config;
+pub mod decide;
+pub mod engine;
+pub mod grpc;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use prost::Message as _;
+use selfheal_bus::{
+    ConsumerSpec, Delivery, Headers, Outgoing, SharedBus,
+    consumer::{self, Disposition, Handler},
+    subjects,
+};
+use selfheal_proto::v1::AlertEvent;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::PolicyConfig;
+use engine::PolicyEngine;
+
+/// The durable consumer name.
+pub const CONSUMER: &str = "policy";
+
+/// Turns each firing alert into a published decision.
+pub struct DecisionHandler {
+    engine: Arc<dyn PolicyEngine>,
+    bus: SharedBus,
+    dry_run: bool,
+}
+
+impl DecisionHandler {
+    pub fn new(engine: Arc<dyn PolicyEngine>, bus: SharedBus, dry_run: bool) -> Self {
+        Self {
+            engine,
+            bus,
+            dry_run,
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for DecisionHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        let event = match AlertEvent::decode(delivery.payload.clone()) {
+            Ok(event) => event,
+            Err(error) => return Disposition::Reject(format!("undecodable AlertEvent: {error}")),
+        };
+        let span = tracing::info_span!(
+            "policy.decide",
+            incident.key = %event.incident_key,
+            delivery.attempt = delivery.delivered,
+            decision.action = tracing::field::Empty,
+        );
+        selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
+        let service = delivery
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or("_none")
+            .to_string();
+        self.decide_and_publish(event, service, span.clone())
+            .instrument(span)
+            .await
+    }
+}
+
+impl DecisionHandler {
+    async fn decide_and_publish(
+        &self,
+        event: AlertEvent,
+        service: String,
+        span: tracing::Span,
+    ) -> Disposition {
+        let started = std::time::Instant::now();
+        let (decision, input) = decide::decide(
+            self.engine.as_ref(),
+            &event,
+            self.dry_run,
+            chrono::Utc::now(),
+        );
+        metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let action = decide::action_name(decision.action());
+        span.record("decision.action", action);
+        metrics::counter!(selfheal_telemetry::metrics::POLICY_DECISIONS, "action" => action)
+            .increment(1);
+        // The decision log, one line per decision (input, result, policy), in OPA's spirit.
+        tracing::info!(
+            decision_id = %format!("decision.{}", event.incident_key),
+            policy = %decision.policy,
+            rule = %decision.rule,
+            action,
+            reason = %decision.reason,
+            dry_run = decision.dry_run,
+            input = %input,
+            "decision"
+        );
+        let mut headers = Headers::new();
+        selfheal_telemetry::propagation::inject_headers(&span, &mut headers);
+        let message = Outgoing {
+            subject: subjects::decision(&service),
+            msg_id: format!("decision.{}", event.incident_key),
+            headers,
+            payload: decision.encode_to_vec().into(),
+        };
+        match self.bus.publish(message).await {
+            Ok(_) => Disposition::Ack,
+            Err(error) => {
+                tracing::warn!(error = %error, "decision not published; retrying");
+                Disposition::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+}
+
+/// Listeners the service serves on.
+pub struct Listeners {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http: TcpListener,
+    /// gRPC `selfheal.v1.Policy`.
+    pub grpc: TcpListener,
+}
+
+/// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
+pub async fn run(
+    config: PolicyConfig,
+    engine: Arc<dyn PolicyEngine>,
+    bus: SharedBus,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = selfheal_config::Secret::inline_or_file(
+        config.grpc_token.clone(),
+        config.grpc_token_file.as_deref(),
+    )?
+    .ok_or_else(|| {
+        anyhow::anyhow!("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file")
+    })?;
+    let cancel = CancellationToken::new();
+    let handler = Arc::new(DecisionHandler::new(
+        engine.clone(),
+        bus.clone(),
+        config.dry_run,
+    ));
+    let consumer_task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]),
+        handler,
+        cancel.clone().cancelled_owned(),
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService>>()
+        .await;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(grpc::server(engine, config.dry_run, token))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
+    let http_addr = listeners.http.local_addr()?;
+    let health = selfheal_telemetry::health::router(
+        selfheal_telemetry::health::bus_ready(bus),
+        selfheal_telemetry::metrics::install(),
+    );
+    let http_task = tokio::spawn(
+        axum::serve(listeners.http, health)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "policy service running");
+    shutdown.await;
+    cancel.cancel();
+    consumer_task.await??;
+    grpc_task.await??;
+    http_task.await??;
+    Ok(())
+}

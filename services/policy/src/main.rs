@@ -1,1 +1,60 @@
-fn main() {}
+//! `selfheal-policy`: loads the policies, connects to NATS, serves until SIGTERM.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use selfheal_bus::nats::{NatsBus, NatsOptions};
+use selfheal_policy::{Listeners, PolicyConfig, engine::RegoEngine};
+
+/// selfheal's decision layer: Rego policies over alerts.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; SELFHEAL_POLICY_* environment variables override it.
+    #[arg(long, env = "SELFHEAL_POLICY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let _telemetry = selfheal_telemetry::init("selfheal-policy");
+    let config: PolicyConfig =
+        match selfheal_config::load(args.config.as_deref(), "SELFHEAL_POLICY_") {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error = %error, "bad configuration");
+                return ExitCode::from(64);
+            }
+        };
+    let engine = match RegoEngine::load_dir(&config.policy_dir, &config.query) {
+        Ok(engine) => engine,
+        Err(error) => {
+            tracing::error!(error = %error, "policies do not load");
+            return ExitCode::from(64);
+        }
+    };
+    match serve(config, engine).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "policy service stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: PolicyConfig, engine: RegoEngine) -> anyhow::Result<()> {
+    let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-policy")).await?;
+    let listeners = Listeners {
+        http: tokio::net::TcpListener::bind(config.listen).await?,
+        grpc: tokio::net::TcpListener::bind(config.grpc_listen).await?,
+    };
+    selfheal_policy::run(
+        config,
+        Arc::new(engine),
+        Arc::new(bus),
+        listeners,
+        selfheal_telemetry::shutdown_signal(),
+    )
+    .await
+}

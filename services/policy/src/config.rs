@@ -1,0 +1,43 @@
+//! The policy service's settings. File: `--config FILE` (TOML); environment: `SELFHEAL_POLICY_*`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use selfheal_config::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Everything the policy service can be told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Address of `/healthz`, `/readyz`, `/metrics`.
+    pub listen: SocketAddr,
+    /// Address of the gRPC `selfheal.v1.Policy` service.
+    pub grpc_listen: SocketAddr,
+    /// NATS server holding the SELFHEAL stream.
+    pub nats_url: String,
+    /// Directory of `.rego` files; every file in it is loaded.
+    pub policy_dir: PathBuf,
+    /// The rule whose value is the decision.
+    pub query: String,
+    /// Token gRPC callers must send as `authorization: Bearer <token>`.
+    pub grpc_token: Option<Secret>,
+    /// File holding the gRPC token (used when `grpc_token` is unset).
+    pub grpc_token_file: Option<PathBuf>,
+    /// Decide and publish, but mark every decision dry-run so nothing is changed.
+    pub dry_run: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            policy_dir: PathBuf::from("deploy/policies"),
+            query: "data.selfheal.decision".into(),
+            grpc_token: None,
+            grpc_token_file: None,
+            dry_run: false,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! From an alert to a [`Decision`]: the policy input document, and the checks the service makes
+//! on what the policy returns.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use selfheal_proto::{
+    Timestamp,
+    v1::{Action, AlertEvent, Approval, Decision, DecisionParams},
+};
+use serde_json::{Value, json};
+
+use crate::engine::{PolicyEngine, PolicyError, RawDecision};
+
+/// The input document the policy sees. `target`, `metrics` and `history` are empty until the
+/// services that know them are asked (see ARCHITECTURE.md).
+pub fn input(event: &AlertEvent, now: DateTime<Utc>) -> Value {
+    let alert = event.alert.clone().unwrap_or_default();
+    let time = |t: Option<Timestamp>| {
+        t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    };
+    json!({
+        "incident": event.incident_key,
+        "alert": {
+            "status": alert.status,
+            "labels": alert.labels,
+            "annotations": alert.annotations,
+            "startsAt": time(alert.starts_at),
+            "endsAt": time(alert.ends_at),
+            "fingerprint": alert.fingerprint,
+            "generatorURL": alert.generator_url,
+        },
+        "source": event.source,
+        "target": {},
+        "metrics": {},
+        "history": [],
+        "now": now.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    })
+}
+
+fn parse_action(action: &str) -> Option<Action> {
+    Some(match action {
+        "none" => Action::None,
+        "rollback" => Action::Rollback,
+        "scale" => Action::Scale,
+        "restart" => Action::Restart,
+        "escalate" => Action::Escalate,
+        _ => return None,
+    })
+}
+
+/// The action's name as policies and people write it.
+pub fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::None | Action::Unspecified => "none",
+        Action::Rollback => "rollback",
+        Action::Scale => "scale",
+        Action::Restart => "restart",
+        Action::Escalate => "escalate",
+    }
+}
+
+/// Evaluates the policies for `event` and turns the answer into a [`Decision`]. A policy that
+/// fails or answers nonsense yields an `escalate` decision that says why: a person must look.
+pub fn decide(
+    engine: &dyn PolicyEngine,
+    event: &AlertEvent,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> (Decision, Value) {
+    let input = input(event, now);
+    let mut decision = Decision {
+        incident_key: event.incident_key.clone(),
+        rule: engine.query().to_string(),
+        alert: Some(event.clone()),
+        dry_run,
+        decided_at: Some(Timestamp {
+            seconds: now.timestamp(),
+            nanos: now.timestamp_subsec_nanos() as i32,
+        }),
+        ..Default::default()
+    };
+    match engine.evaluate(&input) {
+        Ok((raw, policy)) => {
+            decision.policy = policy;
+            apply(&mut decision, raw);
+        }
+        Err(error) => escalate(&mut decision, &error),
+    }
+    (decision, input)
+}
+
+fn escalate(decision: &mut Decision, error: &PolicyError) {
+    decision.set_action(Action::Escalate);
+    decision.set_approval(Approval::Required);
+    decision.reason = format!("policy failed, so nothing was changed: {error}");
+}
+
+fn apply(decision: &mut Decision, raw: RawDecision) {
+    let Some(action) = parse_action(&raw.action) else {
+        decision.set_action(Action::Escalate);
+        decision.set_approval(Approval::Required);
+        decision.reason = format!(
+            "policy returned the unknown action {:?} (expected rollback, scale, restart, none or escalate)",
+            raw.action
+        );
+        return;
+    };
+    decision.set_action(action);
+    decision.set_approval(match raw.approval.as_deref() {
+        Some("auto") => Approval::Auto,
+        _ => Approval::Required,
+    });
+    decision.reason = if raw.reason.trim().is_empty() {
+        format!("policy chose {} without a reason", raw.action)
+    } else {
+        raw.reason
+    };
+    if let Some(rule) = raw.rule {
+        decision.rule = rule;
+    }
+    if action == Action::Scale {
+        match raw.params.replicas.map(i32::try_from) {
+            Some(Ok(replicas)) if replicas >= 0 => {}
+            _ => {
+                decision.set_action(Action::Escalate);
+                decision.set_approval(Approval::Required);
+                decision.reason = format!(
+                    "policy chose scale without a valid params.replicas: {}",
+                    decision.reason
+                );
+                return;
+            }
+        }
+    }
+    decision.params = Some(DecisionParams {
+        target_tag: raw.params.target_tag.unwrap_or_default(),
+        replicas: raw.params.replicas.and_then(|r| i32::try_from(r).ok()),
+    });
+}

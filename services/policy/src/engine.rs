@@ -1,0 +1,311 @@
+//! Rego evaluation with regorus: the [`PolicyEngine`] trait and its in-process implementation.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What went wrong loading or evaluating policies.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy directory {path}: {reason}")]
+    Directory { path: String, reason: String },
+    #[error("policy {path} does not parse: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("no .rego files in {0}")]
+    Empty(String),
+    #[error("evaluating {query}: {reason}")]
+    Eval { query: String, reason: String },
+    #[error("{query} is undefined for this input; give the rule a default")]
+    Undefined { query: String },
+    #[error("{query} is not a decision object: {reason}")]
+    Shape { query: String, reason: String },
+}
+
+/// A policy's answer, as the Rego rule returned it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct RawDecision {
+    pub action: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub approval: Option<String>,
+    #[serde(default)]
+    pub params: RawParams,
+    /// The rule that decided, when the policy names it.
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// Decision parameters.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct RawParams {
+    #[serde(default)]
+    pub target_tag: Option<String>,
+    #[serde(default)]
+    pub replicas: Option<i64>,
+}
+
+/// A loaded policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub path: String,
+    /// `data.<package>`.
+    pub package: String,
+}
+
+/// Evaluates an input document to a decision. One implementation runs Rego in-process.
+pub trait PolicyEngine: Send + Sync + 'static {
+    /// The decision for `input`, and the policy file(s) of the package that decided.
+    fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError>;
+    /// The files loaded.
+    fn policies(&self) -> Vec<PolicyFile>;
+    /// The query evaluated.
+    fn query(&self) -> &str;
+}
+
+/// Rego policies from a directory, evaluated by regorus.
+#[derive(Clone)]
+pub struct RegoEngine {
+    engine: regorus::Engine,
+    files: Vec<PolicyFile>,
+    /// `data.<package>.test_*` rules found in the files.
+    tests: Vec<String>,
+    query: String,
+}
+
+impl RegoEngine {
+    /// Loads every `.rego` file in `dir`. A file is parsed as Rego v1 unless it imports
+    /// `future.keywords` (OPA's v0 style) or only parses as v0.
+    pub fn load_dir(dir: &Path, query: &str) -> Result<Self, PolicyError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| PolicyError::Directory {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "rego"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(PolicyError::Empty(dir.display().to_string()));
+        }
+        let sources = paths
+            .iter()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map(|text| (path.display().to_string(), text))
+                    .map_err(|e| PolicyError::Parse {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_sources(sources, query)
+    }
+
+    /// Loads policies given as (path, text).
+    pub fn from_sources(sources: Vec<(String, String)>, query: &str) -> Result<Self, PolicyError> {
+        let mut engine = regorus::Engine::new();
+        let mut files = Vec::new();
+        let mut tests = Vec::new();
+        for (path, text) in sources {
+            let names = test_rule_names(&text);
+            let v0_style =
+                text.contains("import future.keywords") && !text.contains("import rego.v1");
+            engine.set_rego_v0(v0_style);
+            let package = match engine.add_policy(path.clone(), text.clone()) {
+                Ok(package) => package,
+                Err(v1_error) if !v0_style => {
+                    engine.set_rego_v0(true);
+                    engine
+                        .add_policy(path.clone(), text)
+                        .map_err(|_| PolicyError::Parse {
+                            path: path.clone(),
+                            reason: v1_error.to_string(),
+                        })?
+                }
+                Err(error) => {
+                    return Err(PolicyError::Parse {
+                        path,
+                        reason: error.to_string(),
+                    });
+                }
+            };
+            for name in names {
+                let rule = format!("{package}.{name}");
+                if !tests.contains(&rule) {
+                    tests.push(rule);
+                }
+            }
+            files.push(PolicyFile { path, package });
+        }
+        engine.set_rego_v0(false);
+        Ok(Self {
+            engine,
+            files,
+            tests,
+            query: query.to_string(),
+        })
+    }
+
+    /// Runs every `test_*` rule of every package, like `opa test`: (rule, passed).
+    pub fn run_tests(&self) -> Vec<(String, bool)> {
+        self.tests
+            .iter()
+            .map(|rule| {
+                let mut engine = self.engine.clone();
+                let passed = matches!(
+                    engine.eval_rule(rule.clone()),
+                    Ok(regorus::Value::Bool(true))
+                );
+                (rule.clone(), passed)
+            })
+            .collect()
+    }
+}
+
+fn test_rule_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let name: String = line
+                .strip_prefix("test_")?
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            Some(format!("test_{name}"))
+        })
+        .collect()
+}
+
+impl PolicyEngine for RegoEngine {
+    fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+        let eval_error = |reason: String| PolicyError::Eval {
+            query: self.query.clone(),
+            reason,
+        };
+        let mut engine = self.engine.clone();
+        engine
+            .set_input_json(&input.to_string())
+            .map_err(|e| eval_error(e.to_string()))?;
+        let value = engine
+            .eval_rule(self.query.clone())
+            .map_err(|e| eval_error(e.to_string()))?;
+        if value == regorus::Value::Undefined {
+            return Err(PolicyError::Undefined {
+                query: self.query.clone(),
+            });
+        }
+        let json = value.to_json_str().map_err(|e| eval_error(e.to_string()))?;
+        let raw: RawDecision = serde_json::from_str(&json).map_err(|e| PolicyError::Shape {
+            query: self.query.clone(),
+            reason: e.to_string(),
+        })?;
+        let package = self
+            .query
+            .rsplit_once('.')
+            .map(|(package, _)| package)
+            .unwrap_or_default();
+        let policy = self
+            .files
+            .iter()
+            .filter(|f| f.package == package)
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok((raw, policy))
+    }
+
+    fn policies(&self) -> Vec<PolicyFile> {
+        self.files.clone()
+    }
+
+    fn query(&self) -> &str {
+        &self.query
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn default_policy() -> RegoEngine {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/policies");
+        RegoEngine::load_dir(&dir, "data.selfheal.decision").expect("default policy loads")
+    }
+
+    fn alert(labels: serde_json::Value) -> serde_json::Value {
+        json!({"alert": {"labels": labels, "status": "firing"}})
+    }
+
+    #[test]
+    fn default_policy_decides_each_case_with_a_reason() {
+        let engine = default_policy();
+        let (rollback, policy) = engine
+            .evaluate(&alert(json!({"alertname": "HighErrorRate", "severity": "critical", "auto_heal": "true", "service": "checkout"})))
+            .expect("eval");
+        assert_eq!(rollback.action, "rollback");
+        assert_eq!(rollback.approval.as_deref(), Some("auto"));
+        assert!(rollback.reason.contains("checkout"), "{}", rollback.reason);
+        assert!(policy.ends_with("selfheal.rego"));
+
+        let mut scale_input =
+            alert(json!({"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}));
+        scale_input["target"] = json!({"replicas": 2});
+        let (scale, _) = engine.evaluate(&scale_input).expect("eval");
+        assert_eq!(
+            (scale.action.as_str(), scale.params.replicas),
+            ("scale", Some(3))
+        );
+
+        let (unknown_target, _) = engine
+            .evaluate(&alert(
+                json!({"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}),
+            ))
+            .expect("eval");
+        assert_eq!(unknown_target.action, "escalate");
+
+        let (none, _) = engine
+            .evaluate(&alert(
+                json!({"alertname": "HighRestartCount", "service": "checkout"}),
+            ))
+            .expect("eval");
+        assert_eq!(none.action, "none");
+        assert!(!none.reason.is_empty());
+    }
+
+    #[test]
+    fn default_policy_tests_pass() {
+        let results = default_policy().run_tests();
+        assert!(results.len() >= 3, "{results:?}");
+        assert!(results.iter().all(|(_, passed)| *passed), "{results:?}");
+    }
+
+    #[test]
+    fn v0_policies_load_and_bad_ones_name_the_file() {
+        let v0 = "package legacy\nimport future.keywords.if\ndecision := {\"action\": \"none\", \"reason\": \"v0\"} if { true }\n";
+        let engine = RegoEngine::from_sources(
+            vec![("legacy.rego".into(), v0.into())],
+            "data.legacy.decision",
+        )
+        .expect("v0 loads");
+        assert_eq!(engine.evaluate(&json!({})).expect("eval").0.reason, "v0");
+        let broken = RegoEngine::from_sources(
+            vec![("broken.rego".into(), "package x\nallow if {".into())],
+            "data.x.allow",
+        );
+        assert!(
+            matches!(broken, Err(PolicyError::Parse { ref path, .. }) if path == "broken.rego")
+        );
+        let undefined = RegoEngine::from_sources(
+            vec![(
+                "u.rego".into(),
+                "package u\nimport rego.v1\nd := 1 if false\n".into(),
+            )],
+            "data.u.d",
+        )
+        .expect("loads")
+        .evaluate(&json!({}));
+        assert!(matches!(undefined, Err(PolicyError::Undefined { .. })));
+    }
+}

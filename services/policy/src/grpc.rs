@@ -1,0 +1,119 @@
+//! gRPC `selfheal.v1.Policy`: what the policies decide for an alert, without publishing.
+
+use std::{collections::HashMap, sync::Arc};
+
+use selfheal_config::Secret;
+use selfheal_proto::v1::{
+    AlertEvent, EvaluateRequest, EvaluateResponse, ListPoliciesRequest, ListPoliciesResponse,
+    PolicyFile,
+    policy_server::{Policy, PolicyServer},
+};
+use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
+use tracing::Instrument;
+
+use crate::{decide, engine::PolicyEngine};
+
+/// The gRPC service.
+pub struct PolicyService {
+    engine: Arc<dyn PolicyEngine>,
+    dry_run: bool,
+}
+
+/// Checks `authorization: Bearer <token>` in constant time.
+#[derive(Clone)]
+pub struct TokenCheck(Arc<Secret>);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .unwrap_or_default();
+        if self.0.matches(presented.trim().as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("missing or invalid bearer token"))
+        }
+    }
+}
+
+/// The service behind its token check.
+pub fn server(
+    engine: Arc<dyn PolicyEngine>,
+    dry_run: bool,
+    token: Secret,
+) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
+    PolicyServer::with_interceptor(
+        PolicyService { engine, dry_run },
+        TokenCheck(Arc::new(token)),
+    )
+}
+
+#[tonic::async_trait]
+impl Policy for PolicyService {
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
+        let span = tracing::info_span!("policy.evaluate", incident.key = tracing::field::Empty);
+        selfheal_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
+        let request = request.into_inner();
+        let alert = request
+            .alert
+            .ok_or_else(|| Status::invalid_argument("alert: is required"))?;
+        if alert.labels.get("alertname").is_none_or(|v| v.is_empty()) {
+            return Err(Status::invalid_argument(
+                "alert.labels.alertname: is required",
+            ));
+        }
+        if alert.status != "firing" && alert.status != "resolved" {
+            return Err(Status::invalid_argument(
+                "alert.status: must be \"firing\" or \"resolved\"",
+            ));
+        }
+        let labels: HashMap<_, _> = alert.labels.clone();
+        let event = AlertEvent {
+            alert: Some(alert),
+            source: "grpc".into(),
+            ..Default::default()
+        };
+        let dry_run = request.dry_run || self.dry_run;
+        let (decision, input) =
+            async { decide::decide(self.engine.as_ref(), &event, dry_run, chrono::Utc::now()) }
+                .instrument(span)
+                .await;
+        tracing::info!(
+            alert.name = labels
+                .get("alertname")
+                .map(String::as_str)
+                .unwrap_or_default(),
+            decision.action = decide::action_name(decision.action()),
+            "evaluated over grpc"
+        );
+        Ok(Response::new(EvaluateResponse {
+            decision: Some(decision),
+            input_json: input.to_string(),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        let policies = self
+            .engine
+            .policies()
+            .into_iter()
+            .map(|f| PolicyFile {
+                path: f.path,
+                package: f.package,
+            })
+            .collect();
+        Ok(Response::new(ListPoliciesResponse { policies }))
+    }
+}
