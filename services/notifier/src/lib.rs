@@ -1,1 +1,332 @@
+//! The notifier: selfheal's feedback and record.
+//!
+//! Consumes `selfheal.decisions.>` and `selfheal.remediations.>` (durable `notifier`). Every event
+//! becomes one audit row, keyed by its event key, so a redelivery adds nothing. People are told
+//! about what needs them: every remediation event, escalations, and dry-run decisions. A
+//! notification is marked sent only after the channel took it, and the delivery is acked after
+//! that; a crash in between means at worst one repeated notification, never a lost one.
 
+pub mod audit;
+pub mod channel;
+pub mod config;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{SecondsFormat, Utc};
+use prost::Message as _;
+use selfheal_bus::{
+    ConsumerSpec, Delivery, SharedBus,
+    consumer::{self, Disposition, Handler},
+    subjects,
+};
+use selfheal_proto::{
+    names,
+    v1::{Action, Decision, RemediationEvent, RemediationState},
+};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use audit::{AuditEntry, AuditStore};
+use channel::{Channel, Notification};
+pub use config::NotifierConfig;
+
+/// The durable consumer name.
+pub const CONSUMER: &str = "notifier";
+
+/// The decision as JSON, for the audit row.
+pub fn decision_json(decision: &Decision) -> serde_json::Value {
+    let alert = decision
+        .alert
+        .as_ref()
+        .and_then(|event| event.alert.as_ref());
+    let params = decision.params.clone().unwrap_or_default();
+    json!({
+        "action": names::action(decision.action()),
+        "approval": names::approval(decision.approval()),
+        "reason": decision.reason,
+        "params": {"target_tag": params.target_tag, "replicas": params.replicas},
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "dry_run": decision.dry_run,
+        "incident": decision.incident_key,
+        "alert": alert.map(|a| json!({"status": a.status, "labels": a.labels, "fingerprint": a.fingerprint})),
+    })
+}
+
+fn label(decision: &Decision, name: &str) -> String {
+    decision
+        .alert
+        .as_ref()
+        .and_then(|event| event.alert.as_ref())
+        .and_then(|alert| alert.labels.get(name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An event off the bus, as the notifier sees it.
+struct Event {
+    entry: AuditEntry,
+    notification: Option<Notification>,
+}
+
+fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) -> Event {
+    let action = names::action(decision.action());
+    let entry = AuditEntry {
+        event_key: format!("decision.{}", decision.incident_key),
+        recorded_at: now.to_string(),
+        incident: decision.incident_key.clone(),
+        service: service.to_string(),
+        kind: "decision".into(),
+        action: action.into(),
+        state: names::approval(decision.approval()).into(),
+        reason: decision.reason.clone(),
+        decision_json: decision_json(decision).to_string(),
+        reference: String::new(),
+        success: None,
+        trace_id: trace_id.to_string(),
+    };
+    let tell = decision.action() == Action::Escalate
+        || (decision.dry_run && decision.action() != Action::None);
+    let notification = tell.then(|| {
+        let alertname = label(decision, "alertname");
+        let text = if decision.dry_run {
+            format!(
+                "[dry run] {alertname} on {service}: would {action}. {}",
+                decision.reason
+            )
+        } else {
+            format!(
+                "{alertname} on {service} needs a person: {}",
+                decision.reason
+            )
+        };
+        Notification {
+            kind: "decision".into(),
+            incident: decision.incident_key.clone(),
+            service: service.to_string(),
+            alertname,
+            action: action.into(),
+            state: names::approval(decision.approval()).into(),
+            reason: decision.reason.clone(),
+            repository: String::new(),
+            branch: String::new(),
+            commit: String::new(),
+            from: String::new(),
+            to: String::new(),
+            dry_run: decision.dry_run,
+            trace_id: trace_id.to_string(),
+            text,
+        }
+    });
+    Event {
+        entry,
+        notification,
+    }
+}
+
+fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Event {
+    let decision = event.decision.clone().unwrap_or_default();
+    let state = names::state(event.state());
+    let action = names::action(event.action());
+    let success = match event.state() {
+        RemediationState::Merged | RemediationState::Verified => Some(true),
+        RemediationState::Failed | RemediationState::Escalated | RemediationState::Rejected => {
+            Some(false)
+        }
+        RemediationState::Opened | RemediationState::Unspecified => None,
+    };
+    let reference = if event.pull_request_url.is_empty() {
+        event.commit.clone()
+    } else {
+        event.pull_request_url.clone()
+    };
+    let entry = AuditEntry {
+        event_key: format!("remediation.{}.{}", event.incident_key, state),
+        recorded_at: now.to_string(),
+        incident: event.incident_key.clone(),
+        service: event.service.clone(),
+        kind: "remediation".into(),
+        action: action.into(),
+        state: state.into(),
+        reason: decision.reason.clone(),
+        decision_json: decision_json(&decision).to_string(),
+        reference,
+        success,
+        trace_id: trace_id.to_string(),
+    };
+    let alertname = label(&decision, "alertname");
+    let short_commit: String = event.commit.chars().take(12).collect();
+    let text = match event.state() {
+        RemediationState::Merged => format!(
+            "{alertname} on {}: {action} {} → {} merged ({short_commit}). {}",
+            event.service, event.from_value, event.to_value, decision.reason
+        ),
+        RemediationState::Opened => format!(
+            "{alertname} on {}: {action} {} → {} waits for approval on {}. {}",
+            event.service, event.from_value, event.to_value, event.branch, decision.reason
+        ),
+        _ => format!(
+            "{alertname} on {}: {action} {state}: {}",
+            event.service, event.message
+        ),
+    };
+    let notification = Notification {
+        kind: "remediation".into(),
+        incident: event.incident_key.clone(),
+        service: event.service.clone(),
+        alertname,
+        action: action.into(),
+        state: state.into(),
+        reason: decision.reason.clone(),
+        repository: event.repository.clone(),
+        branch: event.branch.clone(),
+        commit: event.commit.clone(),
+        from: event.from_value.clone(),
+        to: event.to_value.clone(),
+        dry_run: decision.dry_run,
+        trace_id: trace_id.to_string(),
+        text,
+    };
+    Event {
+        entry,
+        notification: Some(notification),
+    }
+}
+
+/// Records and tells.
+pub struct NotifyHandler {
+    store: Arc<dyn AuditStore>,
+    channel: Arc<dyn Channel>,
+}
+
+impl NotifyHandler {
+    pub fn new(store: Arc<dyn AuditStore>, channel: Arc<dyn Channel>) -> Self {
+        Self { store, channel }
+    }
+
+    async fn process(&self, event: Event) -> Disposition {
+        let recorded = match self.store.record(&event.entry).await {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                tracing::warn!(error = %error, "audit row not written; retrying");
+                return Disposition::Retry(Duration::from_secs(2));
+            }
+        };
+        if recorded.inserted {
+            metrics::counter!(selfheal_telemetry::metrics::AUDIT_ROWS, "kind" => event.entry.kind.clone()).increment(1);
+        }
+        let Some(notification) = event.notification else {
+            return Disposition::Ack;
+        };
+        if recorded.notified {
+            return Disposition::Ack;
+        }
+        if let Err(error) = self.channel.send(&notification).await {
+            metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "error")
+                .increment(1);
+            tracing::warn!(error = %error, "notification failed; retrying");
+            return Disposition::Retry(Duration::from_secs(2));
+        }
+        metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "sent")
+            .increment(1);
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        if let Err(error) = self.store.mark_notified(&event.entry.event_key, &now).await {
+            // Acking now would be fine (it was sent); retrying risks one repeat. Prefer the repeat
+            // over a notification the log says was never sent.
+            tracing::warn!(error = %error, "sent notification not recorded; retrying");
+            return Disposition::Retry(Duration::from_secs(2));
+        }
+        Disposition::Ack
+    }
+}
+
+#[async_trait]
+impl Handler for NotifyHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        let span = tracing::info_span!(
+            "notifier.record",
+            incident.key = tracing::field::Empty,
+            event.kind = tracing::field::Empty,
+            delivery.attempt = delivery.delivered,
+        );
+        selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
+        let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let service = delivery
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let event = if delivery.subject.starts_with("selfheal.decisions.") {
+            match Decision::decode(delivery.payload.clone()) {
+                Ok(decision) => from_decision(&decision, &service, &trace_id, &now),
+                Err(error) => return Disposition::Reject(format!("undecodable Decision: {error}")),
+            }
+        } else if delivery.subject.starts_with("selfheal.remediations.") {
+            match RemediationEvent::decode(delivery.payload.clone()) {
+                Ok(remediation) => from_remediation(&remediation, &trace_id, &now),
+                Err(error) => {
+                    return Disposition::Reject(format!("undecodable RemediationEvent: {error}"));
+                }
+            }
+        } else {
+            return Disposition::Ack;
+        };
+        span.record("incident.key", event.entry.incident.as_str());
+        span.record("event.kind", event.entry.kind.as_str());
+        self.process(event).instrument(span).await
+    }
+}
+
+/// Runs the consumer and the health endpoints until `shutdown` completes.
+pub async fn run(
+    store: Arc<dyn AuditStore>,
+    channel: Arc<dyn Channel>,
+    bus: SharedBus,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let handler = Arc::new(NotifyHandler::new(store.clone(), channel));
+    let consumer_task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]),
+        handler,
+        cancel.clone().cancelled_owned(),
+    ));
+    let ready: selfheal_telemetry::health::ReadinessCheck = Arc::new(move || {
+        let bus = bus.clone();
+        let store = store.clone();
+        Box::pin(async move {
+            bus.ready().await.map_err(|e| e.to_string())?;
+            store.ping().await.map_err(|e| e.to_string())
+        })
+    });
+    let health = selfheal_telemetry::health::router(ready, selfheal_telemetry::metrics::install());
+    tracing::info!(http = %listener.local_addr()?, "notifier running");
+    let http_task = tokio::spawn(
+        axum::serve(listener, health)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .into_future(),
+    );
+    shutdown.await;
+    cancel.cancel();
+    consumer_task.await??;
+    http_task.await??;
+    Ok(())
+}
+
+/// The channel `config` asks for: the webhook, or the log.
+pub fn channel_from(config: &NotifierConfig) -> anyhow::Result<Arc<dyn Channel>> {
+    Ok(match &config.webhook_url {
+        Some(url) if !url.is_empty() => Arc::new(channel::WebhookChannel::new(
+            url.clone(),
+            config.webhook_timeout,
+        )?),
+        _ => Arc::new(channel::LogChannel),
+    })
+}

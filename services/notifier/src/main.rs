@@ -1,1 +1,52 @@
-fn main() {}
+//! `selfheal-notifier`: opens the audit log, connects to NATS, serves until SIGTERM.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use selfheal_bus::nats::{NatsBus, NatsOptions};
+use selfheal_notifier::{NotifierConfig, audit::SqlAuditStore};
+
+/// selfheal's feedback and record: notifications and the audit log.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; SELFHEAL_NOTIFIER_* environment variables override it.
+    #[arg(long, env = "SELFHEAL_NOTIFIER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let _telemetry = selfheal_telemetry::init("selfheal-notifier");
+    let config: NotifierConfig =
+        match selfheal_config::load(args.config.as_deref(), "SELFHEAL_NOTIFIER_") {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error = %error, "bad configuration");
+                return ExitCode::from(64);
+            }
+        };
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "notifier stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: NotifierConfig) -> anyhow::Result<()> {
+    let store = SqlAuditStore::connect(&config.database_url).await?;
+    let channel = selfheal_notifier::channel_from(&config)?;
+    let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-notifier")).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    selfheal_notifier::run(
+        Arc::new(store),
+        channel,
+        Arc::new(bus),
+        listener,
+        selfheal_telemetry::shutdown_signal(),
+    )
+    .await
+}

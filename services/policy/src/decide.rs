@@ -37,26 +37,11 @@ pub fn input(event: &AlertEvent, now: DateTime<Utc>) -> Value {
     })
 }
 
-fn parse_action(action: &str) -> Option<Action> {
-    Some(match action {
-        "none" => Action::None,
-        "rollback" => Action::Rollback,
-        "scale" => Action::Scale,
-        "restart" => Action::Restart,
-        "escalate" => Action::Escalate,
-        _ => return None,
-    })
-}
+use selfheal_proto::names::parse_action;
 
 /// The action's name as policies and people write it.
 pub fn action_name(action: Action) -> &'static str {
-    match action {
-        Action::None | Action::Unspecified => "none",
-        Action::Rollback => "rollback",
-        Action::Scale => "scale",
-        Action::Restart => "restart",
-        Action::Escalate => "escalate",
-    }
+    selfheal_proto::names::action(action)
 }
 
 /// Evaluates the policies for `event` and turns the answer into a [`Decision`]. A policy that
