@@ -82,10 +82,7 @@ impl Headers {
     }
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
     /// All keys.
     pub fn keys(&self) -> impl Iterator<Item = &str> {

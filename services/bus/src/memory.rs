@@ -14,9 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{
-    Acker, Bus, BusError, ConsumerSpec, Delivery, DeliveryStream, Headers, Outgoing, PublishAck,
-};
+use crate::{Acker, Bus, BusError, ConsumerSpec, Delivery, DeliveryStream, Headers, Outgoing, PublishAck};
 
 /// A message as the in-memory stream stores it.
 #[derive(Clone, Debug)]
@@ -94,9 +92,7 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way that matters
         // more than losing the bus, so recover the guard rather than propagate the poison.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -118,11 +114,7 @@ pub(crate) fn subject_matches(filter: &str, subject: &str) -> bool {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, message: Outgoing) -> Result<PublishAck, BusError> {
-        if !message
-            .subject
-            .split('.')
-            .all(crate::subjects::is_valid_token)
-        {
+        if !message.subject.split('.').all(crate::subjects::is_valid_token) {
             return Err(BusError::Publish {
                 subject: message.subject,
                 reason: "invalid subject".into(),
@@ -132,9 +124,7 @@ impl Bus for MemoryBus {
         let ack = {
             let mut state = self.inner.lock();
             let window = self.inner.duplicate_window;
-            state
-                .dedup
-                .retain(|_, (_, at)| now.duration_since(*at) < window);
+            state.dedup.retain(|_, (_, at)| now.duration_since(*at) < window);
             if let Some((sequence, _)) = state.dedup.get(&message.msg_id) {
                 return Ok(PublishAck {
                     sequence: *sequence,
@@ -164,14 +154,11 @@ impl Bus for MemoryBus {
     async fn subscribe(&self, spec: ConsumerSpec) -> Result<DeliveryStream, BusError> {
         {
             let mut state = self.inner.lock();
-            state
-                .consumers
-                .entry(spec.durable.clone())
-                .or_insert_with(|| Consumer {
-                    spec: spec.clone(),
-                    cursor: 0,
-                    pending: BTreeMap::new(),
-                });
+            state.consumers.entry(spec.durable.clone()).or_insert_with(|| Consumer {
+                spec: spec.clone(),
+                cursor: 0,
+                pending: BTreeMap::new(),
+            });
         }
         let inner = self.inner.clone();
         let durable = spec.durable;
@@ -198,16 +185,12 @@ async fn next_delivery(inner: &Arc<Inner>, durable: &str) -> Result<Delivery, Bu
         let wait_until = {
             let mut state = inner.lock();
             let State {
-                messages,
-                consumers,
-                ..
+                messages, consumers, ..
             } = &mut *state;
-            let consumer = consumers
-                .get_mut(durable)
-                .ok_or_else(|| BusError::Consumer {
-                    durable: durable.to_string(),
-                    reason: "consumer vanished".into(),
-                })?;
+            let consumer = consumers.get_mut(durable).ok_or_else(|| BusError::Consumer {
+                durable: durable.to_string(),
+                reason: "consumer vanished".into(),
+            })?;
             let max_deliver = u64::try_from(consumer.spec.max_deliver).unwrap_or(u64::MAX);
             // Redeliveries first, oldest first.
             let due = consumer
@@ -217,14 +200,10 @@ async fn next_delivery(inner: &Arc<Inner>, durable: &str) -> Result<Delivery, Bu
                 .map(|(seq, _)| *seq);
             if let Some(sequence) = due {
                 let ack_wait = consumer.spec.ack_wait;
-                let entry =
-                    consumer
-                        .pending
-                        .get_mut(&sequence)
-                        .ok_or_else(|| BusError::Consumer {
-                            durable: durable.into(),
-                            reason: "lost pending".into(),
-                        })?;
+                let entry = consumer.pending.get_mut(&sequence).ok_or_else(|| BusError::Consumer {
+                    durable: durable.into(),
+                    reason: "lost pending".into(),
+                })?;
                 entry.delivered += 1;
                 entry.redeliver_at = now + ack_wait;
                 let delivered = entry.delivered;
@@ -267,12 +246,7 @@ async fn next_delivery(inner: &Arc<Inner>, durable: &str) -> Result<Delivery, Bu
     }
 }
 
-fn make_delivery(
-    inner: &Arc<Inner>,
-    durable: &str,
-    message: &StoredMessage,
-    delivered: u64,
-) -> Delivery {
+fn make_delivery(inner: &Arc<Inner>, durable: &str, message: &StoredMessage, delivered: u64) -> Delivery {
     Delivery::new(
         message.subject.clone(),
         message.headers.clone(),
@@ -346,22 +320,13 @@ mod tests {
 
     #[test]
     fn subjects_match_like_nats() {
-        assert!(subject_matches(
-            "selfheal.>",
-            "selfheal.alerts.firing.checkout"
-        ));
+        assert!(subject_matches("selfheal.>", "selfheal.alerts.firing.checkout"));
         assert!(subject_matches(
             "selfheal.alerts.*.checkout",
             "selfheal.alerts.firing.checkout"
         ));
-        assert!(!subject_matches(
-            "selfheal.alerts.*",
-            "selfheal.alerts.firing.checkout"
-        ));
-        assert!(!subject_matches(
-            "selfheal.decisions.>",
-            "selfheal.decisions"
-        ));
+        assert!(!subject_matches("selfheal.alerts.*", "selfheal.alerts.firing.checkout"));
+        assert!(!subject_matches("selfheal.decisions.>", "selfheal.decisions"));
         assert!(subject_matches("a.b", "a.b"));
         assert!(!subject_matches("a.b", "a.b.c"));
     }
@@ -369,12 +334,8 @@ mod tests {
     #[tokio::test]
     async fn duplicate_ids_are_stored_once() -> anyhow::Result<()> {
         let bus = MemoryBus::default();
-        let first = bus
-            .publish(outgoing("selfheal.alerts.firing.x", "id-1"))
-            .await?;
-        let second = bus
-            .publish(outgoing("selfheal.alerts.firing.x", "id-1"))
-            .await?;
+        let first = bus.publish(outgoing("selfheal.alerts.firing.x", "id-1")).await?;
+        let second = bus.publish(outgoing("selfheal.alerts.firing.x", "id-1")).await?;
         assert!(!first.duplicate);
         assert!(second.duplicate);
         assert_eq!(first.sequence, second.sequence);
@@ -399,8 +360,7 @@ mod tests {
         let mut spec = ConsumerSpec::new("c", &["selfheal.decisions.>"]);
         spec.ack_wait = Duration::from_secs(5);
         let mut sub = bus.subscribe(spec).await?;
-        bus.publish(outgoing("selfheal.alerts.firing.x", "a"))
-            .await?;
+        bus.publish(outgoing("selfheal.alerts.firing.x", "a")).await?;
         bus.publish(outgoing("selfheal.decisions.x", "d")).await?;
         let first = sub.next().await.ok_or_else(|| anyhow::anyhow!("ended"))??;
         assert_eq!(first.subject, "selfheal.decisions.x");

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::{
-    Acker, Bus, BusError, ConsumerSpec, Delivery, DeliveryStream, Headers, Outgoing, PublishAck,
-    STREAM, STREAM_SUBJECTS,
+    Acker, Bus, BusError, ConsumerSpec, Delivery, DeliveryStream, Headers, Outgoing, PublishAck, STREAM,
+    STREAM_SUBJECTS,
 };
 
 /// How to reach NATS and how to shape the stream.
@@ -60,11 +60,7 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Connect(format!("{}: {e}", options.url)))?;
         let js = jetstream::new(client.clone());
-        let bus = Self {
-            client,
-            js,
-            options,
-        };
+        let bus = Self { client, js, options };
         bus.ensure_stream().await?;
         Ok(bus)
     }
@@ -138,13 +134,12 @@ impl Bus for NatsBus {
                 reason: e.to_string(),
             })
         };
-        let ack =
-            tokio::time::timeout(timeout, stored)
-                .await
-                .map_err(|_| BusError::Timeout {
-                    subject: subject.clone(),
-                    timeout,
-                })??;
+        let ack = tokio::time::timeout(timeout, stored)
+            .await
+            .map_err(|_| BusError::Timeout {
+                subject: subject.clone(),
+                timeout,
+            })??;
         Ok(PublishAck {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
@@ -179,10 +174,7 @@ impl Bus for NatsBus {
                 reason: e.to_string(),
             })?;
             let (sequence, delivered) = match message.info() {
-                Ok(info) => (
-                    info.stream_sequence,
-                    u64::try_from(info.delivered).unwrap_or(1),
-                ),
+                Ok(info) => (info.stream_sequence, u64::try_from(info.delivered).unwrap_or(1)),
                 Err(e) => {
                     return Err(BusError::Consumer {
                         durable: durable.clone(),
@@ -218,10 +210,7 @@ struct NatsAcker(jetstream::message::Acker);
 impl Acker for NatsAcker {
     async fn ack(&self) -> Result<(), BusError> {
         // Double ack: wait for the server to confirm, so "acked" means the server knows.
-        self.0
-            .double_ack()
-            .await
-            .map_err(|e| BusError::Ack(e.to_string()))
+        self.0.double_ack().await.map_err(|e| BusError::Ack(e.to_string()))
     }
     async fn nak(&self, delay: Duration) -> Result<(), BusError> {
         self.0

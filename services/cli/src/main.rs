@@ -1,1 +1,42 @@
-fn main() {}
+//! `selfheal`: the command line. `selfheal up` runs the whole loop in one process.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod policy;
+mod up;
+
+/// selfheal: Alertmanager fires, Rego decides, Git changes, Argo CD or Flux applies.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gateway, policy, pr-controller and notifier in one process.
+    Up(up::UpArgs),
+    /// Work with Rego policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = selfheal_telemetry::init("selfheal");
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Policy(command) => policy::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("selfheal: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -42,9 +42,7 @@ where
         figment = figment.merge(Toml::file(file));
     }
     figment = figment.merge(Env::prefixed(env_prefix).split("__"));
-    figment
-        .extract()
-        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 /// A secret value (a token, a signing key). `Debug` and `Display` print `[redacted]`; it
@@ -74,10 +72,7 @@ impl Secret {
     }
 
     /// The secret given inline, or else read from `file` (trailing newline trimmed).
-    pub fn inline_or_file(
-        inline: Option<Secret>,
-        file: Option<&Path>,
-    ) -> Result<Option<Secret>, ConfigError> {
+    pub fn inline_or_file(inline: Option<Secret>, file: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
         if let Some(secret) = inline.filter(|s| !s.is_empty()) {
             return Ok(Some(secret));
         }
@@ -146,17 +141,11 @@ mod tests {
     fn secret_never_prints() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
-        assert_eq!(
-            serde_json::to_string(&secret).ok().as_deref(),
-            Some("\"[redacted]\"")
-        );
+        assert_eq!(serde_json::to_string(&secret).ok().as_deref(), Some("\"[redacted]\""));
         assert!(secret.matches(b"hunter2"));
         assert!(!secret.matches(b"hunter3"));
         assert!(!secret.matches(b"hunter"));
-        assert!(
-            !Secret::default().matches(b""),
-            "an empty secret matches nothing"
-        );
+        assert!(!Secret::default().matches(b""), "an empty secret matches nothing");
     }
 
     #[test]
@@ -171,10 +160,7 @@ mod tests {
         let err = load::<Example>(Some(&file), "SELFHEAL_CONFIGTEST_NONE_")
             .err()
             .map(|e| e.to_string());
-        assert!(
-            err.as_deref().is_some_and(|e| e.contains("listne")),
-            "{err:?}"
-        );
+        assert!(err.as_deref().is_some_and(|e| e.contains("listne")), "{err:?}");
         Ok(())
     }
 

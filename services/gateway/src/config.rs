@@ -56,23 +56,13 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// The accepted tokens: `token` and each line of `token_file`. At least one is required.
     pub fn tokens(&self) -> Result<Vec<Secret>, ConfigError> {
-        let mut tokens: Vec<Secret> = self
-            .token
-            .iter()
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .collect();
+        let mut tokens: Vec<Secret> = self.token.iter().filter(|t| !t.is_empty()).cloned().collect();
         if let Some(file) = &self.token_file {
             let text = std::fs::read_to_string(file).map_err(|e| ConfigError::SecretFile {
                 path: file.display().to_string(),
                 reason: e.kind().to_string(),
             })?;
-            tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(Secret::new),
-            );
+            tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(Secret::new));
         }
         if tokens.is_empty() {
             return Err(ConfigError::Invalid(

@@ -49,8 +49,7 @@ impl RequestError {
 
 impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
-        metrics::counter!(selfheal_telemetry::metrics::GATEWAY_REFUSED, "reason" => self.reason())
-            .increment(1);
+        metrics::counter!(selfheal_telemetry::metrics::GATEWAY_REFUSED, "reason" => self.reason()).increment(1);
         let (status, body) = match &self {
             Self::Invalid { field, problem } => (
                 StatusCode::BAD_REQUEST,
@@ -71,10 +70,9 @@ impl IntoResponse for RequestError {
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

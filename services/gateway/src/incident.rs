@@ -60,23 +60,14 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn only_identity_labels_count() {
         let identity = Identity::default();
-        let a = identity.incident_key(
-            &labels(&[("alertname", "X"), ("service", "s"), ("pod", "p1")]),
-            "t",
-        );
-        let b = identity.incident_key(
-            &labels(&[("alertname", "X"), ("service", "s"), ("pod", "p2")]),
-            "t",
-        );
+        let a = identity.incident_key(&labels(&[("alertname", "X"), ("service", "s"), ("pod", "p1")]), "t");
+        let b = identity.incident_key(&labels(&[("alertname", "X"), ("service", "s"), ("pod", "p2")]), "t");
         let c = identity.incident_key(&labels(&[("alertname", "X"), ("service", "t")]), "t");
         let d = identity.incident_key(&labels(&[("alertname", "X"), ("service", "s")]), "t2");
         assert_eq!(a, b);

@@ -46,10 +46,7 @@ pub struct AppState {
 
 impl AppState {
     /// State for `config`; fails when no token is configured.
-    pub fn new(
-        config: &GatewayConfig,
-        bus: SharedBus,
-    ) -> Result<Self, selfheal_config::ConfigError> {
+    pub fn new(config: &GatewayConfig, bus: SharedBus) -> Result<Self, selfheal_config::ConfigError> {
         Ok(Self {
             bus,
             tokens: Arc::new(config.tokens()?),
@@ -123,9 +120,7 @@ fn authorize(tokens: &[Secret], headers: &HeaderMap) -> Result<(), RequestError>
         .map(|(_, token)| token.trim().as_bytes())
         .ok_or(RequestError::Unauthorized)?;
     // Compare against every token, with no early exit, so timing says nothing about which matched.
-    let matched = tokens
-        .iter()
-        .fold(false, |any, token| any | token.matches(presented));
+    let matched = tokens.iter().fold(false, |any, token| any | token.matches(presented));
     if matched {
         Ok(())
     } else {
@@ -157,8 +152,7 @@ async fn alertmanager(
             "alertmanager truncated this group; raise max_alerts to see every alert"
         );
     }
-    let published =
-        futures::future::join_all(events.into_iter().map(|event| publish(&state.bus, event))).await;
+    let published = futures::future::join_all(events.into_iter().map(|event| publish(&state.bus, event))).await;
     let mut incidents = Vec::with_capacity(published.len());
     for result in published {
         incidents.push(result?);
@@ -201,20 +195,16 @@ async fn publish(bus: &SharedBus, event: AlertEvent) -> Result<IncidentRef, Requ
     };
     let started = Instant::now();
     let result = bus.publish(message).instrument(span.clone()).await;
-    metrics::histogram!(selfheal_telemetry::metrics::GATEWAY_PUBLISH_SECONDS)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(selfheal_telemetry::metrics::GATEWAY_PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
     let _entered = span.enter();
     match result {
         Ok(ack) => {
-            metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_RECEIVED, "status" => alert.status.clone()).increment(1);
+            metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_RECEIVED, "status" => alert.status.clone())
+                .increment(1);
             if ack.duplicate {
                 metrics::counter!(selfheal_telemetry::metrics::GATEWAY_DUPLICATES).increment(1);
             }
-            tracing::info!(
-                sequence = ack.sequence,
-                duplicate = ack.duplicate,
-                "alert stored"
-            );
+            tracing::info!(sequence = ack.sequence, duplicate = ack.duplicate, "alert stored");
             Ok(IncidentRef {
                 key: event.incident_key,
                 status: alert.status,
@@ -249,8 +239,7 @@ mod tests {
     }
 
     fn request(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
-        let mut builder =
-            Request::post("/v1/alerts/alertmanager").header("content-type", "application/json");
+        let mut builder = Request::post("/v1/alerts/alertmanager").header("content-type", "application/json");
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
@@ -258,9 +247,7 @@ mod tests {
     }
 
     async fn json(response: axum::response::Response) -> serde_json::Value {
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("body");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
         serde_json::from_slice(&bytes).expect("json body")
     }
 
@@ -279,22 +266,16 @@ mod tests {
         let app = app(state(&bus));
         let first = app
             .clone()
-            .oneshot(request(
-                Some(TOKEN),
-                fixture("05-firing-3alerts-truncated.json"),
-            ))
+            .oneshot(request(Some(TOKEN), fixture("05-firing-3alerts-truncated.json")))
             .await
             .expect("response");
         assert_eq!(first.status(), StatusCode::OK);
         let first = json(first).await;
         assert_eq!(first["stored"], 3);
         let again = json(
-            app.oneshot(request(
-                Some(TOKEN),
-                fixture("05-firing-3alerts-truncated.json"),
-            ))
-            .await
-            .expect("response"),
+            app.oneshot(request(Some(TOKEN), fixture("05-firing-3alerts-truncated.json")))
+                .await
+                .expect("response"),
         )
         .await;
         assert_eq!(again["duplicates"], 3);
@@ -307,11 +288,7 @@ mod tests {
                 "selfheal.alerts.firing.payments"
             ]
         );
-        assert!(
-            bus.messages()
-                .iter()
-                .all(|m| m.headers.get("traceparent").is_some())
-        );
+        assert!(bus.messages().iter().all(|m| m.headers.get("traceparent").is_some()));
     }
 
     #[tokio::test]

@@ -19,14 +19,13 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let _telemetry = selfheal_telemetry::init("selfheal-gateway");
-    let config: GatewayConfig =
-        match selfheal_config::load(args.config.as_deref(), "SELFHEAL_GATEWAY_") {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::error!(error = %error, "bad configuration");
-                return ExitCode::from(64);
-            }
-        };
+    let config: GatewayConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_GATEWAY_") {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(error = %error, "bad configuration");
+            return ExitCode::from(64);
+        }
+    };
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -42,11 +41,5 @@ async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     options.publish_timeout = config.publish_timeout;
     let bus = NatsBus::connect(options).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    selfheal_gateway::run(
-        config,
-        Arc::new(bus),
-        listener,
-        selfheal_telemetry::shutdown_signal(),
-    )
-    .await
+    selfheal_gateway::run(config, Arc::new(bus), listener, selfheal_telemetry::shutdown_signal()).await
 }

@@ -186,35 +186,30 @@ fn to_event(
         }
     }
     if alert.labels.get("alertname").is_none_or(|v| v.is_empty()) {
-        return Err(RequestError::invalid(
-            field("labels.alertname"),
-            "is missing",
-        ));
+        return Err(RequestError::invalid(field("labels.alertname"), "is missing"));
     }
-    if let Some(service) = alert.labels.get("service") {
-        if !is_dns1123_label(service) {
-            return Err(RequestError::invalid(
-                field("labels.service"),
-                "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
-            ));
-        }
+    if alert
+        .labels
+        .get("service")
+        .is_some_and(|service| !is_dns1123_label(service))
+    {
+        return Err(RequestError::invalid(
+            field("labels.service"),
+            "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+        ));
     }
     let starts_at = parse_time(&alert.starts_at)
         .ok_or_else(|| RequestError::invalid(field("startsAt"), "is not an RFC 3339 time"))?;
     let ends_at = match alert.ends_at.as_str() {
         "" => None,
-        text => Some(
-            parse_time(text)
-                .ok_or_else(|| RequestError::invalid(field("endsAt"), "is not an RFC 3339 time"))?,
-        ),
+        text => {
+            Some(parse_time(text).ok_or_else(|| RequestError::invalid(field("endsAt"), "is not an RFC 3339 time"))?)
+        }
     }
     // Alertmanager sends the zero time (year 1) while an alert fires.
     .filter(|t| t.timestamp() > 0);
 
-    let key = identity.incident_key(
-        &alert.labels,
-        &starts_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-    );
+    let key = identity.incident_key(&alert.labels, &starts_at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     Ok(AlertEvent {
         incident_key: key,
         alert: Some(Alert {
@@ -236,9 +231,7 @@ fn to_event(
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
 fn timestamp(time: DateTime<Utc>) -> Timestamp {
@@ -262,13 +255,8 @@ mod tests {
 
     fn events(name: &str) -> Vec<AlertEvent> {
         let webhook = parse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        to_events(
-            &webhook,
-            &Limits::default(),
-            &incident::Identity::default(),
-            Utc::now(),
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        to_events(&webhook, &Limits::default(), &incident::Identity::default(), Utc::now())
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
     }
 
     #[test]
@@ -299,16 +287,8 @@ mod tests {
 
     #[test]
     fn resolved_body_names_the_incidents_its_firing_body_opened() {
-        let key = |name| {
-            events(name)
-                .into_iter()
-                .map(|e| e.incident_key)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            key("02-firing-1alerts.json"),
-            key("03-resolved-1alerts.json")
-        );
+        let key = |name| events(name).into_iter().map(|e| e.incident_key).collect::<Vec<_>>();
+        assert_eq!(key("02-firing-1alerts.json"), key("03-resolved-1alerts.json"));
         assert_eq!(
             key("05-firing-3alerts-truncated.json"),
             key("06-resolved-3alerts-truncated.json")
@@ -333,14 +313,8 @@ mod tests {
             (b"{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"status\":\"up\",\"labels\":{\"alertname\":\"A\"},\"startsAt\":\"2026-01-01T00:00:00Z\"}]}", "alerts[0].status"),
         ];
         for (body, field) in cases {
-            let result = parse(body).and_then(|w| {
-                to_events(
-                    &w,
-                    &Limits::default(),
-                    &incident::Identity::default(),
-                    Utc::now(),
-                )
-            });
+            let result =
+                parse(body).and_then(|w| to_events(&w, &Limits::default(), &incident::Identity::default(), Utc::now()));
             let error = result.expect_err(field);
             assert!(
                 error.field().starts_with(field),

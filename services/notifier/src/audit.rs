@@ -208,9 +208,7 @@ mod tests {
                 notified: false
             }
         );
-        store
-            .mark_notified("decision.abc", "2026-11-22T10:58:54Z")
-            .await?;
+        store.mark_notified("decision.abc", "2026-11-22T10:58:54Z").await?;
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
             Recorded {

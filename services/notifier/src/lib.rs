@@ -38,10 +38,7 @@ pub const CONSUMER: &str = "notifier";
 
 /// The decision as JSON, for the audit row.
 pub fn decision_json(decision: &Decision) -> serde_json::Value {
-    let alert = decision
-        .alert
-        .as_ref()
-        .and_then(|event| event.alert.as_ref());
+    let alert = decision.alert.as_ref().and_then(|event| event.alert.as_ref());
     let params = decision.params.clone().unwrap_or_default();
     json!({
         "action": names::action(decision.action()),
@@ -88,8 +85,7 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
         success: None,
         trace_id: trace_id.to_string(),
     };
-    let tell = decision.action() == Action::Escalate
-        || (decision.dry_run && decision.action() != Action::None);
+    let tell = decision.action() == Action::Escalate || (decision.dry_run && decision.action() != Action::None);
     let notification = tell.then(|| {
         let alertname = label(decision, "alertname");
         let text = if decision.dry_run {
@@ -98,10 +94,7 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
                 decision.reason
             )
         } else {
-            format!(
-                "{alertname} on {service} needs a person: {}",
-                decision.reason
-            )
+            format!("{alertname} on {service} needs a person: {}", decision.reason)
         };
         Notification {
             kind: "decision".into(),
@@ -121,10 +114,7 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
             text,
         }
     });
-    Event {
-        entry,
-        notification,
-    }
+    Event { entry, notification }
 }
 
 fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Event {
@@ -133,9 +123,7 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
     let action = names::action(event.action());
     let success = match event.state() {
         RemediationState::Merged | RemediationState::Verified => Some(true),
-        RemediationState::Failed | RemediationState::Escalated | RemediationState::Rejected => {
-            Some(false)
-        }
+        RemediationState::Failed | RemediationState::Escalated | RemediationState::Rejected => Some(false),
         RemediationState::Opened | RemediationState::Unspecified => None,
     };
     let reference = if event.pull_request_url.is_empty() {
@@ -168,10 +156,7 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
             "{alertname} on {}: {action} {} → {} waits for approval on {}. {}",
             event.service, event.from_value, event.to_value, event.branch, decision.reason
         ),
-        _ => format!(
-            "{alertname} on {}: {action} {state}: {}",
-            event.service, event.message
-        ),
+        _ => format!("{alertname} on {}: {action} {state}: {}", event.service, event.message),
     };
     let notification = Notification {
         kind: "remediation".into(),
@@ -225,13 +210,11 @@ impl NotifyHandler {
             return Disposition::Ack;
         }
         if let Err(error) = self.channel.send(&notification).await {
-            metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "error")
-                .increment(1);
+            metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "error").increment(1);
             tracing::warn!(error = %error, "notification failed; retrying");
             return Disposition::Retry(Duration::from_secs(2));
         }
-        metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "sent")
-            .increment(1);
+        metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "sent").increment(1);
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         if let Err(error) = self.store.mark_notified(&event.entry.event_key, &now).await {
             // Acking now would be fine (it was sent); retrying risks one repeat. Prefer the repeat
@@ -255,12 +238,7 @@ impl Handler for NotifyHandler {
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        let service = delivery
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let service = delivery.subject.rsplit('.').next().unwrap_or_default().to_string();
         let event = if delivery.subject.starts_with("selfheal.decisions.") {
             match Decision::decode(delivery.payload.clone()) {
                 Ok(decision) => from_decision(&decision, &service, &trace_id, &now),
@@ -323,10 +301,7 @@ pub async fn run(
 /// The channel `config` asks for: the webhook, or the log.
 pub fn channel_from(config: &NotifierConfig) -> anyhow::Result<Arc<dyn Channel>> {
     Ok(match &config.webhook_url {
-        Some(url) if !url.is_empty() => Arc::new(channel::WebhookChannel::new(
-            url.clone(),
-            config.webhook_timeout,
-        )?),
+        Some(url) if !url.is_empty() => Arc::new(channel::WebhookChannel::new(url.clone(), config.webhook_timeout)?),
         _ => Arc::new(channel::LogChannel),
     })
 }

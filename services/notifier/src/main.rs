@@ -19,14 +19,13 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let _telemetry = selfheal_telemetry::init("selfheal-notifier");
-    let config: NotifierConfig =
-        match selfheal_config::load(args.config.as_deref(), "SELFHEAL_NOTIFIER_") {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::error!(error = %error, "bad configuration");
-                return ExitCode::from(64);
-            }
-        };
+    let config: NotifierConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_NOTIFIER_") {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(error = %error, "bad configuration");
+            return ExitCode::from(64);
+        }
+    };
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

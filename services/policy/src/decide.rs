@@ -46,12 +46,7 @@ pub fn action_name(action: Action) -> &'static str {
 
 /// Evaluates the policies for `event` and turns the answer into a [`Decision`]. A policy that
 /// fails or answers nonsense yields an `escalate` decision that says why: a person must look.
-pub fn decide(
-    engine: &dyn PolicyEngine,
-    event: &AlertEvent,
-    dry_run: bool,
-    now: DateTime<Utc>,
-) -> (Decision, Value) {
+pub fn decide(engine: &dyn PolicyEngine, event: &AlertEvent, dry_run: bool, now: DateTime<Utc>) -> (Decision, Value) {
     let input = input(event, now);
     let mut decision = Decision {
         incident_key: event.incident_key.clone(),

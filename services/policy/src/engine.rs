@@ -110,19 +110,16 @@ impl RegoEngine {
         let mut tests = Vec::new();
         for (path, text) in sources {
             let names = test_rule_names(&text);
-            let v0_style =
-                text.contains("import future.keywords") && !text.contains("import rego.v1");
+            let v0_style = text.contains("import future.keywords") && !text.contains("import rego.v1");
             engine.set_rego_v0(v0_style);
             let package = match engine.add_policy(path.clone(), text.clone()) {
                 Ok(package) => package,
                 Err(v1_error) if !v0_style => {
                     engine.set_rego_v0(true);
-                    engine
-                        .add_policy(path.clone(), text)
-                        .map_err(|_| PolicyError::Parse {
-                            path: path.clone(),
-                            reason: v1_error.to_string(),
-                        })?
+                    engine.add_policy(path.clone(), text).map_err(|_| PolicyError::Parse {
+                        path: path.clone(),
+                        reason: v1_error.to_string(),
+                    })?
                 }
                 Err(error) => {
                     return Err(PolicyError::Parse {
@@ -154,10 +151,7 @@ impl RegoEngine {
             .iter()
             .map(|rule| {
                 let mut engine = self.engine.clone();
-                let passed = matches!(
-                    engine.eval_rule(rule.clone()),
-                    Ok(regorus::Value::Bool(true))
-                );
+                let passed = matches!(engine.eval_rule(rule.clone()), Ok(regorus::Value::Bool(true)));
                 (rule.clone(), passed)
             })
             .collect()
@@ -249,14 +243,10 @@ mod tests {
         assert!(rollback.reason.contains("checkout"), "{}", rollback.reason);
         assert!(policy.ends_with("selfheal.rego"));
 
-        let mut scale_input =
-            alert(json!({"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}));
+        let mut scale_input = alert(json!({"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}));
         scale_input["target"] = json!({"replicas": 2});
         let (scale, _) = engine.evaluate(&scale_input).expect("eval");
-        assert_eq!(
-            (scale.action.as_str(), scale.params.replicas),
-            ("scale", Some(3))
-        );
+        assert_eq!((scale.action.as_str(), scale.params.replicas), ("scale", Some(3)));
 
         let (unknown_target, _) = engine
             .evaluate(&alert(
@@ -266,9 +256,7 @@ mod tests {
         assert_eq!(unknown_target.action, "escalate");
 
         let (none, _) = engine
-            .evaluate(&alert(
-                json!({"alertname": "HighRestartCount", "service": "checkout"}),
-            ))
+            .evaluate(&alert(json!({"alertname": "HighRestartCount", "service": "checkout"})))
             .expect("eval");
         assert_eq!(none.action, "none");
         assert!(!none.reason.is_empty());
@@ -284,24 +272,16 @@ mod tests {
     #[test]
     fn v0_policies_load_and_bad_ones_name_the_file() {
         let v0 = "package legacy\nimport future.keywords.if\ndecision := {\"action\": \"none\", \"reason\": \"v0\"} if { true }\n";
-        let engine = RegoEngine::from_sources(
-            vec![("legacy.rego".into(), v0.into())],
-            "data.legacy.decision",
-        )
-        .expect("v0 loads");
+        let engine = RegoEngine::from_sources(vec![("legacy.rego".into(), v0.into())], "data.legacy.decision")
+            .expect("v0 loads");
         assert_eq!(engine.evaluate(&json!({})).expect("eval").0.reason, "v0");
         let broken = RegoEngine::from_sources(
             vec![("broken.rego".into(), "package x\nallow if {".into())],
             "data.x.allow",
         );
-        assert!(
-            matches!(broken, Err(PolicyError::Parse { ref path, .. }) if path == "broken.rego")
-        );
+        assert!(matches!(broken, Err(PolicyError::Parse { ref path, .. }) if path == "broken.rego"));
         let undefined = RegoEngine::from_sources(
-            vec![(
-                "u.rego".into(),
-                "package u\nimport rego.v1\nd := 1 if false\n".into(),
-            )],
+            vec![("u.rego".into(), "package u\nimport rego.v1\nd := 1 if false\n".into())],
             "data.u.d",
         )
         .expect("loads")

@@ -4,8 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use selfheal_config::Secret;
 use selfheal_proto::v1::{
-    AlertEvent, EvaluateRequest, EvaluateResponse, ListPoliciesRequest, ListPoliciesResponse,
-    PolicyFile,
+    AlertEvent, EvaluateRequest, EvaluateResponse, ListPoliciesRequest, ListPoliciesResponse, PolicyFile,
     policy_server::{Policy, PolicyServer},
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
@@ -29,10 +28,7 @@ impl tonic::service::Interceptor for TokenCheck {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .unwrap_or_default();
         if self.0.matches(presented.trim().as_bytes()) {
             Ok(request)
@@ -48,18 +44,12 @@ pub fn server(
     dry_run: bool,
     token: Secret,
 ) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
-    PolicyServer::with_interceptor(
-        PolicyService { engine, dry_run },
-        TokenCheck(Arc::new(token)),
-    )
+    PolicyServer::with_interceptor(PolicyService { engine, dry_run }, TokenCheck(Arc::new(token)))
 }
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
-    async fn evaluate(
-        &self,
-        request: Request<EvaluateRequest>,
-    ) -> Result<Response<EvaluateResponse>, Status> {
+    async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
         let span = tracing::info_span!("policy.evaluate", incident.key = tracing::field::Empty);
         selfheal_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
         let request = request.into_inner();
@@ -67,9 +57,7 @@ impl Policy for PolicyService {
             .alert
             .ok_or_else(|| Status::invalid_argument("alert: is required"))?;
         if alert.labels.get("alertname").is_none_or(|v| v.is_empty()) {
-            return Err(Status::invalid_argument(
-                "alert.labels.alertname: is required",
-            ));
+            return Err(Status::invalid_argument("alert.labels.alertname: is required"));
         }
         if alert.status != "firing" && alert.status != "resolved" {
             return Err(Status::invalid_argument(
@@ -83,15 +71,11 @@ impl Policy for PolicyService {
             ..Default::default()
         };
         let dry_run = request.dry_run || self.dry_run;
-        let (decision, input) =
-            async { decide::decide(self.engine.as_ref(), &event, dry_run, chrono::Utc::now()) }
-                .instrument(span)
-                .await;
+        let (decision, input) = async { decide::decide(self.engine.as_ref(), &event, dry_run, chrono::Utc::now()) }
+            .instrument(span)
+            .await;
         tracing::info!(
-            alert.name = labels
-                .get("alertname")
-                .map(String::as_str)
-                .unwrap_or_default(),
+            alert.name = labels.get("alertname").map(String::as_str).unwrap_or_default(),
             decision.action = decide::action_name(decision.action()),
             "evaluated over grpc"
         );
@@ -101,10 +85,7 @@ impl Policy for PolicyService {
         }))
     }
 
-    async fn list_policies(
-        &self,
-        _: Request<ListPoliciesRequest>,
-    ) -> Result<Response<ListPoliciesResponse>, Status> {
+    async fn list_policies(&self, _: Request<ListPoliciesRequest>) -> Result<Response<ListPoliciesResponse>, Status> {
         let policies = self
             .engine
             .policies()

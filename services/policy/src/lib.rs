@@ -41,11 +41,7 @@ pub struct DecisionHandler {
 
 impl DecisionHandler {
     pub fn new(engine: Arc<dyn PolicyEngine>, bus: SharedBus, dry_run: bool) -> Self {
-        Self {
-            engine,
-            bus,
-            dry_run,
-        }
+        Self { engine, bus, dry_run }
     }
 }
 
@@ -63,12 +59,7 @@ impl Handler for DecisionHandler {
             decision.action = tracing::field::Empty,
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
-        let service = delivery
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or("_none")
-            .to_string();
+        let service = delivery.subject.rsplit('.').next().unwrap_or("_none").to_string();
         self.decide_and_publish(event, service, span.clone())
             .instrument(span)
             .await
@@ -76,25 +67,13 @@ impl Handler for DecisionHandler {
 }
 
 impl DecisionHandler {
-    async fn decide_and_publish(
-        &self,
-        event: AlertEvent,
-        service: String,
-        span: tracing::Span,
-    ) -> Disposition {
+    async fn decide_and_publish(&self, event: AlertEvent, service: String, span: tracing::Span) -> Disposition {
         let started = std::time::Instant::now();
-        let (decision, input) = decide::decide(
-            self.engine.as_ref(),
-            &event,
-            self.dry_run,
-            chrono::Utc::now(),
-        );
-        metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        let (decision, input) = decide::decide(self.engine.as_ref(), &event, self.dry_run, chrono::Utc::now());
+        metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS).record(started.elapsed().as_secs_f64());
         let action = decide::action_name(decision.action());
         span.record("decision.action", action);
-        metrics::counter!(selfheal_telemetry::metrics::POLICY_DECISIONS, "action" => action)
-            .increment(1);
+        metrics::counter!(selfheal_telemetry::metrics::POLICY_DECISIONS, "action" => action).increment(1);
         // The decision log, one line per decision (input, result, policy), in OPA's spirit.
         tracing::info!(
             decision_id = %format!("decision.{}", event.incident_key),
@@ -140,19 +119,10 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = selfheal_config::Secret::inline_or_file(
-        config.grpc_token.clone(),
-        config.grpc_token_file.as_deref(),
-    )?
-    .ok_or_else(|| {
-        anyhow::anyhow!("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file")
-    })?;
+    let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
+        .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
-    let handler = Arc::new(DecisionHandler::new(
-        engine.clone(),
-        bus.clone(),
-        config.dry_run,
-    ));
+    let handler = Arc::new(DecisionHandler::new(engine.clone(), bus.clone(), config.dry_run));
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]),

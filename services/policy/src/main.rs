@@ -19,14 +19,13 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let _telemetry = selfheal_telemetry::init("selfheal-policy");
-    let config: PolicyConfig =
-        match selfheal_config::load(args.config.as_deref(), "SELFHEAL_POLICY_") {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::error!(error = %error, "bad configuration");
-                return ExitCode::from(64);
-            }
-        };
+    let config: PolicyConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_POLICY_") {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(error = %error, "bad configuration");
+            return ExitCode::from(64);
+        }
+    };
     let engine = match RegoEngine::load_dir(&config.policy_dir, &config.query) {
         Ok(engine) => engine,
         Err(error) => {

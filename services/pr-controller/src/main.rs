@@ -1,1 +1,56 @@
-fn main() {}
+//! `selfheal-pr-controller`: opens the GitOps repository, connects to NATS, serves until SIGTERM.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use selfheal_bus::nats::{NatsBus, NatsOptions};
+use selfheal_pr_controller::{PrControllerConfig, repo::LocalRepository};
+
+/// selfheal's execution layer: decisions into GitOps commits.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; SELFHEAL_PR_CONTROLLER_* environment variables override it.
+    #[arg(long, env = "SELFHEAL_PR_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let _telemetry = selfheal_telemetry::init("selfheal-pr-controller");
+    let config: PrControllerConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_PR_CONTROLLER_") {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(error = %error, "bad configuration");
+            return ExitCode::from(64);
+        }
+    };
+    let repo = match LocalRepository::open(&config.repository) {
+        Ok(repo) => repo,
+        Err(error) => {
+            tracing::error!(error = %error, "repository does not open");
+            return ExitCode::from(64);
+        }
+    };
+    match serve(config, repo).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "pr-controller stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: PrControllerConfig, repo: LocalRepository) -> anyhow::Result<()> {
+    let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-pr-controller")).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    selfheal_pr_controller::run(
+        config,
+        Arc::new(repo),
+        Arc::new(bus),
+        listener,
+        selfheal_telemetry::shutdown_signal(),
+    )
+    .await
+}

@@ -6,8 +6,7 @@ use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Answers whether the service is ready; `Err` carries the reason it is not.
-pub type ReadinessCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// The three operational endpoints.
 pub fn router(ready: ReadinessCheck, metrics: PrometheusHandle) -> Router {

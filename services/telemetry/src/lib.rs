@@ -37,12 +37,9 @@ static INITIALISED: OnceLock<()> = OnceLock::new();
 
 /// Whether the environment asks for OTLP export.
 pub fn otlp_requested() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|key| std::env::var(key).is_ok_and(|v| !v.is_empty()))
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|key| std::env::var(key).is_ok_and(|v| !v.is_empty()))
         && std::env::var("OTEL_TRACES_EXPORTER")
             .map(|v| v != "none")
             .unwrap_or(true)
@@ -59,16 +56,11 @@ pub fn init(service_name: &str) -> TelemetryGuard {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| service_name.to_string());
-    let resource = Resource::builder()
-        .with_service_name(service_name.clone())
-        .build();
+    let resource = Resource::builder().with_service_name(service_name.clone()).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     let mut export_error = None;
     if otlp_requested() {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(e) => export_error = Some(e.to_string()),
         }
@@ -80,16 +72,12 @@ pub fn init(service_name: &str) -> TelemetryGuard {
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SELFHEAL_LOG_FORMAT").is_ok_and(|v| v == "json");
     let fmt_layer = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
     } else {
         tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
     // Without this filter the HTTP/2 and gRPC stacks export hundreds of their own spans.
-    let otel_filter =
-        EnvFilter::new("info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off");
+    let otel_filter = EnvFilter::new("info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off");
     let _ = tracing_subscriber::registry()
         .with(fmt_layer.with_filter(log_filter))
         .with(

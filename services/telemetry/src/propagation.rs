@@ -64,9 +64,8 @@ pub fn inject_headers(span: &tracing::Span, headers: &mut Headers) {
 
 /// Makes the context in `headers` (if any) the parent of `span`.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &Headers) {
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
     set_parent(span, parent);
 }
 
@@ -80,9 +79,8 @@ pub fn inject_metadata(span: &tracing::Span, metadata: &mut tonic::metadata::Met
 
 /// Makes the context in gRPC `metadata` (if any) the parent of `span`.
 pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&MetadataExtractor(metadata))
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&MetadataExtractor(metadata)));
     set_parent(span, parent);
 }
 
@@ -97,7 +95,5 @@ fn set_parent(span: &tracing::Span, parent: Context) {
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
 }

@@ -1,0 +1,64 @@
+//! The pr-controller's settings. File: `--config FILE` (TOML); environment:
+//! `SELFHEAL_PR_CONTROLLER_*` (nested keys with `__`, e.g. `SELFHEAL_PR_CONTROLLER_TARGET__PATH`).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the pr-controller can be told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrControllerConfig {
+    /// Address of `/healthz`, `/readyz`, `/metrics`.
+    pub listen: SocketAddr,
+    /// NATS server holding the SELFHEAL stream.
+    pub nats_url: String,
+    /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
+    pub repository: PathBuf,
+    /// The branch Argo CD or Flux deploys from; auto-approved changes are merged into it.
+    pub main_branch: String,
+    /// Where a service's manifests live.
+    pub target: TargetConfig,
+    /// Commit author.
+    pub author_name: String,
+    /// Commit author email.
+    pub author_email: String,
+    /// How many changes of a file's history to search for the previous image tag.
+    pub history_depth: usize,
+}
+
+/// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
+/// each label used must be a DNS-1123 label, or the decision is refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// The kustomization file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
+    pub path: String,
+    /// The image name in `images[].name`; unset matches the entry whose last path segment is the
+    /// service name (`ghcr.io/acme/checkout` for `checkout`).
+    pub image: Option<String>,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            path: "apps/{service}/kustomization.yaml".into(),
+            image: None,
+        }
+    }
+}
+
+impl Default for PrControllerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            repository: PathBuf::from("gitops.git"),
+            main_branch: "main".into(),
+            target: TargetConfig::default(),
+            author_name: "selfheal".into(),
+            author_email: "selfheal@localhost".into(),
+            history_depth: 200,
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! The reconciler: one decision in, one git change out, idempotent per incident.
+//!
+//! Every step is keyed by the incident: the branch is `selfheal/<incident>`, so running the same
+//! decision twice finds the branch and reports what is there instead of committing again. Refs
+//! move only by compare-and-set, so two replicas racing on one incident make one commit.
+
+use std::collections::{BTreeMap, HashSet};
+
+use selfheal_proto::{
+    names,
+    v1::{Action, Approval, Decision, RemediationEvent, RemediationState},
+};
+
+use crate::{
+    config::PrControllerConfig,
+    edit::{self, EditError},
+    repo::{Author, RepoError, Repository},
+};
+
+/// Why a decision could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The decision can never be carried out as it stands; people are told.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// Git failed; the delivery is retried.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl ReconcileError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Repo(_))
+    }
+}
+
+/// Trailers selfheal writes into its commits, read back to stay idempotent and to skip tags
+/// that were rolled back from.
+const TRAILER_FROM: &str = "Selfheal-From";
+const TRAILER_TO: &str = "Selfheal-To";
+const TRAILER_ROLLBACK_FROM: &str = "Selfheal-Rollback-From";
+
+/// Whether `value` is a DNS-1123 label.
+pub fn is_dns1123_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Whether `tag` is a valid OCI image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_image_tag(tag: &str) -> bool {
+    let bytes = tag.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// One line, printable, at most `max` characters: for untrusted text in commit messages.
+fn one_line(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// Fills `{service}`, `{namespace}`, `{cluster}` in `template` from `labels`, refusing any label
+/// used that is not a DNS-1123 label.
+pub fn render_path(template: &str, labels: &BTreeMap<String, String>) -> Result<String, ReconcileError> {
+    let mut path = template.to_string();
+    for name in ["service", "namespace", "cluster"] {
+        let placeholder = format!("{{{name}}}");
+        if !path.contains(&placeholder) {
+            continue;
+        }
+        let value = labels
+            .get(name)
+            .ok_or_else(|| ReconcileError::Refused(format!("the alert has no {name} label, needed for {template}")))?;
+        if !is_dns1123_label(value) {
+            return Err(ReconcileError::Refused(format!("label {name} is not a DNS-1123 label")));
+        }
+        path = path.replace(&placeholder, value);
+    }
+    Ok(path)
+}
+
+fn trailers(message: &str) -> BTreeMap<String, String> {
+    message
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(key, _)| key.starts_with("Selfheal-"))
+        .map(|(key, value)| (key.to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// The change to make, computed from the file on the main branch.
+struct Change {
+    content: String,
+    from: String,
+    to: String,
+    message: String,
+}
+
+/// Carries out decisions on one repository.
+pub struct Reconciler<R: Repository + ?Sized> {
+    pub repo: std::sync::Arc<R>,
+    pub config: PrControllerConfig,
+}
+
+impl<R: Repository + ?Sized> Reconciler<R> {
+    fn author(&self) -> Author {
+        Author {
+            name: self.config.author_name.clone(),
+            email: self.config.author_email.clone(),
+        }
+    }
+
+    /// Makes the change `decision` asks for (or finds it already made) and says what happened.
+    /// Blocking: run it with `spawn_blocking`.
+    pub fn reconcile(&self, decision: &Decision, trace_id: &str) -> Result<RemediationEvent, ReconcileError> {
+        let labels: BTreeMap<String, String> = decision
+            .alert
+            .as_ref()
+            .and_then(|event| event.alert.as_ref())
+            .map(|alert| alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let service = labels.get("service").cloned().unwrap_or_default();
+        let mut event = RemediationEvent {
+            incident_key: decision.incident_key.clone(),
+            action: decision.action,
+            service: service.clone(),
+            repository: self.repo.location(),
+            decision: Some(decision.clone()),
+            ..Default::default()
+        };
+        if !decision.incident_key.bytes().all(|b| b.is_ascii_alphanumeric()) || decision.incident_key.is_empty() {
+            return Err(ReconcileError::Refused("the incident key is not alphanumeric".into()));
+        }
+        if !is_dns1123_label(&service) {
+            return Err(ReconcileError::Refused(
+                "the alert's service label is missing or not a DNS-1123 label".into(),
+            ));
+        }
+        let path = render_path(&self.config.target.path, &labels)?;
+        let image = self
+            .config
+            .target
+            .image
+            .as_deref()
+            .map(|image| image.replace("{service}", &service));
+        let branch = format!("selfheal/{}", decision.incident_key);
+        event.path = path.clone();
+        event.branch = branch.clone();
+        let main = self.config.main_branch.as_str();
+
+        // Up to a few rounds: each lost compare-and-set (main moved under us) starts over.
+        for _ in 0..5 {
+            let main_tip = self
+                .repo
+                .branch_tip(main)?
+                .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
+            let existing = self.repo.branch_tip(&branch)?;
+            if let Some(tip) = &existing {
+                // Done before (a redelivery, or another replica): report it, finish the merge.
+                let made = self.repo.file_history(&branch, &path, 1)?;
+                let recorded = made.first().map(|v| trailers(&v.message)).unwrap_or_default();
+                event.commit = tip.clone();
+                event.from_value = recorded.get(TRAILER_FROM).cloned().unwrap_or_default();
+                event.to_value = recorded.get(TRAILER_TO).cloned().unwrap_or_default();
+                if self.repo.is_ancestor(tip, &main_tip)? {
+                    event.set_state(RemediationState::Merged);
+                    event.message = format!("{branch} is merged into {main}");
+                    return Ok(event);
+                }
+                if decision.approval() != Approval::Auto {
+                    event.set_state(RemediationState::Opened);
+                    event.message = format!("{branch} waits for approval");
+                    return Ok(event);
+                }
+                if self.repo.is_ancestor(&main_tip, tip)? {
+                    match self.repo.update_branch(main, &main_tip, tip) {
+                        Ok(()) => {
+                            event.set_state(RemediationState::Merged);
+                            event.message = format!("{branch} merged into {main} (fast-forward)");
+                            return Ok(event);
+                        }
+                        Err(RepoError::Conflict { .. }) => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                // main moved past the branch's base: redo the change on top of it below.
+            }
+            let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+            let commit = match self.repo.commit_file(
+                &branch,
+                existing.as_deref(),
+                &main_tip,
+                &path,
+                &change.content,
+                &change.message,
+                &self.author(),
+            ) {
+                Ok(commit) => commit,
+                Err(RepoError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            event.commit = commit.clone();
+            event.from_value = change.from;
+            event.to_value = change.to;
+            if decision.approval() != Approval::Auto {
+                event.set_state(RemediationState::Opened);
+                event.message = format!("{branch} waits for approval");
+                return Ok(event);
+            }
+            match self.repo.update_branch(main, &main_tip, &commit) {
+                Ok(()) => {
+                    event.set_state(RemediationState::Merged);
+                    event.message = format!("{branch} merged into {main} (fast-forward)");
+                    return Ok(event);
+                }
+                Err(RepoError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ReconcileError::Repo(RepoError::Git(format!(
+            "{main} kept moving; will try again"
+        ))))
+    }
+
+    fn change(
+        &self,
+        decision: &Decision,
+        service: &str,
+        image: Option<&str>,
+        path: &str,
+        main_tip: &str,
+        trace_id: &str,
+    ) -> Result<Change, ReconcileError> {
+        let text = self
+            .repo
+            .read_file(main_tip, path)?
+            .ok_or_else(|| ReconcileError::Refused(format!("{path} does not exist on {}", self.config.main_branch)))?;
+        let params = decision.params.clone().unwrap_or_default();
+        let alert = decision.alert.as_ref().and_then(|e| e.alert.as_ref());
+        let alertname = one_line(
+            alert
+                .and_then(|a| a.labels.get("alertname"))
+                .map(String::as_str)
+                .unwrap_or(""),
+            100,
+        );
+        let (content, from, to, subject, extra) = match decision.action() {
+            Action::Rollback => {
+                let current = edit::kustomize_image_tag(path, &text, service, image)?
+                    .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no newTag for {service}")))?;
+                let target = if params.target_tag.is_empty() {
+                    self.previous_tag(path, service, image, &current)?
+                } else if is_image_tag(&params.target_tag) {
+                    params.target_tag.clone()
+                } else {
+                    return Err(ReconcileError::Refused(
+                        "the decision's target_tag is not a valid image tag".into(),
+                    ));
+                };
+                if target == current {
+                    return Err(ReconcileError::Refused(format!("{service} already runs {current}")));
+                }
+                let content = edit::set_kustomize_image_tag(path, &text, service, image, &target)?;
+                let subject = format!("selfheal: roll back {service} from {current} to {target}");
+                let extra = format!("{TRAILER_ROLLBACK_FROM}: {current}\n");
+                (content, current, target, subject, extra)
+            }
+            Action::Scale => {
+                let replicas = params
+                    .replicas
+                    .filter(|r| *r >= 0)
+                    .ok_or_else(|| ReconcileError::Refused("scale needs params.replicas".into()))?;
+                let current = edit::kustomize_replicas(path, &text, service)?
+                    .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no replica count for {service}")))?;
+                if current == i64::from(replicas) {
+                    return Err(ReconcileError::Refused(format!(
+                        "{service} already has {current} replicas"
+                    )));
+                }
+                let content = edit::set_kustomize_replicas(path, &text, service, i64::from(replicas))?;
+                let subject = format!("selfheal: scale {service} from {current} to {replicas} replicas");
+                (
+                    content,
+                    current.to_string(),
+                    replicas.to_string(),
+                    subject,
+                    String::new(),
+                )
+            }
+            other => {
+                return Err(ReconcileError::Refused(format!(
+                    "{} changes are not supported by the pr-controller yet",
+                    names::action(other)
+                )));
+            }
+        };
+        let message = format!(
+            "{subject}\n\n{reason}\n\nIncident: {incident}\nAlert: {alertname}\nPolicy: {policy} ({rule})\nTrace-Id: {trace_id}\n\
+             {TRAILER_FROM}: {from}\n{TRAILER_TO}: {to}\n{extra}",
+            reason = one_line(&decision.reason, 500),
+            incident = decision.incident_key,
+            policy = one_line(&decision.policy, 200),
+            rule = one_line(&decision.rule, 200),
+        );
+        Ok(Change {
+            content,
+            from,
+            to,
+            message,
+        })
+    }
+
+    /// The last earlier tag in the file's history that differs from `current` and was not itself
+    /// rolled back from by selfheal.
+    fn previous_tag(
+        &self,
+        path: &str,
+        service: &str,
+        image: Option<&str>,
+        current: &str,
+    ) -> Result<String, ReconcileError> {
+        let history = self
+            .repo
+            .file_history(&self.config.main_branch, path, self.config.history_depth)?;
+        let rolled_back_from: HashSet<String> = history
+            .iter()
+            .filter_map(|v| trailers(&v.message).get(TRAILER_ROLLBACK_FROM).cloned())
+            .collect();
+        history
+            .iter()
+            .filter_map(|version| {
+                edit::kustomize_image_tag(path, &version.content, service, image)
+                    .ok()
+                    .flatten()
+            })
+            .find(|tag| tag != current && !rolled_back_from.contains(tag) && is_image_tag(tag))
+            .ok_or_else(|| {
+                ReconcileError::Refused(format!(
+                    "no earlier tag of {service} in the history of {path} to roll back to"
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, process::Command, sync::Arc};
+
+    use selfheal_proto::v1::{Alert, AlertEvent, DecisionParams};
+
+    use super::*;
+    use crate::repo::LocalRepository;
+
+    const PATH: &str = "apps/checkout/kustomization.yaml";
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn kustomization(tag: &str) -> String {
+        format!(
+            "# checkout\nresources:\n  - deployment.yaml\nimages:\n  - name: ghcr.io/acme/checkout\n    newTag: {tag} # release\nreplicas:\n  - name: checkout\n    count: 2\n"
+        )
+    }
+
+    /// A bare repository whose main branch set the checkout tag to each of `tags` in turn.
+    fn repo_with_tags(dir: &Path, tags: &[&str]) -> std::path::PathBuf {
+        let bare = dir.join("gitops.git");
+        let work = dir.join("work");
+        git(
+            dir,
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().expect("utf-8")],
+        );
+        git(
+            dir,
+            &[
+                "clone",
+                "-q",
+                bare.to_str().expect("utf-8"),
+                work.to_str().expect("utf-8"),
+            ],
+        );
+        std::fs::create_dir_all(work.join("apps/checkout")).expect("mkdir");
+        std::fs::write(work.join("apps/checkout/deployment.yaml"), "kind: Deployment\n").expect("write");
+        for tag in tags {
+            std::fs::write(work.join(PATH), kustomization(tag)).expect("write");
+            git(&work, &["add", "."]);
+            git(&work, &["commit", "-q", "-m", &format!("release {tag}")]);
+            // An unrelated commit in between must not count as a version.
+            std::fs::write(work.join("README.md"), format!("after {tag}\n")).expect("write");
+            git(&work, &["add", "."]);
+            git(&work, &["commit", "-q", "-m", "docs"]);
+        }
+        git(&work, &["push", "-q", "origin", "main"]);
+        bare
+    }
+
+    fn decision(incident: &str, action: Action, approval: Approval) -> Decision {
+        let labels = [
+            ("alertname", "HighErrorRate"),
+            ("service", "checkout"),
+            ("namespace", "shop"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut decision = Decision {
+            incident_key: incident.into(),
+            reason: "error rate high\nInjected: trailer".into(),
+            alert: Some(AlertEvent {
+                incident_key: incident.into(),
+                alert: Some(Alert {
+                    status: "firing".into(),
+                    labels,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            params: Some(DecisionParams {
+                target_tag: String::new(),
+                replicas: Some(3),
+            }),
+            ..Default::default()
+        };
+        decision.set_action(action);
+        decision.set_approval(approval);
+        decision
+    }
+
+    fn reconciler(bare: &Path) -> Reconciler<dyn Repository> {
+        let repo: Arc<dyn Repository> = Arc::new(LocalRepository::open(bare).expect("open"));
+        Reconciler {
+            repo,
+            config: PrControllerConfig::default(),
+        }
+    }
+
+    fn main_tag(bare: &Path) -> String {
+        git(bare, &["show", &format!("main:{PATH}")])
+    }
+
+    #[test]
+    fn rollback_goes_to_the_previous_tag_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = repo_with_tags(dir.path(), &["v1.3.0", "v1.4.1", "v1.5.0"]);
+        let reconciler = reconciler(&bare);
+        let first = reconciler
+            .reconcile(&decision("aaaa", Action::Rollback, Approval::Auto), "trace1")
+            .expect("reconcile");
+        assert_eq!(first.state(), RemediationState::Merged);
+        assert_eq!(
+            (first.from_value.as_str(), first.to_value.as_str()),
+            ("v1.5.0", "v1.4.1")
+        );
+        assert_eq!(
+            main_tag(&bare),
+            kustomization("v1.4.1").trim_end(),
+            "only the tag line changes"
+        );
+        assert_eq!(git(&bare, &["rev-parse", "main"]), first.commit);
+        let message = git(&bare, &["log", "-1", "--format=%B", "main"]);
+        assert!(message.contains("Trace-Id: trace1"), "{message}");
+        assert!(
+            !message.lines().any(|l| l.starts_with("Injected:")),
+            "reason stays on one line: {message}"
+        );
+
+        // The same decision again (a redelivery) changes nothing and reports the same commit.
+        let again = reconciler
+            .reconcile(&decision("aaaa", Action::Rollback, Approval::Auto), "trace1")
+            .expect("again");
+        assert_eq!(
+            (again.state(), again.commit.as_str()),
+            (RemediationState::Merged, first.commit.as_str())
+        );
+        assert_eq!(again.to_value, "v1.4.1");
+        assert_eq!(git(&bare, &["rev-list", "--count", "main"]), "7");
+
+        // A new incident rolls back further, skipping v1.5.0 which was rolled back from.
+        let second = reconciler
+            .reconcile(&decision("bbbb", Action::Rollback, Approval::Auto), "trace2")
+            .expect("second");
+        assert_eq!(
+            (second.from_value.as_str(), second.to_value.as_str()),
+            ("v1.4.1", "v1.3.0")
+        );
+        git(&bare, &["fsck", "--no-progress"]);
+    }
+
+    #[test]
+    fn approval_required_leaves_a_branch_and_main_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = repo_with_tags(dir.path(), &["v1", "v2"]);
+        let main_before = git(&bare, &["rev-parse", "main"]);
+        let event = reconciler(&bare)
+            .reconcile(&decision("cccc", Action::Rollback, Approval::Required), "t")
+            .expect("ok");
+        assert_eq!(event.state(), RemediationState::Opened);
+        assert_eq!(git(&bare, &["rev-parse", "main"]), main_before);
+        assert_eq!(
+            git(&bare, &["show", &format!("selfheal/cccc:{PATH}")]),
+            kustomization("v1").trim_end()
+        );
+    }
+
+    #[test]
+    fn scale_sets_the_count_and_bad_input_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = repo_with_tags(dir.path(), &["v1"]);
+        let reconciler = reconciler(&bare);
+        let event = reconciler
+            .reconcile(&decision("dddd", Action::Scale, Approval::Auto), "t")
+            .expect("scale");
+        assert_eq!((event.from_value.as_str(), event.to_value.as_str()), ("2", "3"));
+        assert!(main_tag(&bare).contains("count: 3"));
+
+        let no_history = reconciler.reconcile(&decision("eeee", Action::Rollback, Approval::Auto), "t");
+        assert!(
+            matches!(no_history, Err(ReconcileError::Refused(ref m)) if m.contains("no earlier tag")),
+            "{no_history:?}"
+        );
+
+        let mut hostile = decision("ffff", Action::Rollback, Approval::Auto);
+        if let Some(alert) = hostile.alert.as_mut().and_then(|e| e.alert.as_mut()) {
+            alert.labels.insert("service".into(), "../../etc".into());
+        }
+        assert!(matches!(
+            reconciler.reconcile(&hostile, "t"),
+            Err(ReconcileError::Refused(_))
+        ));
+        let mut bad_tag = decision("abab", Action::Rollback, Approval::Auto);
+        bad_tag.params = Some(DecisionParams {
+            target_tag: "v1\nmalicious: yes".into(),
+            replicas: None,
+        });
+        assert!(matches!(
+            reconciler.reconcile(&bad_tag, "t"),
+            Err(ReconcileError::Refused(_))
+        ));
+        assert!(matches!(
+            reconciler.reconcile(&decision("../x", Action::Rollback, Approval::Auto), "t"),
+            Err(ReconcileError::Refused(_))
+        ));
+    }
+}

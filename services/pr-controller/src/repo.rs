@@ -1,0 +1,1387 @@
+//! Git repositories the pr-controller edits.
+//!
+//! The pr-controller changes GitOps repositories by writing git objects directly (blob → tree →
+//! commit) and then moving a branch ref; it never checks anything out. It therefore works best on
+//! **bare** repositories (`git init --bare`, or `gix::prepare_clone_bare`), which have no work tree
+//! or index that could get out of sync with the refs. A non-bare repository works too, but selfheal
+//! treats it like a remote: when the branch that is checked out is moved, neither the work tree nor
+//! the index are touched, so `git status` there will show the change reversed until someone runs
+//! `git reset --hard` (or similar).
+//!
+//! Every ref update is a **compare-and-set**: the caller says what it believes the branch currently
+//! points at (or that it must not exist), gix takes the ref's lock file, re-reads the ref under the
+//! lock and only writes the new value if it matches ([`PreviousValue::MustExistAndMatch`] /
+//! [`PreviousValue::MustNotExist`]). If it doesn't, the ref is left untouched and
+//! [`RepoError::Conflict`] reports what was found, so concurrent writers (another controller
+//! replica, a human pushing) never silently overwrite each other. Objects written before a failed
+//! compare-and-set stay in the object database unreferenced until `git gc` prunes them.
+//!
+//! Reflog entries written by this module start with `selfheal: `. Note that git (and gix) only keep
+//! reflogs in bare repositories when `core.logAllRefUpdates` is set;
+//! [`LocalRepository::init_bare_with_commits`] sets it.
+//!
+//! Everything here is blocking (gix is); async callers use `tokio::task::spawn_blocking`.
+//! Only SHA-1 repositories are supported (the workspace builds gix with the `sha1` feature only).
+
+use std::path::{Path, PathBuf};
+
+use gix::ObjectId;
+use gix::bstr::{BString, ByteSlice};
+use gix::objs::tree::EntryKind;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::{FullName, Target};
+
+/// One version of a file on a branch's first-parent history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileVersion {
+    /// The commit that introduced this version (full hex id).
+    pub commit: String,
+    /// The file's text at that commit.
+    pub content: String,
+    /// The commit's full message, without the trailing newline(s) git conventionally stores.
+    pub message: String,
+}
+
+/// What can go wrong when working with a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The repository could not be opened or created.
+    #[error("cannot open repository {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// A compare-and-set on a ref failed: the branch moved (or exists / does not exist unexpectedly).
+    #[error("branch {branch} moved: expected {expected}, found {found}")]
+    Conflict {
+        branch: String,
+        expected: String,
+        found: String,
+    },
+    /// Any other git failure (bad ids, missing objects, invalid names, I/O, non-UTF-8 content...).
+    #[error("git: {0}")]
+    Git(String),
+}
+
+/// Who commits.
+#[derive(Clone, Debug)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+/// The effects the pr-controller has on a repository. Blocking (gix is blocking): callers use spawn_blocking.
+pub trait Repository: Send + Sync + 'static {
+    /// Where it is, for events and logs (a path or URL; never credentials).
+    fn location(&self) -> String;
+    /// The commit id at the tip of `branch` (refs/heads/<branch>), or None if no such branch.
+    fn branch_tip(&self, branch: &str) -> Result<Option<String>, RepoError>;
+    /// The text of `path` at `commit`, or None if the file is absent there.
+    fn read_file(&self, commit: &str, path: &str) -> Result<Option<String>, RepoError>;
+    /// Versions of `path` along the first-parent history of `branch`, newest first: one entry per commit
+    /// whose version of the file differs from its first parent's (i.e. commits that changed the file; the
+    /// commit that added it included), at most `limit` entries. Empty if the branch or file doesn't exist.
+    fn file_history(&self, branch: &str, path: &str, limit: usize) -> Result<Vec<FileVersion>, RepoError>;
+    /// Writes a commit whose tree is `parent`'s tree with `path` set to `content`, parent `parent`, by `author`,
+    /// and points refs/heads/<branch> at it with compare-and-set: `expected_tip` None means the branch must
+    /// not exist yet, Some(id) means it must currently be at id; otherwise RepoError::Conflict and the ref is untouched.
+    /// Returns the new commit id. `path` may be nested (a/b/c.yaml) and must keep every other file of the tree.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_file(
+        &self,
+        branch: &str,
+        expected_tip: Option<&str>,
+        parent: &str,
+        path: &str,
+        content: &str,
+        message: &str,
+        author: &Author,
+    ) -> Result<String, RepoError>;
+    /// Moves refs/heads/<branch> from `expected_tip` to `new_tip` (compare-and-set; Conflict if it isn't at expected_tip).
+    fn update_branch(&self, branch: &str, expected_tip: &str, new_tip: &str) -> Result<(), RepoError>;
+    /// Whether commit `ancestor` is `descendant` or one of its ancestors.
+    fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, RepoError>;
+}
+
+/// A repository on local disk, bare or not, opened with gix.
+///
+/// For a non-bare repository whose checked-out branch is updated, the work tree and index are
+/// **not** touched: selfheal treats the repository like a remote, only writing objects and refs.
+/// Bare repositories are recommended.
+///
+/// The repository is re-opened for every call: without gix's `parallel` feature (which this
+/// workspace does not enable, to keep the build small), gix's repository handles are neither
+/// `Send` nor `Sync`, so none can be kept in a type that is. Opening costs a few config-file reads.
+pub struct LocalRepository {
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRepository").field("path", &self.path).finish()
+    }
+}
+
+/// Object cache for history walks: commits and trees are read repeatedly there.
+const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What `Conflict` reports when the branch does not exist (or must not).
+const NO_BRANCH: &str = "no branch";
+
+impl LocalRepository {
+    /// Opens the repository at `path`: a bare repository's directory, a work tree containing `.git`,
+    /// or a `.git` directory. No discovery upwards is done.
+    pub fn open(path: &Path) -> Result<Self, RepoError> {
+        let this = Self {
+            path: path.to_path_buf(),
+        };
+        this.local()?;
+        Ok(this)
+    }
+
+    /// Creates a new bare repository at `path` whose `branch` holds one commit per entry of `commits`:
+    /// each commit writes the given files (path, content) on top of the previous tree, with the message. Used by
+    /// `selfheal up` to create its example GitOps repository, so it must use gix only (no git binary).
+    ///
+    /// `path` must not exist or be an empty directory. `HEAD` points at `branch`, and
+    /// `core.logAllRefUpdates` is enabled so that selfheal's later ref updates leave a reflog. With no
+    /// commits, the branch is unborn (HEAD points at it, but it does not exist yet).
+    pub fn init_bare_with_commits(
+        path: &Path,
+        branch: &str,
+        commits: &[(&str, Vec<(&str, &str)>)],
+        author: &Author,
+    ) -> Result<Self, RepoError> {
+        let open_err = |reason: String| RepoError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        let branch_ref = branch_ref_name(branch)?;
+        validate_author(author)?;
+        for (_, files) in commits {
+            for (file, _) in files {
+                path_components(file)?;
+            }
+        }
+
+        let created = gix::ThreadSafeRepository::init(path, gix::create::Kind::Bare, Default::default())
+            .map_err(|e| open_err(format!("cannot create a bare repository: {}", describe(&e))))?;
+        let config_path = created.git_dir().join("config");
+        drop(created);
+        enable_reflogs(&config_path).map_err(open_err)?;
+
+        let this = Self::open(path)?;
+        let repo = this.local()?;
+
+        // HEAD -> refs/heads/<branch>, so `git log` and clones pick the branch by default.
+        let head: FullName = "HEAD"
+            .try_into()
+            .map_err(|e| RepoError::Git(format!("invalid ref name HEAD: {e}")))?;
+        let sig = signature(author);
+        let mut time_buf = gix::date::parse::TimeBuf::default();
+        repo.edit_references_as(
+            Some(RefEdit::update_with_log(
+                head,
+                Target::Symbolic(branch_ref.clone()),
+                PreviousValue::Any,
+                log_change(format!("selfheal: init with branch {branch}")),
+            )),
+            Some(sig.to_ref(&mut time_buf)),
+        )
+        .map_err(git_err("cannot point HEAD at the new branch"))?;
+
+        let mut tree = ObjectId::empty_tree(repo.object_hash());
+        let mut tip: Option<ObjectId> = None;
+        for (message, files) in commits {
+            let mut editor = repo.edit_tree(tree).map_err(git_err("cannot edit the tree"))?;
+            for (file, content) in files {
+                let blob = repo
+                    .write_blob(content.as_bytes())
+                    .map_err(git_err(format!("cannot write blob for {file}")))?
+                    .detach();
+                let kind = checked_file_kind(&repo, tree, file)?;
+                editor
+                    .upsert(*file, kind, blob)
+                    .map_err(git_err(format!("cannot set {file} in the tree")))?;
+            }
+            tree = editor.write().map_err(git_err("cannot write the tree"))?.detach();
+            let commit = write_commit(&repo, tree, tip, message, author)?;
+            set_ref(
+                &repo,
+                branch,
+                &branch_ref,
+                tip,
+                commit,
+                format!(
+                    "selfheal: commit{}: {}",
+                    if tip.is_none() { " (initial)" } else { "" },
+                    summary(message)
+                ),
+                author,
+            )?;
+            tip = Some(commit);
+        }
+        Ok(this)
+    }
+
+    /// A fresh handle on the repository.
+    fn local(&self) -> Result<gix::Repository, RepoError> {
+        gix::open(&self.path).map_err(|e| RepoError::Open {
+            path: self.path.display().to_string(),
+            reason: describe(&e),
+        })
+    }
+}
+
+impl Repository for LocalRepository {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn branch_tip(&self, branch: &str) -> Result<Option<String>, RepoError> {
+        let name = branch_ref_name(branch)?;
+        Ok(current_tip(&self.local()?, &name)?.map(|id| id.to_string()))
+    }
+
+    fn read_file(&self, commit: &str, path: &str) -> Result<Option<String>, RepoError> {
+        let components = path_components(path)?;
+        let repo = self.local()?;
+        let commit_id = parse_id(commit)?;
+        let tree = commit_tree(&repo, commit_id)?;
+        let Some(entry) = tree
+            .lookup_entry(components.iter().copied())
+            .map_err(git_err(format!("cannot look up {path} at {commit}")))?
+        else {
+            return Ok(None);
+        };
+        match entry.mode().kind() {
+            EntryKind::Blob | EntryKind::BlobExecutable => read_text(&repo, entry.object_id(), path, commit).map(Some),
+            other => Err(RepoError::Git(format!(
+                "{path} at {commit} is not a regular file but a {}",
+                kind_name(other)
+            ))),
+        }
+    }
+
+    fn file_history(&self, branch: &str, path: &str, limit: usize) -> Result<Vec<FileVersion>, RepoError> {
+        let components = path_components(path)?;
+        let name = branch_ref_name(branch)?;
+        let mut repo = self.local()?;
+        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+        let mut versions = Vec::new();
+        if limit == 0 {
+            return Ok(versions);
+        }
+        let Some(tip) = current_tip(&repo, &name)? else {
+            return Ok(versions);
+        };
+
+        // Walk tip, parent, grandparent... (first parents only). A commit `c` with blob `b` at
+        // `path` is reported iff its first parent's blob differs, which we only learn one step later:
+        // `pending` holds the previous (child) commit and its blob until then.
+        let walk = repo
+            .rev_walk([tip])
+            .first_parent_only()
+            .all()
+            .map_err(git_err(format!("cannot walk the history of {branch}")))?;
+        let mut pending: Option<(gix::Commit<'_>, ObjectId)> = None;
+        for info in walk {
+            let info = info.map_err(git_err(format!("cannot walk the history of {branch}")))?;
+            let commit = info
+                .object()
+                .map_err(git_err(format!("cannot read commit {}", info.id)))?;
+            let blob = blob_at(&commit, &components)?;
+            if let Some((child, child_blob)) = pending.take()
+                && blob != Some(child_blob)
+            {
+                versions.push(file_version(&repo, &child, child_blob, path)?);
+                if versions.len() >= limit {
+                    return Ok(versions);
+                }
+            }
+            pending = blob.map(|b| (commit, b));
+        }
+        // The oldest commit reached (root, or shallow boundary) has no parent to compare with:
+        // if it has the file, it added it.
+        if let Some((child, child_blob)) = pending {
+            versions.push(file_version(&repo, &child, child_blob, path)?);
+        }
+        Ok(versions)
+    }
+
+    fn commit_file(
+        &self,
+        branch: &str,
+        expected_tip: Option<&str>,
+        parent: &str,
+        path: &str,
+        content: &str,
+        message: &str,
+        author: &Author,
+    ) -> Result<String, RepoError> {
+        let name = branch_ref_name(branch)?;
+        let expected = expected_tip.map(parse_id).transpose()?;
+        let parent_id = parse_id(parent)?;
+        path_components(path)?;
+        validate_author(author)?;
+
+        let repo = self.local()?;
+        let parent_tree = commit_tree(&repo, parent_id)?.id;
+        let kind = checked_file_kind(&repo, parent_tree, path)?;
+        let blob = repo
+            .write_blob(content.as_bytes())
+            .map_err(git_err(format!("cannot write blob for {path}")))?
+            .detach();
+        let mut editor = repo
+            .edit_tree(parent_tree)
+            .map_err(git_err(format!("cannot edit the tree of {parent}")))?;
+        editor
+            .upsert(path, kind, blob)
+            .map_err(git_err(format!("cannot set {path} in the tree of {parent}")))?;
+        let tree = editor.write().map_err(git_err("cannot write the tree"))?.detach();
+        let commit = write_commit(&repo, tree, Some(parent_id), message, author)?;
+        set_ref(
+            &repo,
+            branch,
+            &name,
+            expected,
+            commit,
+            format!("selfheal: commit: {}", summary(message)),
+            author,
+        )?;
+        tracing::debug!(location = %self.location(), branch, %commit, path, "committed file");
+        Ok(commit.to_string())
+    }
+
+    fn update_branch(&self, branch: &str, expected_tip: &str, new_tip: &str) -> Result<(), RepoError> {
+        let name = branch_ref_name(branch)?;
+        let expected = parse_id(expected_tip)?;
+        let new = parse_id(new_tip)?;
+        let repo = self.local()?;
+        // Refuse to point a branch at something that isn't a commit we have.
+        repo.find_commit(new).map_err(git_err(format!(
+            "cannot move {branch} to {new_tip}: not a commit in this repository"
+        )))?;
+        let committer = Author {
+            name: "selfheal".to_owned(),
+            email: "selfheal@localhost".to_owned(),
+        };
+        set_ref(
+            &repo,
+            branch,
+            &name,
+            Some(expected),
+            new,
+            format!("selfheal: update {branch} from {expected} to {new}"),
+            &committer,
+        )?;
+        tracing::debug!(location = %self.location(), branch, from = %expected, to = %new, "moved branch");
+        Ok(())
+    }
+
+    fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, RepoError> {
+        let ancestor_id = parse_id(ancestor)?;
+        let descendant_id = parse_id(descendant)?;
+        let mut repo = self.local()?;
+        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+        for id in [ancestor_id, descendant_id] {
+            repo.find_commit(id)
+                .map_err(git_err(format!("{id} is not a commit in this repository")))?;
+        }
+        if ancestor_id == descendant_id {
+            return Ok(true);
+        }
+        // A plain walk of everything reachable from `descendant` (using the commit-graph file when
+        // present). No time-based cutoff: clock skew between committers would make it unsafe.
+        let walk = repo
+            .rev_walk([descendant_id])
+            .all()
+            .map_err(git_err(format!("cannot walk the history of {descendant}")))?;
+        for info in walk {
+            let info = info.map_err(git_err(format!("cannot walk the history of {descendant}")))?;
+            if info.id == ancestor_id {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+/// All messages of a gix error tree, outermost first, de-duplicated.
+fn describe(e: &gix::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in e.iter_errors() {
+        let s = err.to_string();
+        if !s.is_empty() && !parts.contains(&s) {
+            parts.push(s);
+        }
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+fn git_err(context: impl std::fmt::Display) -> impl FnOnce(gix::Error) -> RepoError {
+    move |e| RepoError::Git(format!("{context}: {}", describe(&e)))
+}
+
+/// `refs/heads/<branch>`, validated like git does.
+fn branch_ref_name(branch: &str) -> Result<FullName, RepoError> {
+    if branch.is_empty() || branch.starts_with("refs/") {
+        return Err(RepoError::Git(format!(
+            "invalid branch name {branch:?}: give the short name (without refs/heads/)"
+        )));
+    }
+    FullName::try_from(format!("refs/heads/{branch}"))
+        .map_err(|e| RepoError::Git(format!("invalid branch name {branch:?}: {e}")))
+}
+
+/// A full hexadecimal object id.
+fn parse_id(hex: &str) -> Result<ObjectId, RepoError> {
+    ObjectId::from_hex(hex.as_bytes())
+        .map_err(|e| RepoError::Git(format!("invalid commit id {hex:?} (a full hex id is required): {e}")))
+}
+
+/// The `/`-separated components of a repository-relative file path.
+fn path_components(path: &str) -> Result<Vec<&str>, RepoError> {
+    let invalid = |why: &str| RepoError::Git(format!("invalid file path {path:?}: {why}"));
+    if path.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err(invalid("contains NUL or a backslash"));
+    }
+    let components: Vec<&str> = path.split('/').collect();
+    for c in &components {
+        match *c {
+            "" => return Err(invalid("must be relative, without empty components")),
+            "." | ".." => return Err(invalid("must not contain . or ..")),
+            c if c.eq_ignore_ascii_case(".git") => return Err(invalid("must not contain .git")),
+            _ => {}
+        }
+    }
+    Ok(components)
+}
+
+fn validate_author(author: &Author) -> Result<(), RepoError> {
+    let bad = |s: &str| s.contains(['<', '>', '\n', '\r', '\0']);
+    if author.name.trim().is_empty() || author.email.trim().is_empty() {
+        return Err(RepoError::Git("author name and email must not be empty".to_owned()));
+    }
+    if bad(&author.name) || bad(&author.email) {
+        return Err(RepoError::Git(format!(
+            "invalid author {:?} <{:?}>: must not contain '<', '>' or line breaks",
+            author.name, author.email
+        )));
+    }
+    Ok(())
+}
+
+fn signature(author: &Author) -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: author.name.as_str().into(),
+        email: author.email.as_str().into(),
+        time: gix::date::Time::now_local_or_utc(),
+    }
+}
+
+fn log_change(message: String) -> LogChange {
+    LogChange {
+        mode: RefLog::AndReference,
+        force_create_reflog: false,
+        message: message.into(),
+    }
+}
+
+/// The first line of a commit message, for reflogs.
+fn summary(message: &str) -> &str {
+    message.lines().next().unwrap_or_default().trim()
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Tree => "directory",
+        EntryKind::Blob => "file",
+        EntryKind::BlobExecutable => "executable file",
+        EntryKind::Link => "symbolic link",
+        EntryKind::Commit => "submodule",
+    }
+}
+
+/// Where `name` points now (peeled to an object), or None if it does not exist.
+fn current_tip(repo: &gix::Repository, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
+    let what = || format!("cannot read {}", name.as_bstr());
+    let Some(reference) = repo.try_find_reference(name.as_ref()).map_err(git_err(what()))? else {
+        return Ok(None);
+    };
+    let id = reference.into_fully_peeled_id().map_err(git_err(what()))?;
+    Ok(Some(id.detach()))
+}
+
+/// The tree of commit `id` (which must exist and be a commit).
+fn commit_tree(repo: &gix::Repository, id: ObjectId) -> Result<gix::Tree<'_>, RepoError> {
+    let commit = repo
+        .find_commit(id)
+        .map_err(git_err(format!("cannot find commit {id}")))?;
+    commit
+        .tree()
+        .map_err(git_err(format!("cannot read the tree of commit {id}")))
+}
+
+/// The blob id of the regular file at `components` in `commit`'s tree; None if absent or not a
+/// regular file (a directory, symlink or submodule counts as "no version of the file").
+fn blob_at(commit: &gix::Commit<'_>, components: &[&str]) -> Result<Option<ObjectId>, RepoError> {
+    let tree = commit
+        .tree()
+        .map_err(git_err(format!("cannot read the tree of commit {}", commit.id)))?;
+    let entry = tree
+        .lookup_entry(components.iter().copied())
+        .map_err(git_err(format!("cannot look up a file in commit {}", commit.id)))?;
+    Ok(entry.and_then(|e| e.mode().is_blob().then(|| e.object_id())))
+}
+
+fn read_text(repo: &gix::Repository, blob: ObjectId, path: &str, commit: &str) -> Result<String, RepoError> {
+    let mut object = repo
+        .find_blob(blob)
+        .map_err(git_err(format!("cannot read {path} at {commit}")))?;
+    String::from_utf8(object.take_data())
+        .map_err(|e| RepoError::Git(format!("{path} at {commit} is not UTF-8 text: {e}")))
+}
+
+fn file_version(
+    repo: &gix::Repository,
+    commit: &gix::Commit<'_>,
+    blob: ObjectId,
+    path: &str,
+) -> Result<FileVersion, RepoError> {
+    let id = commit.id.to_string();
+    let message = commit
+        .message_raw()
+        .map_err(git_err(format!("cannot read the message of commit {id}")))?;
+    let message = String::from_utf8_lossy(message.as_bytes())
+        .trim_end_matches(['\n', '\r'])
+        .to_owned();
+    Ok(FileVersion {
+        content: read_text(repo, blob, path, &id)?,
+        commit: id,
+        message,
+    })
+}
+
+/// The entry kind to write `path` with on top of `tree`: an existing file keeps its mode (e.g.
+/// executable); errors if `path` or one of its parent directories is something else than expected
+/// (a directory where the file should be, a file where a directory should be, a symlink...).
+fn checked_file_kind(repo: &gix::Repository, tree: ObjectId, path: &str) -> Result<EntryKind, RepoError> {
+    let components = path_components(path)?;
+    let tree = repo
+        .find_tree(tree)
+        .map_err(git_err(format!("cannot read tree {tree}")))?;
+    for depth in 1..=components.len() {
+        let prefix = &components[..depth];
+        let Some(entry) = tree
+            .lookup_entry(prefix.iter().copied())
+            .map_err(git_err(format!("cannot look up {path}")))?
+        else {
+            // Absent: this and everything below it will be created.
+            return Ok(EntryKind::Blob);
+        };
+        let kind = entry.mode().kind();
+        let is_leaf = depth == components.len();
+        match (is_leaf, kind) {
+            (false, EntryKind::Tree) => {}
+            (true, EntryKind::Blob | EntryKind::BlobExecutable) => return Ok(kind),
+            (_, other) => {
+                return Err(RepoError::Git(format!(
+                    "cannot write {path}: {} is a {}",
+                    prefix.join("/"),
+                    kind_name(other)
+                )));
+            }
+        }
+    }
+    Ok(EntryKind::Blob)
+}
+
+/// Writes a commit object (author = committer = `author`, now); does not touch any ref.
+fn write_commit(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    parent: Option<ObjectId>,
+    message: &str,
+    author: &Author,
+) -> Result<ObjectId, RepoError> {
+    let sig = signature(author);
+    let mut message = message.to_owned();
+    if !message.ends_with('\n') {
+        message.push('\n');
+    }
+    let commit = gix::objs::Commit {
+        tree,
+        parents: parent.into_iter().collect(),
+        author: sig.clone(),
+        committer: sig,
+        encoding: None,
+        message: BString::from(message),
+        extra_headers: Vec::new(),
+    };
+    Ok(repo
+        .write_object(&commit)
+        .map_err(git_err("cannot write the commit"))?
+        .detach())
+}
+
+/// Compare-and-set `name` from `expected` (None: must not exist) to `new`.
+fn set_ref(
+    repo: &gix::Repository,
+    branch: &str,
+    name: &FullName,
+    expected: Option<ObjectId>,
+    new: ObjectId,
+    reflog_message: String,
+    committer: &Author,
+) -> Result<(), RepoError> {
+    let previous = match expected {
+        Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id)),
+        None => PreviousValue::MustNotExist,
+    };
+    let edit = RefEdit {
+        change: Change::Update {
+            log: log_change(reflog_message),
+            expected: previous,
+            new: Target::Object(new),
+        },
+        name: name.clone(),
+        deref: false,
+    };
+    let sig = signature(committer);
+    let mut time_buf = gix::date::parse::TimeBuf::default();
+    let result = repo.edit_references_as(Some(edit), Some(sig.to_ref(&mut time_buf)));
+    let Err(err) = result else {
+        return Ok(());
+    };
+
+    let expected_text = expected.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string());
+    let conflict = |found: String| RepoError::Conflict {
+        branch: branch.to_owned(),
+        expected: expected_text.clone(),
+        found,
+    };
+    use gix::refs::file::transaction::prepare::{MustNotExist, ReferenceOutOfDate};
+    if let Some(e) = err.downcast_any_ref::<ReferenceOutOfDate>() {
+        return Err(conflict(target_text(&e.actual)));
+    }
+    if let Some(e) = err.downcast_any_ref::<MustNotExist>() {
+        return Err(conflict(target_text(&e.actual)));
+    }
+    // e.g. "must exist with content ..." when the branch is gone: look at what is there now.
+    match current_tip(repo, name) {
+        Ok(now) if now != expected => Err(conflict(now.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string()))),
+        _ => Err(RepoError::Git(format!(
+            "cannot update {}: {}",
+            name.as_bstr(),
+            describe(&err)
+        ))),
+    }
+}
+
+fn target_text(target: &Target) -> String {
+    match target {
+        Target::Object(id) => id.to_string(),
+        Target::Symbolic(name) => format!("symbolic ref to {}", name.as_bstr()),
+    }
+}
+
+/// Sets `core.logAllRefUpdates = true` in the repository config at `config_path`, so bare
+/// repositories keep reflogs (git's default for bare repositories is not to).
+fn enable_reflogs(config_path: &Path) -> Result<(), String> {
+    let mut config = gix::config::File::from_path_no_includes(config_path.to_path_buf(), gix::config::Source::Local)
+        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    config
+        .set_raw_value_by("core", None, "logAllRefUpdates", "true")
+        .map_err(|e| format!("cannot set core.logAllRefUpdates: {e}"))?;
+    let mut bytes = Vec::new();
+    config
+        .write_to(&mut bytes)
+        .map_err(|e| format!("cannot serialize the config: {e}"))?;
+    std::fs::write(config_path, bytes).map_err(|e| format!("cannot write {}: {e}", config_path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use std::process::Command;
+    use std::sync::{Arc, Barrier};
+
+    /// Runs the git CLI in `dir`, isolated from the user's and system's git configuration.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args([
+                "-c",
+                "user.name=Fixture",
+                "-c",
+                "user.email=fixture@example.com",
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn write(dir: &Path, path: &str, content: &str) {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, content).unwrap();
+    }
+
+    /// Stages everything in `work` and commits it; returns the new commit id.
+    fn commit_all(work: &Path, message: &str) -> String {
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(work, &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    fn author() -> Author {
+        Author {
+            name: "selfheal bot".to_owned(),
+            email: "bot@selfheal.example".to_owned(),
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        bare: PathBuf,
+        /// Commits on main, oldest first.
+        main: Vec<String>,
+    }
+
+    /// A bare repository (cloned from a scratch work tree) whose main branch has:
+    /// apps/demo/kustomization.yaml, apps/demo/deploy.sh (executable), README.md.
+    fn gitops_fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        write(
+            &work,
+            "apps/demo/kustomization.yaml",
+            "# demo\nimages:\n  - name: ghcr.io/acme/demo\n    newTag: v1.0.0 # pinned\n",
+        );
+        write(&work, "apps/demo/deploy.sh", "#!/bin/sh\necho deploy\n");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let script = work.join("apps/demo/deploy.sh");
+            std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        write(&work, "README.md", "# gitops\n");
+        let c1 = commit_all(&work, "init");
+        let bare = dir.path().join("repo.git");
+        git(
+            dir.path(),
+            &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()],
+        );
+        Fixture {
+            _dir: dir,
+            bare,
+            main: vec![c1],
+        }
+    }
+
+    fn ls_tree(repo: &Path, rev: &str) -> Vec<String> {
+        git(repo, &["ls-tree", "-r", rev]).lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn open_fails_for_non_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LocalRepository::open(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(err, RepoError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn branch_tip_and_read_file() {
+        let f = gitops_fixture();
+        let repo = LocalRepository::open(&f.bare).unwrap();
+        assert_eq!(repo.location(), f.bare.display().to_string());
+        let tip = repo.branch_tip("main").unwrap().unwrap();
+        assert_eq!(tip, f.main[0]);
+        assert_eq!(repo.branch_tip("does-not-exist").unwrap(), None);
+        assert!(repo.branch_tip("bad..name").is_err());
+
+        assert_eq!(
+            repo.read_file(&tip, "README.md").unwrap().as_deref(),
+            Some("# gitops\n")
+        );
+        assert_eq!(
+            repo.read_file(&tip, "apps/demo/kustomization.yaml").unwrap(),
+            Some(git(&f.bare, &["show", "main:apps/demo/kustomization.yaml"]))
+        );
+        // Absent files (including below an existing file or directory) are None.
+        assert_eq!(repo.read_file(&tip, "missing.yaml").unwrap(), None);
+        assert_eq!(repo.read_file(&tip, "apps/other/kustomization.yaml").unwrap(), None);
+        assert_eq!(repo.read_file(&tip, "README.md/x").unwrap(), None);
+        // A directory is not a file; bad ids and paths are errors.
+        assert!(repo.read_file(&tip, "apps/demo").is_err());
+        assert!(repo.read_file("abc123", "README.md").is_err());
+        assert!(repo.read_file(&"0".repeat(40), "README.md").is_err());
+        assert!(repo.read_file(&tip, "/README.md").is_err());
+        assert!(repo.read_file(&tip, "apps/../README.md").is_err());
+    }
+
+    #[test]
+    fn read_file_rejects_non_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        git(work, &["init", "-q"]);
+        std::fs::write(work.join("bin.dat"), [0xff, 0xfe, 0x00, 0x80]).unwrap();
+        let c = commit_all(work, "binary");
+        let repo = LocalRepository::open(work).unwrap();
+        let err = repo.read_file(&c, "bin.dat").unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn file_history_follows_first_parent_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        let f = "apps/demo/values.yaml";
+
+        write(&work, "README.md", "readme\n");
+        let c0 = commit_all(&work, "readme only"); // file not there yet
+        write(&work, f, "tag: v1\n");
+        let c1 = commit_all(&work, "add demo\n\nwith a body\nof two lines");
+        write(&work, "README.md", "readme 2\n");
+        let _c2 = commit_all(&work, "touch readme");
+        write(&work, f, "tag: v2\n");
+        let c3 = commit_all(&work, "bump v2");
+        let _c4 = commit_all(&work, "empty commit");
+        write(&work, "apps/demo/other.yaml", "x\n");
+        let _c5 = commit_all(&work, "sibling file");
+        // A side branch changes the file twice; merged into main with a merge commit.
+        git(&work, &["checkout", "-q", "-b", "side"]);
+        write(&work, f, "tag: v3-rc\n");
+        let side1 = commit_all(&work, "side rc");
+        write(&work, f, "tag: v3\n");
+        let side2 = commit_all(&work, "side final");
+        git(&work, &["checkout", "-q", "main"]);
+        write(&work, "README.md", "readme 3\n");
+        let _c6 = commit_all(&work, "readme on main");
+        git(&work, &["merge", "-q", "--no-ff", "-m", "merge side", "side"]);
+        let merge = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+        // Reverting to an older content still counts as a change.
+        write(&work, f, "tag: v1\n");
+        let c8 = commit_all(&work, "back to v1");
+        // Deleted, then re-added: the deletion has no version, the re-addition is reported.
+        git(&work, &["rm", "-q", f]);
+        let _c9 = commit_all(&work, "remove demo");
+        write(&work, f, "tag: v4\n");
+        let c10 = commit_all(&work, "re-add demo");
+        let _c11 = commit_all(&work, "tip, unrelated");
+
+        let repo = LocalRepository::open(&work).unwrap();
+        let history = repo.file_history("main", f, 100).unwrap();
+        let ids: Vec<&str> = history.iter().map(|v| v.commit.as_str()).collect();
+        assert_eq!(ids, vec![&*c10, &*c8, &*merge, &*c3, &*c1]);
+        assert!(!ids.contains(&side1.as_str()) && !ids.contains(&side2.as_str()));
+        assert!(!ids.contains(&c0.as_str()));
+
+        let contents: Vec<&str> = history.iter().map(|v| v.content.as_str()).collect();
+        assert_eq!(
+            contents,
+            vec!["tag: v4\n", "tag: v1\n", "tag: v3\n", "tag: v2\n", "tag: v1\n"]
+        );
+        assert_eq!(history[0].message, "re-add demo");
+        assert_eq!(history[2].message, "merge side");
+        assert_eq!(history[4].message, "add demo\n\nwith a body\nof two lines");
+        for v in &history {
+            assert_eq!(
+                v.content,
+                git(&work, &["show", &format!("{}:{f}", v.commit)]),
+                "content of {}",
+                v.commit
+            );
+        }
+
+        // Cross-check with git: first-parent commits touching the path, minus the deletion.
+        let git_ids: Vec<String> = git(&work, &["log", "--first-parent", "--format=%H", "main", "--", f])
+            .lines()
+            .filter(|c| repo.read_file(c, f).unwrap().is_some())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(git_ids, ids);
+
+        // The limit keeps the newest entries.
+        let two = repo.file_history("main", f, 2).unwrap();
+        assert_eq!(two, history[..2].to_vec());
+        assert!(repo.file_history("main", f, 0).unwrap().is_empty());
+        assert_eq!(repo.file_history("main", f, 5).unwrap(), history);
+
+        // Other branches, missing files and branches.
+        let side = repo.file_history("side", f, 10).unwrap();
+        let side_ids: Vec<&str> = side.iter().map(|v| v.commit.as_str()).collect();
+        assert_eq!(side_ids, vec![&*side2, &*side1, &*c3, &*c1]);
+        assert!(repo.file_history("main", "nope.yaml", 10).unwrap().is_empty());
+        assert!(repo.file_history("main", "apps/demo", 10).unwrap().is_empty());
+        assert!(repo.file_history("no-such-branch", f, 10).unwrap().is_empty());
+        // README: added in c0, changed in c2 and c6 (the merge doesn't change it w.r.t. c6).
+        assert_eq!(repo.file_history("main", "README.md", 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn commit_file_creates_branch_and_keeps_other_files() {
+        let f = fixture_with_repo();
+        let (repo, bare, base) = (&f.1, &f.0.bare, f.0.main[0].clone());
+        let before = ls_tree(bare, "main");
+        assert!(
+            before
+                .iter()
+                .any(|l| l.starts_with("100755 ") && l.ends_with("apps/demo/deploy.sh"))
+        );
+
+        // Update an existing nested file on a new branch.
+        let new_text = "# demo\nimages:\n  - name: ghcr.io/acme/demo\n    newTag: v1.2.3 # pinned\n";
+        let c1 = repo
+            .commit_file(
+                "selfheal/inc-1",
+                None,
+                &base,
+                "apps/demo/kustomization.yaml",
+                new_text,
+                "chore(demo): bump to v1.2.3\n\nIncident: inc-1",
+                &author(),
+            )
+            .unwrap();
+        assert_eq!(repo.branch_tip("selfheal/inc-1").unwrap().as_deref(), Some(c1.as_str()));
+        assert_eq!(git(bare, &["rev-parse", "selfheal/inc-1"]).trim(), c1);
+        assert_eq!(
+            git(bare, &["show", "selfheal/inc-1:apps/demo/kustomization.yaml"]),
+            new_text
+        );
+        assert_eq!(git(bare, &["rev-parse", "selfheal/inc-1^"]).trim(), base);
+        assert_eq!(
+            git(bare, &["log", "-1", "--format=%an|%ae|%cn|%ce|%B", "selfheal/inc-1"]),
+            "selfheal bot|bot@selfheal.example|selfheal bot|bot@selfheal.example|chore(demo): bump to v1.2.3\n\nIncident: inc-1\n\n"
+        );
+        // Every other entry is unchanged (same blob, same mode: deploy.sh stays executable).
+        let after = ls_tree(bare, "selfheal/inc-1");
+        assert_eq!(after.len(), before.len());
+        for line in &before {
+            if !line.ends_with("apps/demo/kustomization.yaml") {
+                assert!(after.contains(line), "{line} missing from {after:?}");
+            }
+        }
+        assert!(
+            after
+                .iter()
+                .any(|l| l.starts_with("100755 ") && l.ends_with("apps/demo/deploy.sh"))
+        );
+        // main did not move.
+        assert_eq!(repo.branch_tip("main").unwrap().as_deref(), Some(base.as_str()));
+
+        // A new file in new nested directories, on top of the branch (CAS on its tip).
+        let c2 = repo
+            .commit_file(
+                "selfheal/inc-1",
+                Some(&c1),
+                &c1,
+                "apps/new/overlays/prod/values.yaml",
+                "replicas: 3\n",
+                "feat: add new app",
+                &author(),
+            )
+            .unwrap();
+        assert_eq!(
+            git(bare, &["show", "selfheal/inc-1:apps/new/overlays/prod/values.yaml"]),
+            "replicas: 3\n"
+        );
+        assert_eq!(
+            git(bare, &["show", "selfheal/inc-1:apps/demo/kustomization.yaml"]),
+            new_text
+        );
+        assert_eq!(git(bare, &["show", "selfheal/inc-1:README.md"]), "# gitops\n");
+        assert_eq!(ls_tree(bare, "selfheal/inc-1").len(), before.len() + 1);
+        assert_eq!(git(bare, &["rev-parse", "selfheal/inc-1"]).trim(), c2);
+        assert_eq!(
+            git(bare, &["log", "--format=%s", "selfheal/inc-1"]),
+            "feat: add new app\nchore(demo): bump to v1.2.3\ninit\n"
+        );
+        let history = repo
+            .file_history("selfheal/inc-1", "apps/demo/kustomization.yaml", 10)
+            .unwrap();
+        assert_eq!(
+            history.iter().map(|v| v.commit.as_str()).collect::<Vec<_>>(),
+            vec![c1.as_str(), base.as_str()]
+        );
+        assert_eq!(history[0].message, "chore(demo): bump to v1.2.3\n\nIncident: inc-1");
+        git(bare, &["fsck", "--strict", "--no-progress"]);
+    }
+
+    fn fixture_with_repo() -> (Fixture, LocalRepository) {
+        let f = gitops_fixture();
+        let repo = LocalRepository::open(&f.bare).unwrap();
+        (f, repo)
+    }
+
+    #[test]
+    fn commit_file_compare_and_set_conflicts() {
+        let (f, repo) = fixture_with_repo();
+        let base = f.main[0].clone();
+        let c1 = repo
+            .commit_file("fix", None, &base, "README.md", "one\n", "one", &author())
+            .unwrap();
+
+        // expected None, but the branch exists.
+        let err = repo
+            .commit_file("fix", None, &base, "README.md", "two\n", "two", &author())
+            .unwrap_err();
+        match &err {
+            RepoError::Conflict {
+                branch,
+                expected,
+                found,
+            } => {
+                assert_eq!(branch, "fix");
+                assert_eq!(expected, NO_BRANCH);
+                assert_eq!(found, &c1);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(repo.branch_tip("fix").unwrap().as_deref(), Some(c1.as_str()));
+
+        // expected a stale tip.
+        let err = repo
+            .commit_file("fix", Some(&base), &base, "README.md", "two\n", "two", &author())
+            .unwrap_err();
+        assert!(
+            matches!(&err, RepoError::Conflict { expected, found, .. } if *expected == base && *found == c1),
+            "{err:?}"
+        );
+        // expected a tip, but the branch doesn't exist.
+        let err = repo
+            .commit_file("other", Some(&base), &base, "README.md", "two\n", "two", &author())
+            .unwrap_err();
+        assert!(
+            matches!(&err, RepoError::Conflict { found, .. } if found == NO_BRANCH),
+            "{err:?}"
+        );
+        assert_eq!(repo.branch_tip("other").unwrap(), None);
+        assert_eq!(repo.branch_tip("fix").unwrap().as_deref(), Some(c1.as_str()));
+        assert_eq!(git(&f.bare, &["show", "fix:README.md"]), "one\n");
+    }
+
+    #[test]
+    fn commit_file_rejects_bad_input() {
+        let (f, repo) = fixture_with_repo();
+        let base = f.main[0].clone();
+        let a = author();
+        // A file where a directory would be needed, a directory where the file would be.
+        let err = repo
+            .commit_file("b", None, &base, "README.md/x.yaml", "x", "m", &a)
+            .unwrap_err();
+        assert!(err.to_string().contains("README.md is a file"), "{err}");
+        let err = repo
+            .commit_file("b", None, &base, "apps/demo", "x", "m", &a)
+            .unwrap_err();
+        assert!(err.to_string().contains("apps/demo is a directory"), "{err}");
+        assert!(repo.commit_file("b", None, &base, "", "x", "m", &a).is_err());
+        assert!(repo.commit_file("b", None, &base, "a//b", "x", "m", &a).is_err());
+        assert!(repo.commit_file("b", None, &base, ".git/config", "x", "m", &a).is_err());
+        assert!(repo.commit_file("b", None, "not-hex", "x", "x", "m", &a).is_err());
+        assert!(
+            repo.commit_file("refs/heads/b", None, &base, "x", "x", "m", &a)
+                .is_err()
+        );
+        assert!(repo.commit_file("b c", None, &base, "x", "x", "m", &a).is_err());
+        let bad = Author {
+            name: "evil <x>".to_owned(),
+            email: "e@x".to_owned(),
+        };
+        assert!(repo.commit_file("b", None, &base, "x", "x", "m", &bad).is_err());
+        // Parent that is a blob, not a commit.
+        let blob = git(&f.bare, &["rev-parse", "main:README.md"]).trim().to_owned();
+        assert!(repo.commit_file("b", None, &blob, "x", "x", "m", &a).is_err());
+        assert_eq!(repo.branch_tip("b").unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_commit_file_only_one_wins() {
+        let (f, repo) = fixture_with_repo();
+        let repo = Arc::new(repo);
+        let base = f.main[0].clone();
+        let n = 6;
+        // Every writer expects main at base; exactly one may move it, the others see it moved.
+        let barrier = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (repo, barrier, base) = (repo.clone(), barrier.clone(), base.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    repo.commit_file(
+                        "main",
+                        Some(&base),
+                        &base,
+                        "README.md",
+                        &format!("writer {i}\n"),
+                        "race",
+                        &author(),
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, RepoError::Conflict { found, .. } if found == winners[0]),
+                    "{e:?}"
+                );
+            }
+        }
+        assert_eq!(repo.branch_tip("main").unwrap().as_ref(), Some(winners[0]));
+        git(&f.bare, &["fsck", "--no-progress"]);
+    }
+
+    #[test]
+    fn update_branch_compare_and_set() {
+        let (f, repo) = fixture_with_repo();
+        let base = f.main[0].clone();
+        let c1 = repo
+            .commit_file("feature", None, &base, "README.md", "new\n", "readme", &author())
+            .unwrap();
+
+        // Fast-forward main to the feature commit.
+        repo.update_branch("main", &base, &c1).unwrap();
+        assert_eq!(git(&f.bare, &["rev-parse", "main"]).trim(), c1);
+
+        // Stale expectation: conflict, ref untouched.
+        let err = repo.update_branch("main", &base, &c1).unwrap_err();
+        match &err {
+            RepoError::Conflict {
+                branch,
+                expected,
+                found,
+            } => {
+                assert_eq!(
+                    (branch.as_str(), expected.as_str(), found.as_str()),
+                    ("main", base.as_str(), c1.as_str())
+                );
+            }
+            other => panic!("expected conflict, got {other:?}"),
+        }
+        assert!(err.to_string().contains("branch main moved"), "{err}");
+        assert_eq!(repo.branch_tip("main").unwrap().as_deref(), Some(c1.as_str()));
+
+        // Missing branch: conflict too.
+        let err = repo.update_branch("gone", &base, &c1).unwrap_err();
+        assert!(
+            matches!(&err, RepoError::Conflict { found, .. } if found == NO_BRANCH),
+            "{err:?}"
+        );
+        assert_eq!(repo.branch_tip("gone").unwrap(), None);
+
+        // Moving backwards is allowed (it's a CAS, not a fast-forward check).
+        repo.update_branch("main", &c1, &base).unwrap();
+        assert_eq!(git(&f.bare, &["rev-parse", "main"]).trim(), base);
+
+        // Unknown target commit: a plain error, nothing moved.
+        let err = repo.update_branch("main", &base, &"1".repeat(40)).unwrap_err();
+        assert!(matches!(err, RepoError::Git(_)), "{err:?}");
+        assert_eq!(repo.branch_tip("main").unwrap().as_deref(), Some(base.as_str()));
+        git(&f.bare, &["fsck", "--strict", "--no-progress"]);
+    }
+
+    #[test]
+    fn is_ancestor_walks_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        git(work, &["init", "-q"]);
+        let a = commit_all(work, "a");
+        let b = commit_all(work, "b");
+        git(work, &["checkout", "-q", "-b", "side", &a]);
+        let s = commit_all(work, "s");
+        git(work, &["checkout", "-q", "main"]);
+        let c = commit_all(work, "c");
+        git(work, &["merge", "-q", "--no-ff", "-m", "merge", "side"]);
+        let m = git(work, &["rev-parse", "HEAD"]).trim().to_owned();
+        git(work, &["checkout", "-q", "--orphan", "unrelated"]);
+        let u = commit_all(work, "unrelated root");
+
+        let repo = LocalRepository::open(work).unwrap();
+        for (x, y, want) in [
+            (&a, &b, true),
+            (&b, &a, false),
+            (&a, &a, true),
+            (&a, &m, true),
+            (&s, &m, true), // through the second parent
+            (&b, &m, true),
+            (&c, &s, false),
+            (&s, &c, false),
+            (&m, &c, false),
+            (&u, &m, false),
+            (&a, &u, false),
+        ] {
+            assert_eq!(repo.is_ancestor(x, y).unwrap(), want, "is_ancestor({x}, {y})");
+            let git_says = Command::new("git")
+                .current_dir(work)
+                .args(["merge-base", "--is-ancestor", x, y])
+                .status()
+                .unwrap()
+                .success();
+            assert_eq!(git_says, want, "git merge-base --is-ancestor {x} {y}");
+        }
+        assert!(repo.is_ancestor(&"2".repeat(40), &a).is_err());
+        assert!(repo.is_ancestor("xyz", &a).is_err());
+    }
+
+    #[test]
+    fn init_bare_with_commits_makes_a_valid_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitops.git");
+        let commits: Vec<(&str, Vec<(&str, &str)>)> = vec![
+            (
+                "initial layout",
+                vec![
+                    ("README.md", "# example gitops\n"),
+                    (
+                        "apps/demo/kustomization.yaml",
+                        "images:\n  - name: demo\n    newTag: v1\n",
+                    ),
+                    ("apps/demo/deployment.yaml", "kind: Deployment\n"),
+                ],
+            ),
+            (
+                "bump demo to v2",
+                vec![(
+                    "apps/demo/kustomization.yaml",
+                    "images:\n  - name: demo\n    newTag: v2\n",
+                )],
+            ),
+            (
+                "add api",
+                vec![
+                    ("apps/api/kustomization.yaml", "images: []\n"),
+                    ("README.md", "# example\n"),
+                ],
+            ),
+        ];
+        let repo = LocalRepository::init_bare_with_commits(&path, "trunk", &commits, &author()).unwrap();
+
+        assert_eq!(git(&path, &["rev-parse", "--is-bare-repository"]).trim(), "true");
+        assert_eq!(git(&path, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/trunk");
+        git(&path, &["fsck", "--strict", "--no-progress"]);
+        assert_eq!(
+            git(&path, &["log", "--format=%s|%an|%ce"]),
+            "add api|selfheal bot|bot@selfheal.example\nbump demo to v2|selfheal bot|bot@selfheal.example\ninitial layout|selfheal bot|bot@selfheal.example\n"
+        );
+        let files: Vec<String> = git(&path, &["ls-tree", "-r", "--name-only", "trunk"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                "README.md",
+                "apps/api/kustomization.yaml",
+                "apps/demo/deployment.yaml",
+                "apps/demo/kustomization.yaml"
+            ]
+        );
+        assert_eq!(
+            git(&path, &["show", "trunk:apps/demo/kustomization.yaml"]),
+            "images:\n  - name: demo\n    newTag: v2\n"
+        );
+        assert_eq!(
+            git(&path, &["show", "trunk~2:apps/demo/kustomization.yaml"]),
+            "images:\n  - name: demo\n    newTag: v1\n"
+        );
+        assert_eq!(git(&path, &["show", "trunk:README.md"]), "# example\n");
+
+        // Reflogs are kept in this bare repository, with selfheal's messages.
+        let tip = repo.branch_tip("trunk").unwrap().unwrap();
+        let next = repo
+            .commit_file(
+                "trunk",
+                Some(&tip),
+                &tip,
+                "apps/demo/kustomization.yaml",
+                "images: []\n",
+                "reset demo",
+                &author(),
+            )
+            .unwrap();
+        let reflog = git(&path, &["reflog", "show", "--format=%gs", "trunk"]);
+        assert_eq!(
+            reflog,
+            "selfheal: commit: reset demo\nselfheal: commit: add api\nselfheal: commit: bump demo to v2\nselfheal: commit (initial): initial layout\n"
+        );
+        assert_eq!(
+            repo.file_history("trunk", "apps/demo/kustomization.yaml", 10)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(repo.branch_tip("trunk").unwrap(), Some(next));
+
+        // A clone (by the git CLI) checks out trunk.
+        let clone = dir.path().join("clone");
+        git(
+            dir.path(),
+            &["clone", "-q", path.to_str().unwrap(), clone.to_str().unwrap()],
+        );
+        assert_eq!(
+            std::fs::read_to_string(clone.join("apps/api/kustomization.yaml")).unwrap(),
+            "images: []\n"
+        );
+
+        // The destination must be new (or empty).
+        let err = LocalRepository::init_bare_with_commits(&path, "trunk", &commits, &author()).unwrap_err();
+        assert!(matches!(err, RepoError::Open { .. }), "{err:?}");
+        // No commits: the branch is unborn.
+        let empty = dir.path().join("empty.git");
+        let repo = LocalRepository::init_bare_with_commits(&empty, "main", &[], &author()).unwrap();
+        assert_eq!(repo.branch_tip("main").unwrap(), None);
+        git(&empty, &["fsck", "--no-progress"]);
+    }
+
+    #[test]
+    fn non_bare_work_tree_is_not_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        git(work, &["init", "-q"]);
+        write(work, "app.yaml", "v1\n");
+        let c1 = commit_all(work, "v1");
+        let repo = LocalRepository::open(work).unwrap();
+        let c2 = repo
+            .commit_file("main", Some(&c1), &c1, "app.yaml", "v2\n", "v2", &author())
+            .unwrap();
+        assert_eq!(git(work, &["rev-parse", "HEAD"]).trim(), c2);
+        assert_eq!(git(work, &["show", "HEAD:app.yaml"]), "v2\n");
+        // The checked-out file keeps its old content.
+        assert_eq!(std::fs::read_to_string(work.join("app.yaml")).unwrap(), "v1\n");
+        // Non-bare repositories keep reflogs by default.
+        assert_eq!(
+            git(work, &["reflog", "show", "-1", "--format=%gs", "main"]).trim(),
+            "selfheal: commit: v2"
+        );
+    }
+}
