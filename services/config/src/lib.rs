@@ -41,7 +41,8 @@ where
         }
         figment = figment.merge(Toml::file(file));
     }
-    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    // `<PREFIX>CONFIG` names the file itself (a command-line flag), not a setting.
+    figment = figment.merge(Env::prefixed(env_prefix).ignore(&["CONFIG"]).split("__"));
     figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
