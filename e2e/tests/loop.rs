@@ -31,7 +31,11 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
         .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
         .args(args)
         .output()?;
-    ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -45,8 +49,19 @@ fn kustomization(tag: &str) -> String {
 fn gitops_repo(dir: &Path) -> anyhow::Result<PathBuf> {
     let bare = dir.join("gitops.git");
     let work = dir.join("gitops-work");
-    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().context("utf-8")?])?;
-    git(dir, &["clone", "-q", bare.to_str().context("utf-8")?, work.to_str().context("utf-8")?])?;
+    git(
+        dir,
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().context("utf-8")?],
+    )?;
+    git(
+        dir,
+        &[
+            "clone",
+            "-q",
+            bare.to_str().context("utf-8")?,
+            work.to_str().context("utf-8")?,
+        ],
+    )?;
     std::fs::create_dir_all(work.join("apps/checkout"))?;
     std::fs::write(work.join("apps/checkout/deployment.yaml"), "kind: Deployment\n")?;
     for tag in ["v1.4.1", "v1.5.0"] {
@@ -88,7 +103,9 @@ impl TraceService for Collector {
                 }
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -156,9 +173,16 @@ fn start_gateway(nats: &Nats, name: &str, otlp_port: u16, logs: &Path) -> anyhow
     Ok((process, format!("http://127.0.0.1:{port}")))
 }
 
-async fn post(client: &reqwest::Client, base: &str, token: Option<&str>, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-    let mut request =
-        client.post(format!("{base}/v1/alerts/alertmanager")).header("content-type", "application/json").body(body);
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = client
+        .post(format!("{base}/v1/alerts/alertmanager"))
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
@@ -178,7 +202,9 @@ async fn stream_messages(nats: &Nats) -> anyhow::Result<u64> {
 /// Audit rows for `incident`: (kind, action, reason, reference, trace_id, decision_json).
 async fn audit_rows(db: &Path, incident: &str) -> Vec<(String, String, String, String, String, String)> {
     let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else { return Vec::new() };
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return Vec::new();
+    };
     let rows = sqlx::query_as(
         "SELECT kind, action, reason, reference, trace_id, decision_json FROM audit_log WHERE incident = ? ORDER BY id",
     )
@@ -208,7 +234,10 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
         ("SELFHEAL_POLICY_LISTEN", format!("127.0.0.1:{policy_port}")),
         ("SELFHEAL_POLICY_GRPC_LISTEN", format!("127.0.0.1:{policy_grpc}")),
         ("SELFHEAL_POLICY_NATS_URL", nats.url()),
-        ("SELFHEAL_POLICY_POLICY_DIR", workspace_root().join("deploy/policies").display().to_string()),
+        (
+            "SELFHEAL_POLICY_POLICY_DIR",
+            workspace_root().join("deploy/policies").display().to_string(),
+        ),
         ("SELFHEAL_POLICY_GRPC_TOKEN", TOKEN.into()),
     ]);
     let mut policy = Process::start("policy", &binary("selfheal-policy")?, &[], &policy_env, logs)?;
@@ -223,8 +252,14 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     notifier_env.extend([
         ("SELFHEAL_NOTIFIER_LISTEN", format!("127.0.0.1:{notifier_port}")),
         ("SELFHEAL_NOTIFIER_NATS_URL", nats.url()),
-        ("SELFHEAL_NOTIFIER_DATABASE_URL", format!("sqlite://{}", audit_db.display())),
-        ("SELFHEAL_NOTIFIER_WEBHOOK_URL", format!("http://127.0.0.1:{sink_port}/hook")),
+        (
+            "SELFHEAL_NOTIFIER_DATABASE_URL",
+            format!("sqlite://{}", audit_db.display()),
+        ),
+        (
+            "SELFHEAL_NOTIFIER_WEBHOOK_URL",
+            format!("http://127.0.0.1:{sink_port}/hook"),
+        ),
     ]);
     let mut notifier = Process::start("notifier", &binary("selfheal-notifier")?, &[], &notifier_env, logs)?;
     wait_ready(&format!("{gateway_url}/readyz"), &mut gateway).await?;
@@ -245,8 +280,14 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     let (status, accepted) = post(&client, &gateway_url, Some(TOKEN), fixture("02-firing-1alerts.json")).await?;
     ensure!(status == 200, "POST answered {status}: {accepted}");
     assert_eq!(accepted["stored"], 1, "{accepted}");
-    let incident = accepted["incidents"][0]["key"].as_str().context("incident key")?.to_string();
-    let trace_id = accepted["incidents"][0]["trace_id"].as_str().context("trace id")?.to_string();
+    let incident = accepted["incidents"][0]["key"]
+        .as_str()
+        .context("incident key")?
+        .to_string();
+    let trace_id = accepted["incidents"][0]["trace_id"]
+        .as_str()
+        .context("trace id")?
+        .to_string();
     assert_eq!(trace_id.len(), 32, "the gateway started a trace: {accepted}");
 
     let main_after = wait_for(Duration::from_secs(10), "the rollback commit on main", || async {
@@ -256,7 +297,10 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     .await
     .with_context(dump)?;
     let decision_row = wait_for(Duration::from_secs(10), "the decision's audit row", || async {
-        audit_rows(&audit_db, &incident).await.into_iter().find(|row| row.0 == "decision")
+        audit_rows(&audit_db, &incident)
+            .await
+            .into_iter()
+            .find(|row| row.0 == "decision")
     })
     .await
     .with_context(dump)?;
@@ -267,13 +311,27 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     .with_context(dump)?;
     eprintln!("alert to commit, audit row and notification in {:?}", started.elapsed());
 
-    assert_eq!(git(&repo, &["show", &format!("main:{KUSTOMIZATION}")])?, kustomization("v1.4.1").trim_end());
-    assert_eq!(git(&repo, &["rev-parse", "main~1"])?, main_before, "one commit, fast-forwarded onto main");
+    assert_eq!(
+        git(&repo, &["show", &format!("main:{KUSTOMIZATION}")])?,
+        kustomization("v1.4.1").trim_end()
+    );
+    assert_eq!(
+        git(&repo, &["rev-parse", "main~1"])?,
+        main_before,
+        "one commit, fast-forwarded onto main"
+    );
     let diff = git(&repo, &["diff", &main_before, &main_after])?;
-    assert!(diff.contains("-    newTag: v1.5.0 # release pipeline") && diff.contains("+    newTag: v1.4.1 # release pipeline"), "{diff}");
+    assert!(
+        diff.contains("-    newTag: v1.5.0 # release pipeline")
+            && diff.contains("+    newTag: v1.4.1 # release pipeline"),
+        "{diff}"
+    );
     let (_, action, reason, _, row_trace, decision_json) = &decision_row;
     assert_eq!(action, "rollback");
-    assert!(reason.contains("HighErrorRate") && reason.contains("checkout"), "reason: {reason}");
+    assert!(
+        reason.contains("HighErrorRate") && reason.contains("checkout"),
+        "reason: {reason}"
+    );
     let decision: Value = serde_json::from_str(decision_json)?;
     assert_eq!(decision["action"], "rollback");
     assert_eq!(&decision["reason"], reason.as_str());
@@ -286,22 +344,42 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     wait_ready(&format!("{gateway2_url}/readyz"), &mut gateway2).await?;
     let (status, other) = post(&client, &gateway2_url, Some(TOKEN), fixture("02-firing-1alerts.json")).await?;
     assert_eq!((status, &other["duplicates"]), (200, &Value::from(1)), "{other}");
-    assert_eq!(other["incidents"][0]["key"], incident.as_str(), "both gateways name the incident alike");
-    assert_eq!(stream_messages(&nats).await?, messages_before, "duplicates are not stored");
+    assert_eq!(
+        other["incidents"][0]["key"],
+        incident.as_str(),
+        "both gateways name the incident alike"
+    );
+    assert_eq!(
+        stream_messages(&nats).await?,
+        messages_before,
+        "duplicates are not stored"
+    );
     // A marker alert behind the duplicates: once it is audited, everything before it was handled.
     let (status, marker) = post(&client, &gateway2_url, Some(TOKEN), fixture("01-firing-1alerts.json")).await?;
     ensure!(status == 200, "{marker}");
-    let marker_incident = marker["incidents"][0]["key"].as_str().context("marker key")?.to_string();
+    let marker_incident = marker["incidents"][0]["key"]
+        .as_str()
+        .context("marker key")?
+        .to_string();
     wait_for(SETTLE, "the marker alert's audit row", || async {
         (!audit_rows(&audit_db, &marker_incident).await.is_empty()).then_some(())
     })
     .await
     .with_context(dump)?;
     assert_eq!(git(&repo, &["rev-parse", "main"])?, main_after, "no second commit");
-    assert_eq!(git(&repo, &["for-each-ref", "--format=%(refname)", "refs/heads/selfheal/"])?.lines().count(), 1);
+    assert_eq!(
+        git(&repo, &["for-each-ref", "--format=%(refname)", "refs/heads/selfheal/"])?
+            .lines()
+            .count(),
+        1
+    );
     let rows = audit_rows(&audit_db, &incident).await;
     let kinds: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(kinds, ["decision", "remediation"], "one decision row, one remediation row");
+    assert_eq!(
+        kinds,
+        ["decision", "remediation"],
+        "one decision row, one remediation row"
+    );
     assert_eq!(rows[1].3, main_after, "the remediation row names the commit");
     let notifications = sink.all();
     assert_eq!(notifications.len(), 1, "{notifications:?}");
@@ -316,17 +394,31 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     assert!(git(&repo, &["log", "-1", "--format=%B", "main"])?.contains(&format!("Trace-Id: {trace_id}")));
     let services = wait_for(SETTLE, "spans of all four services in the incident's trace", || async {
         let spans = collector.0.lock().ok()?.clone();
-        let services: std::collections::BTreeSet<String> =
-            spans.iter().filter(|(_, id, _)| *id == trace_id).map(|(service, _, _)| service.clone()).collect();
+        let services: std::collections::BTreeSet<String> = spans
+            .iter()
+            .filter(|(_, id, _)| *id == trace_id)
+            .map(|(service, _, _)| service.clone())
+            .collect();
         (services.len() == 4).then_some(services)
     })
     .await
     .with_context(|| format!("{:?}", collector.0.lock().map(|s| s.clone())))?;
     assert_eq!(
         services.into_iter().collect::<Vec<_>>(),
-        ["selfheal-gateway", "selfheal-notifier", "selfheal-policy", "selfheal-pr-controller"]
+        [
+            "selfheal-gateway",
+            "selfheal-notifier",
+            "selfheal-policy",
+            "selfheal-pr-controller"
+        ]
     );
-    for process in [&mut gateway, &mut gateway2, &mut policy, &mut pr_controller, &mut notifier] {
+    for process in [
+        &mut gateway,
+        &mut gateway2,
+        &mut policy,
+        &mut pr_controller,
+        &mut notifier,
+    ] {
         process.check_running()?;
     }
     Ok(())
@@ -346,11 +438,20 @@ async fn refused_requests_publish_nothing() -> anyhow::Result<()> {
     let (status, _) = post(&client, &url, Some("s3cr3t-tokeN"), body.clone()).await?;
     assert_eq!(status, 401);
     let (status, answer) = post(&client, &url, Some(TOKEN), b"{\"version\":\"4\",".to_vec()).await?;
-    assert_eq!((status, &answer["error"]["field"]), (400, &Value::from("body")), "{answer}");
+    assert_eq!(
+        (status, &answer["error"]["field"]),
+        (400, &Value::from("body")),
+        "{answer}"
+    );
     let no_labels = String::from_utf8(body.clone())?.replacen("\"labels\":", "\"labelz\":", 1);
     let (status, answer) = post(&client, &url, Some(TOKEN), no_labels.into_bytes()).await?;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("labels")), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("labels")),
+        "{answer}"
+    );
     assert_eq!(stream_messages(&nats).await?, 0, "refused requests store nothing");
 
     let (status, _) = post(&client, &url, Some(TOKEN), body).await?;

@@ -7,7 +7,11 @@ use selfheal_e2e::{Process, binary, free_port, wait_for, wait_ready, workspace_r
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("git").arg("--git-dir").arg(dir).args(args).output()?;
-    ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -18,26 +22,52 @@ async fn up_then_the_readme_curl_rolls_back_the_example_app() -> anyhow::Result<
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let grpc = format!("127.0.0.1:{}", free_port()?);
-    let args = ["up", "--dir", state.to_str().context("utf-8")?, "--listen", &listen, "--grpc-listen", &grpc];
+    let args = [
+        "up",
+        "--dir",
+        state.to_str().context("utf-8")?,
+        "--listen",
+        &listen,
+        "--grpc-listen",
+        &grpc,
+    ];
     let mut up = Process::start("selfheal-up", &binary("selfheal")?, &args, &[], temp.path())?;
     wait_ready(&format!("http://{listen}/readyz"), &mut up).await?;
 
     let repo = state.join("gitops.git");
     let path = "main:apps/checkout/kustomization.yaml";
-    assert!(git(&repo, &["show", path])?.contains("newTag: v1.5.0"), "the example app starts on the bad release");
+    assert!(
+        git(&repo, &["show", path])?.contains("newTag: v1.5.0"),
+        "the example app starts on the bad release"
+    );
     let token = std::fs::read_to_string(state.join("token"))?;
     // The README's curl example, with its body file.
     let out = Command::new("curl")
         .args(["-sS", "-f", "-H", &format!("Authorization: Bearer {}", token.trim())])
         .args(["-H", "Content-Type: application/json", "--data"])
-        .arg(format!("@{}", workspace_root().join("examples/alertmanager-firing.json").display()))
+        .arg(format!(
+            "@{}",
+            workspace_root().join("examples/alertmanager-firing.json").display()
+        ))
         .arg(format!("http://{listen}/v1/alerts/alertmanager"))
         .output()?;
-    ensure!(out.status.success(), "curl: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "curl: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    wait_for(Duration::from_secs(10), "the rollback on the example repository's main", || async {
-        git(&repo, &["show", path]).ok().filter(|text| text.contains("newTag: v1.4.1")).map(|_| ())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the rollback on the example repository's main",
+        || async {
+            git(&repo, &["show", path])
+                .ok()
+                .filter(|text| text.contains("newTag: v1.4.1"))
+                .map(|_| ())
+        },
+    )
     .await
     .with_context(|| up.output())?;
     let subject = git(&repo, &["log", "-1", "--format=%s", "main"])?;
