@@ -176,10 +176,10 @@ pub async fn wait_ready(url: &str, process: &mut Process) -> anyhow::Result<()> 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         process.check_running()?;
-        if let Ok(response) = client.get(url).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("{} not ready at {url}:\n{}", process.name, process.output());
