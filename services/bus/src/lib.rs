@@ -17,6 +17,7 @@
 //! * Consumers ack *after* their side effect, so a crash means redelivery, never loss.
 
 pub mod consumer;
+pub mod kv;
 pub mod memory;
 pub mod nats;
 
@@ -232,6 +233,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, spec: ConsumerSpec) -> Result<DeliveryStream, BusError>;
     /// Ok when the bus can take publishes now.
     async fn ready(&self) -> Result<(), BusError>;
+    /// The key-value bucket `bucket`, created if missing (entries expire after `max_age`; zero
+    /// keeps them).
+    async fn key_value(&self, bucket: &str, max_age: Duration) -> Result<kv::SharedKeyValue, BusError>;
 }
 
 /// A bus shared by the parts of a service.

@@ -48,6 +48,7 @@ struct State {
     /// Message id -> (sequence, stored at).
     dedup: HashMap<String, (u64, Instant)>,
     consumers: HashMap<String, Consumer>,
+    buckets: HashMap<String, crate::kv::MemoryKeyValue>,
 }
 
 #[derive(Debug)]
@@ -171,6 +172,12 @@ impl Bus for MemoryBus {
 
     async fn ready(&self) -> Result<(), BusError> {
         Ok(())
+    }
+
+    async fn key_value(&self, bucket: &str, _max_age: Duration) -> Result<crate::kv::SharedKeyValue, BusError> {
+        // Entries live as long as the process; expiry does not matter at that scale.
+        let bucket = self.inner.lock().buckets.entry(bucket.to_string()).or_default().clone();
+        Ok(Arc::new(bucket))
     }
 }
 

@@ -196,6 +196,13 @@ impl Bus for NatsBus {
         Ok(Box::pin(deliveries))
     }
 
+    async fn key_value(&self, bucket: &str, max_age: Duration) -> Result<crate::kv::SharedKeyValue, BusError> {
+        let store = crate::kv::NatsKeyValue::open(&self.js, bucket, max_age)
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        Ok(std::sync::Arc::new(store))
+    }
+
     async fn ready(&self) -> Result<(), BusError> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),

@@ -31,6 +31,10 @@ pub struct GatewayConfig {
     /// How long the stream remembers message ids (set when the gateway creates the stream).
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// How long an incident is remembered after it was last written (the incidents bucket's max
+    /// age): a repeat notification within it is recognised however late it comes.
+    #[serde(with = "humantime_serde")]
+    pub incident_max_age: Duration,
     /// Labels that make an alert's identity besides alertname, cluster, namespace and service.
     pub identity_labels: Vec<String>,
 }
@@ -48,6 +52,7 @@ impl Default for GatewayConfig {
             max_label_value_len: 1024,
             publish_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
+            incident_max_age: Duration::from_secs(30 * 24 * 3600),
             identity_labels: Vec::new(),
         }
     }

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod incident;
+pub mod incidents;
 pub mod webhook;
 
 use std::{future::Future, sync::Arc, time::Instant};
@@ -38,6 +39,9 @@ pub use error::RequestError;
 #[derive(Clone)]
 pub struct AppState {
     bus: SharedBus,
+    incidents: incidents::Incidents,
+    /// Longest a body may take to be stored before the answer is 503.
+    deadline: std::time::Duration,
     tokens: Arc<Vec<Secret>>,
     limits: webhook::Limits,
     identity: incident::Identity,
@@ -45,11 +49,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `config`; fails when no token is configured.
-    pub fn new(config: &GatewayConfig, bus: SharedBus) -> Result<Self, selfheal_config::ConfigError> {
+    /// State for `config`: opens the incidents bucket; fails when no token is configured.
+    pub async fn new(config: &GatewayConfig, bus: SharedBus) -> anyhow::Result<Self> {
+        let tokens = config.tokens()?;
+        let bucket = bus.key_value(incidents::BUCKET, config.incident_max_age).await?;
         Ok(Self {
+            incidents: incidents::Incidents::new(bucket),
+            deadline: config.publish_timeout,
             bus,
-            tokens: Arc::new(config.tokens()?),
+            tokens: Arc::new(tokens),
             limits: webhook::Limits {
                 max_alerts: config.max_alerts,
                 max_labels: config.max_labels,
@@ -58,6 +66,13 @@ impl AppState {
             identity: incident::Identity::with_extra_labels(&config.identity_labels),
             max_body_bytes: config.max_body_bytes,
         })
+    }
+}
+
+impl AppState {
+    /// The incidents bucket.
+    pub fn incidents(&self) -> &incidents::Incidents {
+        &self.incidents
     }
 }
 
@@ -80,7 +95,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(&config, bus)?;
+    let state = AppState::new(&config, bus).await?;
     tracing::info!(listen = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
@@ -107,6 +122,8 @@ pub struct IncidentRef {
     pub status: String,
     pub service: String,
     pub duplicate: bool,
+    /// `opened`, `resolved` or `duplicate`.
+    pub outcome: &'static str,
     /// The trace this alert started (empty when tracing is off).
     pub trace_id: String,
 }
@@ -146,13 +163,15 @@ async fn alertmanager(
     let webhook = webhook::parse(&body)?;
     let events = webhook::to_events(&webhook, &state.limits, &state.identity, chrono::Utc::now())?;
     if webhook.truncated_alerts > 0 {
+        metrics::counter!(selfheal_telemetry::metrics::GATEWAY_TRUNCATED)
+            .increment(u64::from(webhook.truncated_alerts));
         tracing::warn!(
             group.key = %webhook.group_key,
             truncated = webhook.truncated_alerts,
             "alertmanager truncated this group; raise max_alerts to see every alert"
         );
     }
-    let published = futures::future::join_all(events.into_iter().map(|event| publish(&state.bus, event))).await;
+    let published = futures::future::join_all(events.into_iter().map(|event| ingest(&state, event))).await;
     let mut incidents = Vec::with_capacity(published.len());
     for result in published {
         incidents.push(result?);
@@ -166,7 +185,7 @@ async fn alertmanager(
     }))
 }
 
-async fn publish(bus: &SharedBus, event: AlertEvent) -> Result<IncidentRef, RequestError> {
+async fn ingest(state: &AppState, event: AlertEvent) -> Result<IncidentRef, RequestError> {
     let alert = event.alert.clone().unwrap_or_default();
     let service = alert
         .labels
@@ -183,6 +202,7 @@ async fn publish(bus: &SharedBus, event: AlertEvent) -> Result<IncidentRef, Requ
         alert.status = %alert.status,
         alert.fingerprint = %alert.fingerprint,
         service.label = %service,
+        incident.outcome = tracing::field::Empty,
     );
     let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
     let mut headers = Headers::new();
@@ -193,31 +213,56 @@ async fn publish(bus: &SharedBus, event: AlertEvent) -> Result<IncidentRef, Requ
         headers,
         payload: event.encode_to_vec().into(),
     };
-    let started = Instant::now();
-    let result = bus.publish(message).instrument(span.clone()).await;
-    metrics::histogram!(selfheal_telemetry::metrics::GATEWAY_PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+    let publish = || {
+        let bus = state.bus.clone();
+        let message = message.clone();
+        async move {
+            let started = Instant::now();
+            let result = bus.publish(message).await;
+            metrics::histogram!(selfheal_telemetry::metrics::GATEWAY_PUBLISH_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            result.map(|_| ()).map_err(|e| e.to_string())
+        }
+    };
+    let recorded = tokio::time::timeout(
+        state.deadline,
+        state.incidents.record(&event, &trace_id, chrono::Utc::now(), publish),
+    )
+    .instrument(span.clone())
+    .await;
     let _entered = span.enter();
-    match result {
-        Ok(ack) => {
-            metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_RECEIVED, "status" => alert.status.clone())
-                .increment(1);
-            if ack.duplicate {
-                metrics::counter!(selfheal_telemetry::metrics::GATEWAY_DUPLICATES).increment(1);
-            }
-            tracing::info!(sequence = ack.sequence, duplicate = ack.duplicate, "alert stored");
-            Ok(IncidentRef {
-                key: event.incident_key,
-                status: alert.status,
-                service,
-                duplicate: ack.duplicate,
-                trace_id,
-            })
-        }
-        Err(error) => {
+    let outcome = match recorded {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => {
             tracing::error!(error = %error, "alert not stored");
-            Err(RequestError::Unavailable(error.to_string()))
+            return Err(RequestError::Unavailable(error.to_string()));
         }
+        Err(_) => {
+            tracing::error!(deadline = ?state.deadline, "alert not stored in time");
+            return Err(RequestError::Unavailable("deadline passed".into()));
+        }
+    };
+    let outcome_name = match outcome {
+        incidents::Outcome::Opened => "opened",
+        incidents::Outcome::Resolved => "resolved",
+        incidents::Outcome::Duplicate => "duplicate",
+    };
+    span.record("incident.outcome", outcome_name);
+    metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_RECEIVED, "status" => alert.status.clone())
+        .increment(1);
+    let duplicate = outcome == incidents::Outcome::Duplicate;
+    if duplicate {
+        metrics::counter!(selfheal_telemetry::metrics::GATEWAY_DUPLICATES).increment(1);
     }
+    tracing::info!(outcome = outcome_name, "alert recorded");
+    Ok(IncidentRef {
+        key: event.incident_key,
+        status: alert.status,
+        service,
+        duplicate,
+        outcome: outcome_name,
+        trace_id,
+    })
 }
 
 #[cfg(test)]
@@ -229,13 +274,13 @@ mod tests {
 
     const TOKEN: &str = "s3cr3t-token";
 
-    fn state(bus: &MemoryBus) -> AppState {
+    async fn state(bus: &MemoryBus) -> AppState {
         let config = GatewayConfig {
             token: Some(Secret::new(TOKEN)),
             max_body_bytes: 4096,
             ..Default::default()
         };
-        AppState::new(&config, Arc::new(bus.clone())).expect("state")
+        AppState::new(&config, Arc::new(bus.clone())).await.expect("state")
     }
 
     fn request(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
@@ -263,7 +308,7 @@ mod tests {
     async fn stores_once_and_reports_duplicates() {
         let _telemetry = selfheal_telemetry::init("gateway-test");
         let bus = MemoryBus::default();
-        let app = app(state(&bus));
+        let app = app(state(&bus).await);
         let first = app
             .clone()
             .oneshot(request(Some(TOKEN), fixture("05-firing-3alerts-truncated.json")))
@@ -292,9 +337,94 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fixtures_open_and_close_their_incidents() {
+        let bus = MemoryBus::default();
+        let state = state(&bus).await;
+        let app = app(state.clone());
+        let mut keys = std::collections::BTreeMap::new();
+        for name in [
+            "01-firing-1alerts.json",
+            "02-firing-1alerts.json",
+            "03-resolved-1alerts.json",
+            "04-firing-1alerts.json",
+            "05-firing-3alerts-truncated.json",
+            "06-resolved-3alerts-truncated.json",
+        ] {
+            let response = app
+                .clone()
+                .oneshot(request(Some(TOKEN), fixture(name)))
+                .await
+                .expect("response");
+            assert_eq!(response.status(), StatusCode::OK, "{name}");
+            let body = json(response).await;
+            let outcomes: Vec<(String, String)> = body["incidents"]
+                .as_array()
+                .expect("incidents")
+                .iter()
+                .map(|i| {
+                    (
+                        i["key"].as_str().unwrap_or_default().to_string(),
+                        i["outcome"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            keys.insert(name, outcomes);
+        }
+        let outcome = |name: &str| keys[name].iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>();
+        assert_eq!(outcome("02-firing-1alerts.json"), ["opened"]);
+        assert_eq!(outcome("03-resolved-1alerts.json"), ["resolved"]);
+        assert_eq!(
+            keys["02-firing-1alerts.json"][0].0,
+            keys["03-resolved-1alerts.json"][0].0
+        );
+        assert_eq!(
+            outcome("05-firing-3alerts-truncated.json"),
+            ["opened", "opened", "opened"]
+        );
+        assert_eq!(
+            outcome("06-resolved-3alerts-truncated.json"),
+            ["resolved", "resolved", "resolved"]
+        );
+
+        let incidents = state.incidents().all().await.expect("incidents");
+        // 01 and 04 are two incidents (different startsAt), 02/03 one, 05/06 three.
+        assert_eq!(incidents.len(), 6);
+        for (key, _) in &keys["06-resolved-3alerts-truncated.json"] {
+            let incident = state.incidents().get(key).await.expect("get").expect("exists");
+            assert_eq!(incident.state, incidents::IncidentState::Resolved);
+            assert!(incident.truncated, "truncation is flagged on the incident");
+            assert_eq!(incident.notifications, 2);
+            assert!(incident.resolved_at.is_some() && incident.ends_at.is_some());
+        }
+        let firing = state
+            .incidents()
+            .get(&keys["01-firing-1alerts.json"][0].0)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            (firing.state, firing.truncated),
+            (incidents::IncidentState::Firing, false)
+        );
+        // The stream holds each opening and each resolution once: 4 + 2 resolutions... counted.
+        let published = bus.messages().len();
+        assert_eq!(published, 6 + 4, "six openings, four resolutions");
+
+        // A repeat long after (past any dedup window) is absorbed by the incident, not published.
+        let again = json(
+            app.oneshot(request(Some(TOKEN), fixture("01-firing-1alerts.json")))
+                .await
+                .expect("response"),
+        )
+        .await;
+        assert_eq!(again["incidents"][0]["outcome"], "duplicate");
+        assert_eq!(bus.messages().len(), published);
+    }
+
+    #[tokio::test]
     async fn refuses_without_storing() {
         let bus = MemoryBus::default();
-        let app = app(state(&bus));
+        let app = app(state(&bus).await);
         let body = fixture("02-firing-1alerts.json");
         for (token, expected) in [
             (None, StatusCode::UNAUTHORIZED),

@@ -9,6 +9,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const GATEWAY_ALERTS_RECEIVED: &str = "selfheal_gateway_alerts_received_total";
 /// Alerts the stream already held (retries, HA duplicates).
 pub const GATEWAY_DUPLICATES: &str = "selfheal_gateway_alerts_duplicate_total";
+/// Alerts the source cut from its notifications (Alertmanager's `truncatedAlerts`).
+pub const GATEWAY_TRUNCATED: &str = "selfheal_gateway_alerts_truncated_total";
 /// Requests refused, by `reason`.
 pub const GATEWAY_REFUSED: &str = "selfheal_gateway_requests_refused_total";
 /// Time to store one alert in the stream.
