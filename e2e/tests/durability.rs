@@ -52,6 +52,7 @@ async fn every_acknowledged_alert_survives_a_nats_crash() -> anyhow::Result<()> 
     let env = [
         ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
         ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
+        ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
         ("SELFHEAL_GATEWAY_TOKEN", TOKEN.to_string()),
         ("SELFHEAL_GATEWAY_PUBLISH_TIMEOUT", "1s".to_string()),
         ("RUST_LOG", "warn".to_string()),

@@ -167,6 +167,7 @@ fn start_gateway(nats: &Nats, name: &str, otlp_port: u16, logs: &Path) -> anyhow
     env.extend([
         ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
         ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
+        ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
         ("SELFHEAL_GATEWAY_TOKEN", TOKEN.into()),
     ]);
     let process = Process::start(name, &binary("selfheal-gateway")?, &[], &env, logs)?;

@@ -175,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let env = [
         ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}")),
         ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
+        ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
         ("SELFHEAL_GATEWAY_TOKEN", TOKEN.to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run gateway, policy, pr-controller and notifier in one process.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let _telemetry = selfheal_telemetry::init("selfheal");
     let result = match cli.command {
-        Command::Up(args) => up::run(args).await,
+        Command::Up(args) => up::run(*args).await,
         Command::Policy(command) => policy::run(command),
     };
     match result {

@@ -34,7 +34,10 @@ pub struct UpArgs {
     /// Address for the Alertmanager webhook.
     #[arg(long, default_value = "127.0.0.1:9099", env = "SELFHEAL_LISTEN")]
     listen: SocketAddr,
-    /// Address for the gRPC policy service.
+    /// Address for the gateway's gRPC service (Ingest, GetIncident, ListIncidents).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    gateway_grpc_listen: SocketAddr,
+    /// Address for the gRPC policy service (Evaluate).
     #[arg(long, default_value = "127.0.0.1:50052")]
     grpc_listen: SocketAddr,
     /// Use this NATS server instead of the in-process bus.
@@ -105,9 +108,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let store = selfheal_notifier::audit::SqlAuditStore::connect(&notifier_config.database_url).await?;
     let channel = selfheal_notifier::channel_from(&notifier_config)?;
 
-    let gateway_listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let gateway_listeners = selfheal_gateway::Listeners {
+        http: TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?,
+        grpc: TcpListener::bind(args.gateway_grpc_listen)
+            .await
+            .with_context(|| format!("binding {}", args.gateway_grpc_listen))?,
+    };
     let policy_listeners = selfheal_policy::Listeners {
         http: TcpListener::bind("127.0.0.1:0").await?,
         grpc: TcpListener::bind(args.grpc_listen)
@@ -119,7 +127,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn(selfheal_gateway::run(
         gateway_config,
         bus.clone(),
-        gateway_listener,
+        gateway_listeners,
         cancel.clone().cancelled_owned(),
     ));
     tasks.spawn(selfheal_policy::run(

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct GatewayConfig {
     /// Address of the HTTP server: the webhook, `/healthz`, `/readyz`, `/metrics`.
     pub listen: SocketAddr,
+    /// Address of the gRPC `selfheal.v1.Gateway` service.
+    pub grpc_listen: SocketAddr,
     /// NATS server holding the SELFHEAL stream.
     pub nats_url: String,
     /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
@@ -48,6 +50,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9099)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             nats_url: "nats://127.0.0.1:4222".into(),
             token: None,
             token_file: None,

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod incident;
 pub mod incidents;
 pub mod webhook;
@@ -88,18 +89,46 @@ pub fn app(state: AppState) -> Router {
         .merge(selfheal_telemetry::health::router(ready, metrics))
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes, then finishes in-flight requests.
+/// Where the gateway serves.
+pub struct Listeners {
+    /// The webhook, `/healthz`, `/readyz`, `/metrics`.
+    pub http: TcpListener,
+    /// gRPC `selfheal.v1.Gateway`.
+    pub grpc: TcpListener,
+}
+
+/// Serves the gateway until `shutdown` completes, then finishes in-flight requests.
 pub async fn run(
     config: GatewayConfig,
     bus: SharedBus,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = AppState::new(&config, bus).await?;
-    tracing::info!(listen = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<selfheal_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
+        .await;
+    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "gateway listening");
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(grpc::server(state.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
+    let http_task = tokio::spawn(
+        axum::serve(listeners.http, app(state))
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .into_future(),
+    );
+    shutdown.await;
+    cancel.cancel();
+    grpc_task.await??;
+    http_task.await??;
     Ok(())
 }
 
@@ -174,7 +203,7 @@ async fn alertmanager(
     }))
 }
 
-async fn ingest(state: &AppState, event: AlertEvent) -> Result<IncidentRef, RequestError> {
+pub(crate) async fn ingest(state: &AppState, event: AlertEvent) -> Result<IncidentRef, RequestError> {
     let alert = event.alert.clone().unwrap_or_default();
     let service = alert
         .labels

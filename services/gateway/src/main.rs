@@ -40,6 +40,9 @@ async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     options.duplicate_window = config.duplicate_window;
     options.publish_timeout = config.publish_timeout;
     let bus = NatsBus::connect(options).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    selfheal_gateway::run(config, Arc::new(bus), listener, selfheal_telemetry::shutdown_signal()).await
+    let listeners = selfheal_gateway::Listeners {
+        http: tokio::net::TcpListener::bind(config.listen).await?,
+        grpc: tokio::net::TcpListener::bind(config.grpc_listen).await?,
+    };
+    selfheal_gateway::run(config, Arc::new(bus), listeners, selfheal_telemetry::shutdown_signal()).await
 }

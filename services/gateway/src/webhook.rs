@@ -148,56 +148,7 @@ fn to_event(
     received_at: DateTime<Utc>,
 ) -> Result<AlertEvent, RequestError> {
     let field = |name: &str| format!("alerts[{index}].{name}");
-    if alert.status != "firing" && alert.status != "resolved" {
-        return Err(RequestError::invalid(
-            field("status"),
-            format!("must be \"firing\" or \"resolved\", got {:?}", alert.status),
-        ));
-    }
-    if alert.labels.is_empty() {
-        return Err(RequestError::invalid(field("labels"), "is empty"));
-    }
-    if alert.labels.len() > limits.max_labels {
-        return Err(RequestError::invalid(
-            field("labels"),
-            format!(
-                "has {} labels, more than the limit of {}",
-                alert.labels.len(),
-                limits.max_labels
-            ),
-        ));
-    }
-    for (name, value) in alert.labels.iter().chain(alert.annotations.iter()) {
-        if name.is_empty() || name.len() > 256 {
-            return Err(RequestError::invalid(
-                field("labels"),
-                "has a label name that is empty or longer than 256 bytes",
-            ));
-        }
-        if value.len() > limits.max_label_value_len {
-            return Err(RequestError::invalid(
-                field(&format!("labels.{name}")),
-                format!(
-                    "is {} bytes, more than the limit of {}",
-                    value.len(),
-                    limits.max_label_value_len
-                ),
-            ));
-        }
-    }
-    if alert.labels.get("alertname").is_none_or(|v| v.is_empty()) {
-        return Err(RequestError::invalid(field("labels.alertname"), "is missing"));
-    }
-    if alert
-        .labels
-        .get("service")
-        .is_some_and(|service| !is_dns1123_label(service))
-    {
-        return Err(RequestError::invalid(
-            field("labels.service"),
-            "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
-        ));
-    }
+    check_alert(index, &alert.status, &alert.labels, &alert.annotations, limits)?;
     let starts_at = parse_time(&alert.starts_at)
         .ok_or_else(|| RequestError::invalid(field("startsAt"), "is not an RFC 3339 time"))?;
     let ends_at = match alert.ends_at.as_str() {
@@ -227,6 +178,108 @@ fn to_event(
         external_url: webhook.external_url.clone(),
         truncated_alerts: webhook.truncated_alerts,
         received_at: Some(timestamp(received_at)),
+    })
+}
+
+/// The checks every alert passes, whichever way it came: status, label count and sizes, an
+/// `alertname`, and a `service` that can stand in a subject, a path and a branch name.
+pub fn check_alert(
+    index: usize,
+    status: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    limits: &Limits,
+) -> Result<(), RequestError> {
+    let field = |name: &str| format!("alerts[{index}].{name}");
+    if status != "firing" && status != "resolved" {
+        return Err(RequestError::invalid(
+            field("status"),
+            format!("must be \"firing\" or \"resolved\", got {status:?}"),
+        ));
+    }
+    if labels.is_empty() {
+        return Err(RequestError::invalid(field("labels"), "is empty"));
+    }
+    if labels.len() > limits.max_labels {
+        return Err(RequestError::invalid(
+            field("labels"),
+            format!(
+                "has {} labels, more than the limit of {}",
+                labels.len(),
+                limits.max_labels
+            ),
+        ));
+    }
+    if annotations.len() > limits.max_labels {
+        return Err(RequestError::invalid(
+            field("annotations"),
+            format!(
+                "has {} annotations, more than the limit of {}",
+                annotations.len(),
+                limits.max_labels
+            ),
+        ));
+    }
+    for (kind, map) in [("labels", labels), ("annotations", annotations)] {
+        for (name, value) in map {
+            if name.is_empty() || name.len() > 256 {
+                return Err(RequestError::invalid(
+                    field(kind),
+                    "has a name that is empty or longer than 256 bytes",
+                ));
+            }
+            if value.len() > limits.max_label_value_len {
+                return Err(RequestError::invalid(
+                    field(&format!("{kind}.{name}")),
+                    format!(
+                        "is {} bytes, more than the limit of {}",
+                        value.len(),
+                        limits.max_label_value_len
+                    ),
+                ));
+            }
+        }
+    }
+    if labels.get("alertname").is_none_or(|v| v.is_empty()) {
+        return Err(RequestError::invalid(field("labels.alertname"), "is missing"));
+    }
+    if labels.get("service").is_some_and(|service| !is_dns1123_label(service)) {
+        return Err(RequestError::invalid(
+            field("labels.service"),
+            "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates an alert that came over gRPC and turns it into an [`AlertEvent`].
+pub fn from_proto(
+    index: usize,
+    alert: &Alert,
+    source: &str,
+    limits: &Limits,
+    identity: &incident::Identity,
+    received_at: DateTime<Utc>,
+) -> Result<AlertEvent, RequestError> {
+    let labels: BTreeMap<String, String> = alert.labels.clone().into_iter().collect();
+    let annotations: BTreeMap<String, String> = alert.annotations.clone().into_iter().collect();
+    check_alert(index, &alert.status, &labels, &annotations, limits)?;
+    let starts_at = alert
+        .starts_at
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .ok_or_else(|| RequestError::invalid(format!("alerts[{index}].starts_at"), "is missing or out of range"))?;
+    let key = identity.incident_key(&labels, &starts_at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    Ok(AlertEvent {
+        incident_key: key,
+        alert: Some(alert.clone()),
+        source: if source.is_empty() {
+            "grpc".into()
+        } else {
+            source.into()
+        },
+        received_at: Some(timestamp(received_at)),
+        ..Default::default()
     })
 }
 
