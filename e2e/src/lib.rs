@@ -16,9 +16,12 @@ use tokio::process::{Child, Command};
 /// `target/<profile>`, where cargo put the binaries next to this test.
 pub fn target_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test binary>
-    let deps = exe.parent().context("test binary has no parent")?;
-    Ok(deps.parent().context("deps has no parent")?.to_path_buf())
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    let dir = exe.parent().context("the executable has no parent folder")?;
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        return Ok(dir.parent().context("deps has no parent")?.to_path_buf());
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// The path of a workspace binary, or an error that says how to build it.
