@@ -95,7 +95,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         grpc_token: Some(token.clone()),
         ..Default::default()
     };
-    let engine = selfheal_policy::engine::RegoEngine::load_dir(&policy_dir, &policy_config.query)?;
+    let engine = selfheal_policy::engine::ReloadingEngine::load(&policy_dir, &policy_config.query)?;
     let pr_config = selfheal_pr_controller::PrControllerConfig {
         repository: repo_path.clone(),
         ..Default::default()

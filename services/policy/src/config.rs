@@ -25,6 +25,11 @@ pub struct PolicyConfig {
     pub grpc_token_file: Option<PathBuf>,
     /// Decide and publish, but mark every decision dry-run so nothing is changed.
     pub dry_run: bool,
+    /// How often to look for changed policy files (zero: never; gRPC Reload still works).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: std::time::Duration,
+    /// Limits enforced beyond the policy.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for PolicyConfig {
@@ -38,6 +43,8 @@ impl Default for PolicyConfig {
             grpc_token: None,
             grpc_token_file: None,
             dry_run: false,
+            reload_interval: std::time::Duration::from_secs(2),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::engine::{PolicyEngine, PolicyError, RawDecision};
 
 /// The input document the policy sees. `target`, `metrics` and `history` are empty until the
 /// services that know them are asked (see ARCHITECTURE.md).
-pub fn input(event: &AlertEvent, now: DateTime<Utc>) -> Value {
+pub fn input(event: &AlertEvent, history: &Value, now: DateTime<Utc>) -> Value {
     let alert = event.alert.clone().unwrap_or_default();
     let time = |t: Option<Timestamp>| {
         t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
@@ -32,7 +32,7 @@ pub fn input(event: &AlertEvent, now: DateTime<Utc>) -> Value {
         "source": event.source,
         "target": {},
         "metrics": {},
-        "history": [],
+        "history": history,
         "now": now.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     })
 }
@@ -46,8 +46,14 @@ pub fn action_name(action: Action) -> &'static str {
 
 /// Evaluates the policies for `event` and turns the answer into a [`Decision`]. A policy that
 /// fails or answers nonsense yields an `escalate` decision that says why: a person must look.
-pub fn decide(engine: &dyn PolicyEngine, event: &AlertEvent, dry_run: bool, now: DateTime<Utc>) -> (Decision, Value) {
-    let input = input(event, now);
+pub fn decide(
+    engine: &dyn PolicyEngine,
+    event: &AlertEvent,
+    history: &Value,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> (Decision, Value) {
+    let input = input(event, history, now);
     let mut decision = Decision {
         incident_key: event.incident_key.clone(),
         rule: engine.query().to_string(),
@@ -67,6 +73,19 @@ pub fn decide(engine: &dyn PolicyEngine, event: &AlertEvent, dry_run: bool, now:
         Err(error) => escalate(&mut decision, &error),
     }
     (decision, input)
+}
+
+/// Whether the decision would change something (and so counts against the limits).
+pub fn acts(decision: &Decision) -> bool {
+    matches!(decision.action(), Action::Rollback | Action::Scale | Action::Restart)
+}
+
+/// Turns `decision` into an escalation because a safety limit refused it.
+pub fn refuse(decision: &mut Decision, limit: &str) {
+    let wanted = action_name(decision.action());
+    decision.reason = format!("{limit}; the policy wanted {wanted}: {}", decision.reason);
+    decision.set_action(Action::Escalate);
+    decision.set_approval(Approval::Required);
 }
 
 fn escalate(decision: &mut Decision, error: &PolicyError) {

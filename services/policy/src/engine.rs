@@ -61,6 +61,14 @@ pub trait PolicyEngine: Send + Sync + 'static {
     fn policies(&self) -> Vec<PolicyFile>;
     /// The query evaluated.
     fn query(&self) -> &str;
+    /// Loads the policies again; engines that cannot reload report what they have.
+    fn reload(&self) -> Result<Vec<PolicyFile>, PolicyError> {
+        Ok(self.policies())
+    }
+    /// Reloads when the policy files changed since the last attempt; `None` when nothing changed.
+    fn reload_if_changed(&self) -> Option<Result<Vec<PolicyFile>, PolicyError>> {
+        None
+    }
 }
 
 /// Rego policies from a directory, evaluated by regorus.
@@ -287,5 +295,172 @@ mod tests {
         .expect("loads")
         .evaluate(&json!({}));
         assert!(matches!(undefined, Err(PolicyError::Undefined { .. })));
+    }
+}
+
+/// Policies from a directory that reload when the files change. A reload that fails (a file that
+/// does not parse) keeps the last good policies in force and reports the error.
+pub struct ReloadingEngine {
+    dir: PathBuf,
+    query: String,
+    current: std::sync::RwLock<Arc<RegoEngine>>,
+    /// The error of the last failed reload, cleared by a good one.
+    last_error: std::sync::RwLock<Option<String>>,
+    /// What the directory looked like at the last reload attempt.
+    fingerprint: std::sync::Mutex<Vec<(PathBuf, std::time::SystemTime, u64)>>,
+}
+
+use std::sync::Arc;
+
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "rego"))
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((e.path(), meta.modified().ok()?, meta.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+impl ReloadingEngine {
+    /// Loads `dir`; fails if the first load fails (a service must not start without policies).
+    pub fn load(dir: &Path, query: &str) -> Result<Self, PolicyError> {
+        let print = fingerprint(dir);
+        let engine = RegoEngine::load_dir(dir, query)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            query: query.to_string(),
+            current: std::sync::RwLock::new(Arc::new(engine)),
+            last_error: std::sync::RwLock::new(None),
+            fingerprint: std::sync::Mutex::new(print),
+        })
+    }
+
+    fn engine(&self) -> Arc<RegoEngine> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Loads the directory again. On failure the previous policies stay in force.
+    pub fn reload(&self) -> Result<Vec<PolicyFile>, PolicyError> {
+        *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint(&self.dir);
+        match RegoEngine::load_dir(&self.dir, &self.query) {
+            Ok(engine) => {
+                let files = engine.policies();
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+                *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(policies = files.len(), "policies reloaded");
+                Ok(files)
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "policy reload failed; the last good policies stay in force");
+                *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads if a `.rego` file was added, removed or changed since the last attempt.
+    pub fn reload_if_changed(&self) -> Option<Result<Vec<PolicyFile>, PolicyError>> {
+        let now = fingerprint(&self.dir);
+        let changed = *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) != now;
+        changed.then(|| self.reload())
+    }
+
+    /// The error of the last failed reload, if the last reload failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `test_` rules of the policies in force.
+    pub fn run_tests(&self) -> Vec<(String, bool)> {
+        self.engine().run_tests()
+    }
+}
+
+impl PolicyEngine for ReloadingEngine {
+    fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+        self.engine().evaluate(input)
+    }
+
+    fn reload(&self) -> Result<Vec<PolicyFile>, PolicyError> {
+        ReloadingEngine::reload(self)
+    }
+
+    fn reload_if_changed(&self) -> Option<Result<Vec<PolicyFile>, PolicyError>> {
+        ReloadingEngine::reload_if_changed(self)
+    }
+
+    fn policies(&self) -> Vec<PolicyFile> {
+        self.engine().policies()
+    }
+
+    fn query(&self) -> &str {
+        &self.query
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    const GOOD: &str = "package selfheal\nimport rego.v1\ndecision := {\"action\": \"none\", \"reason\": \"v1\"}\n";
+
+    #[test]
+    fn a_broken_file_keeps_the_last_good_policy() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("p.rego");
+        std::fs::write(&file, GOOD)?;
+        let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision")?;
+        assert_eq!(engine.evaluate(&serde_json::json!({}))?.0.reason, "v1");
+
+        std::fs::write(&file, "package selfheal\ndecision := {\n")?;
+        assert!(matches!(engine.reload(), Err(PolicyError::Parse { .. })));
+        assert_eq!(
+            engine.evaluate(&serde_json::json!({}))?.0.reason,
+            "v1",
+            "the last good policy stays"
+        );
+        assert!(engine.last_error().is_some_and(|e| e.contains("p.rego")));
+
+        std::fs::write(&file, GOOD.replace("\"v1\"", "\"v2-longer\""))?;
+        let reloaded = engine.reload_if_changed();
+        assert!(matches!(reloaded, Some(Ok(_))), "{reloaded:?}");
+        assert_eq!(engine.evaluate(&serde_json::json!({}))?.0.reason, "v2-longer");
+        assert!(engine.last_error().is_none());
+        assert!(engine.reload_if_changed().is_none(), "nothing changed since");
+        Ok(())
+    }
+
+    #[test]
+    fn conflicting_rules_are_an_error_not_a_crash() -> Result<(), Box<dyn std::error::Error>> {
+        let conflicting = "package selfheal\nimport rego.v1\ndecision := {\"action\": \"none\", \"reason\": \"a\"} if true\ndecision := {\"action\": \"rollback\", \"reason\": \"b\"} if true\n";
+        let engine = RegoEngine::from_sources(vec![("c.rego".into(), conflicting.into())], "data.selfheal.decision")?;
+        let result = engine.evaluate(&serde_json::json!({}));
+        assert!(matches!(result, Err(PolicyError::Eval { .. })), "{result:?}");
+        // Through the service's decision path: an escalation that carries the error.
+        let event = selfheal_proto::v1::AlertEvent {
+            incident_key: "k".into(),
+            ..Default::default()
+        };
+        let (decision, _) = crate::decide::decide(&engine, &event, &serde_json::json!([]), false, chrono::Utc::now());
+        assert_eq!(decision.action(), selfheal_proto::v1::Action::Escalate);
+        assert!(
+            decision
+                .reason
+                .starts_with("policy failed, so nothing was changed: evaluating"),
+            "{}",
+            decision.reason
+        );
+        Ok(())
     }
 }

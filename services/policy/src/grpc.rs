@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 use selfheal_config::Secret;
 use selfheal_proto::v1::{
     AlertEvent, EvaluateRequest, EvaluateResponse, ListPoliciesRequest, ListPoliciesResponse, PolicyFile,
+    ReloadRequest,
     policy_server::{Policy, PolicyServer},
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
@@ -71,9 +72,17 @@ impl Policy for PolicyService {
             ..Default::default()
         };
         let dry_run = request.dry_run || self.dry_run;
-        let (decision, input) = async { decide::decide(self.engine.as_ref(), &event, dry_run, chrono::Utc::now()) }
-            .instrument(span)
-            .await;
+        let (decision, input) = async {
+            decide::decide(
+                self.engine.as_ref(),
+                &event,
+                &serde_json::json!([]),
+                dry_run,
+                chrono::Utc::now(),
+            )
+        }
+        .instrument(span)
+        .await;
         tracing::info!(
             alert.name = labels.get("alertname").map(String::as_str).unwrap_or_default(),
             decision.action = decide::action_name(decision.action()),
@@ -83,6 +92,23 @@ impl Policy for PolicyService {
             decision: Some(decision),
             input_json: input.to_string(),
         }))
+    }
+
+    async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ListPoliciesResponse>, Status> {
+        match self.engine.reload() {
+            Ok(files) => Ok(Response::new(ListPoliciesResponse {
+                policies: files
+                    .into_iter()
+                    .map(|f| PolicyFile {
+                        path: f.path,
+                        package: f.package,
+                    })
+                    .collect(),
+            })),
+            Err(error) => Err(Status::failed_precondition(format!(
+                "{error}; the last good policies stay in force"
+            ))),
+        }
     }
 
     async fn list_policies(&self, _: Request<ListPoliciesRequest>) -> Result<Response<ListPoliciesResponse>, Status> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod decide;
 pub mod engine;
 pub mod grpc;
+pub mod limits;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -37,11 +38,17 @@ pub struct DecisionHandler {
     engine: Arc<dyn PolicyEngine>,
     bus: SharedBus,
     dry_run: bool,
+    limiter: limits::Limiter,
 }
 
 impl DecisionHandler {
-    pub fn new(engine: Arc<dyn PolicyEngine>, bus: SharedBus, dry_run: bool) -> Self {
-        Self { engine, bus, dry_run }
+    pub fn new(engine: Arc<dyn PolicyEngine>, bus: SharedBus, dry_run: bool, limiter: limits::Limiter) -> Self {
+        Self {
+            engine,
+            bus,
+            dry_run,
+            limiter,
+        }
     }
 }
 
@@ -69,7 +76,36 @@ impl Handler for DecisionHandler {
 impl DecisionHandler {
     async fn decide_and_publish(&self, event: AlertEvent, service: String, span: tracing::Span) -> Disposition {
         let started = std::time::Instant::now();
-        let (decision, input) = decide::decide(self.engine.as_ref(), &event, self.dry_run, chrono::Utc::now());
+        let now = chrono::Utc::now();
+        let service_label = event
+            .alert
+            .as_ref()
+            .and_then(|a| a.labels.get("service"))
+            .cloned()
+            .unwrap_or_else(|| service.clone());
+        let history = match self.limiter.history(&service_label, now).await {
+            Ok(history) => serde_json::to_value(history).unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(error = %error, "action history unavailable; retrying");
+                return Disposition::Retry(Duration::from_secs(1));
+            }
+        };
+        let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &history, self.dry_run, now);
+        if decide::acts(&decision) && !decision.dry_run {
+            let action = decide::action_name(decision.action());
+            match self
+                .limiter
+                .reserve(&service_label, &event.incident_key, action, now)
+                .await
+            {
+                Ok(limits::Verdict::Allowed) => {}
+                Ok(limits::Verdict::Refused(limit)) => decide::refuse(&mut decision, &limit),
+                Err(error) => {
+                    tracing::warn!(error = %error, "limits unavailable; retrying");
+                    return Disposition::Retry(Duration::from_secs(1));
+                }
+            }
+        }
         metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS).record(started.elapsed().as_secs_f64());
         let action = decide::action_name(decision.action());
         span.record("decision.action", action);
@@ -122,7 +158,19 @@ pub async fn run(
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
         .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
-    let handler = Arc::new(DecisionHandler::new(engine.clone(), bus.clone(), config.dry_run));
+    let window = config
+        .limits
+        .per_service_window
+        .max(config.limits.global_window)
+        .max(config.limits.cooldown);
+    let actions = bus.key_value(limits::BUCKET, window * 2).await?;
+    let limiter = limits::Limiter::new(actions, config.limits.clone());
+    let handler = Arc::new(DecisionHandler::new(
+        engine.clone(),
+        bus.clone(),
+        config.dry_run,
+        limiter,
+    ));
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]),
@@ -130,6 +178,22 @@ pub async fn run(
         cancel.clone().cancelled_owned(),
     ));
 
+    let reload_task = (!config.reload_interval.is_zero()).then(|| {
+        let (engine, cancel, interval) = (engine.clone(), cancel.clone(), config.reload_interval);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticks.tick() => {
+                        let engine = engine.clone();
+                        // Parsing policies is CPU work; keep it off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || engine.reload_if_changed()).await;
+                    }
+                }
+            }
+        })
+    });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService>>()
@@ -158,6 +222,9 @@ pub async fn run(
     shutdown.await;
     cancel.cancel();
     consumer_task.await??;
+    if let Some(reload_task) = reload_task {
+        reload_task.await?;
+    }
     grpc_task.await??;
     http_task.await??;
     Ok(())

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use selfheal_bus::nats::{NatsBus, NatsOptions};
-use selfheal_policy::{Listeners, PolicyConfig, engine::RegoEngine};
+use selfheal_policy::{Listeners, PolicyConfig, engine::ReloadingEngine};
 
 /// selfheal's decision layer: Rego policies over alerts.
 #[derive(Parser)]
@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let engine = match RegoEngine::load_dir(&config.policy_dir, &config.query) {
+    let engine = match ReloadingEngine::load(&config.policy_dir, &config.query) {
         Ok(engine) => engine,
         Err(error) => {
             tracing::error!(error = %error, "policies do not load");
@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: PolicyConfig, engine: RegoEngine) -> anyhow::Result<()> {
+async fn serve(config: PolicyConfig, engine: ReloadingEngine) -> anyhow::Result<()> {
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-policy")).await?;
     let listeners = Listeners {
         http: tokio::net::TcpListener::bind(config.listen).await?,

@@ -1,0 +1,346 @@
+//! Safety beyond policy: limits the service enforces whatever the policy says.
+//!
+//! * a kill switch (no automatic action at all),
+//! * per service: at most `per_service_max` actions in `per_service_window`, and a cooldown
+//!   between two actions,
+//! * overall: at most `global_max` actions in `global_window`.
+//!
+//! The counts live in a JetStream KV bucket (`selfheal_actions`), one key per service and one for
+//! the whole installation, updated with compare-and-set, so several policy replicas deciding at
+//! once never exceed a limit between them. A reservation is keyed by incident, so a redelivered
+//! alert finds its reservation instead of taking a second one.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use selfheal_bus::kv::{KvError, SharedKeyValue};
+use serde::{Deserialize, Serialize};
+
+/// The bucket's name.
+pub const BUCKET: &str = "selfheal_actions";
+
+/// The limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// No automatic action at all: every decision that would change something escalates.
+    pub kill_switch: bool,
+    /// Most actions on one service within `per_service_window`.
+    pub per_service_max: usize,
+    /// The window `per_service_max` counts in.
+    #[serde(with = "humantime_serde")]
+    pub per_service_window: Duration,
+    /// Least time between two actions on one service.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Most actions overall within `global_window`.
+    pub global_max: usize,
+    /// The window `global_max` counts in.
+    #[serde(with = "humantime_serde")]
+    pub global_window: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            kill_switch: false,
+            per_service_max: 2,
+            per_service_window: Duration::from_secs(30 * 60),
+            cooldown: Duration::ZERO,
+            global_max: 20,
+            global_window: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// One action taken (or reserved).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub incident: String,
+    pub service: String,
+    pub action: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+impl ActionRecord {
+    fn time(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.at)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// Whether an action may go ahead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused, with a reason that names the limit.
+    Refused(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("action history unavailable: {0}")]
+    Store(String),
+}
+
+fn human(duration: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+}
+
+/// Enforces [`LimitsConfig`] over a shared bucket.
+#[derive(Clone)]
+pub struct Limiter {
+    kv: SharedKeyValue,
+    config: LimitsConfig,
+}
+
+enum Scope<'a> {
+    Service(&'a str),
+    Global,
+}
+
+impl Limiter {
+    pub fn new(kv: SharedKeyValue, config: LimitsConfig) -> Self {
+        Self { kv, config }
+    }
+
+    fn key(scope: &Scope<'_>) -> String {
+        match scope {
+            Scope::Service(service) => format!("service.{service}"),
+            Scope::Global => "global".into(),
+        }
+    }
+
+    async fn read(&self, key: &str) -> Result<(Vec<ActionRecord>, Option<u64>), LimitError> {
+        match self.kv.get(key).await.map_err(|e| LimitError::Store(e.to_string()))? {
+            None => Ok((Vec::new(), None)),
+            Some(entry) => {
+                let records = serde_json::from_slice(&entry.value).unwrap_or_default();
+                Ok((records, Some(entry.revision)))
+            }
+        }
+    }
+
+    async fn write(&self, key: &str, records: &[ActionRecord], revision: Option<u64>) -> Result<bool, LimitError> {
+        let value = serde_json::to_vec(records).map_err(|e| LimitError::Store(e.to_string()))?;
+        let written = match revision {
+            None => self.kv.create(key, value.into()).await,
+            Some(revision) => self.kv.update(key, value.into(), revision).await,
+        };
+        match written {
+            Ok(_) => Ok(true),
+            Err(KvError::Exists(_) | KvError::Conflict { .. }) => Ok(false),
+            Err(error) => Err(LimitError::Store(error.to_string())),
+        }
+    }
+
+    /// This service's actions within its window, oldest first (the policy's `input.history`).
+    pub async fn history(&self, service: &str, now: DateTime<Utc>) -> Result<Vec<ActionRecord>, LimitError> {
+        let (records, _) = self.read(&Self::key(&Scope::Service(service))).await?;
+        Ok(prune(
+            records,
+            now,
+            self.config.per_service_window.max(self.config.cooldown),
+        ))
+    }
+
+    /// Reserves an action for `incident` on `service`, or says which limit refuses it.
+    pub async fn reserve(
+        &self,
+        service: &str,
+        incident: &str,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Verdict, LimitError> {
+        if self.config.kill_switch {
+            return Ok(Verdict::Refused(
+                "the kill switch is on: selfheal takes no automatic action".into(),
+            ));
+        }
+        let record = ActionRecord {
+            incident: incident.into(),
+            service: service.into(),
+            action: action.into(),
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        if let Verdict::Refused(reason) = self.take(&Scope::Service(service), &record, now).await? {
+            return Ok(Verdict::Refused(reason));
+        }
+        match self.take(&Scope::Global, &record, now).await? {
+            Verdict::Allowed => Ok(Verdict::Allowed),
+            Verdict::Refused(reason) => {
+                // Give the service's slot back; if that fails the count errs on the safe side.
+                self.release(&Scope::Service(service), incident).await?;
+                Ok(Verdict::Refused(reason))
+            }
+        }
+    }
+
+    async fn take(&self, scope: &Scope<'_>, record: &ActionRecord, now: DateTime<Utc>) -> Result<Verdict, LimitError> {
+        let key = Self::key(scope);
+        let (max, window) = match scope {
+            Scope::Service(_) => (self.config.per_service_max, self.config.per_service_window),
+            Scope::Global => (self.config.global_max, self.config.global_window),
+        };
+        // Bounded: each lost compare-and-set means another replica made progress.
+        for _ in 0..64 {
+            let (records, revision) = self.read(&key).await?;
+            let mut records = prune(records, now, window.max(self.config.cooldown));
+            if records.iter().any(|r| r.incident == record.incident) {
+                return Ok(Verdict::Allowed);
+            }
+            let in_window: Vec<&ActionRecord> = records
+                .iter()
+                .filter(|r| {
+                    r.time()
+                        .is_some_and(|t| (now - t).to_std().unwrap_or_default() < window)
+                })
+                .collect();
+            if in_window.len() >= max {
+                let reason = match scope {
+                    Scope::Service(service) => format!(
+                        "rate limit: {service} already had {} automatic actions in the last {} (limit {max} per {})",
+                        in_window.len(),
+                        human(window),
+                        human(window)
+                    ),
+                    Scope::Global => format!(
+                        "global budget: {} automatic actions in the last {} (limit {max} per {})",
+                        in_window.len(),
+                        human(window),
+                        human(window)
+                    ),
+                };
+                return Ok(Verdict::Refused(reason));
+            }
+            if let (Scope::Service(service), Some(last)) = (scope, records.iter().filter_map(ActionRecord::time).max())
+            {
+                let since = (now - last).to_std().unwrap_or_default();
+                if since < self.config.cooldown {
+                    return Ok(Verdict::Refused(format!(
+                        "cooldown: {service}'s last automatic action was {} ago (cooldown {})",
+                        human(since),
+                        human(self.config.cooldown)
+                    )));
+                }
+            }
+            records.push(record.clone());
+            if self.write(&key, &records, revision).await? {
+                return Ok(Verdict::Allowed);
+            }
+        }
+        Err(LimitError::Store(format!("{key} kept changing; retry")))
+    }
+
+    async fn release(&self, scope: &Scope<'_>, incident: &str) -> Result<(), LimitError> {
+        let key = Self::key(scope);
+        for _ in 0..64 {
+            let (mut records, revision) = self.read(&key).await?;
+            let before = records.len();
+            records.retain(|r| r.incident != incident);
+            if records.len() == before || self.write(&key, &records, revision).await? {
+                return Ok(());
+            }
+        }
+        Err(LimitError::Store(format!("{key} kept changing; retry")))
+    }
+}
+
+fn prune(records: Vec<ActionRecord>, now: DateTime<Utc>, keep: Duration) -> Vec<ActionRecord> {
+    records
+        .into_iter()
+        .filter(|r| r.time().is_some_and(|t| (now - t).to_std().unwrap_or_default() < keep))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use selfheal_bus::kv::MemoryKeyValue;
+
+    use super::*;
+
+    fn limiter(config: LimitsConfig) -> Limiter {
+        Limiter::new(Arc::new(MemoryKeyValue::default()), config)
+    }
+
+    #[tokio::test]
+    async fn per_service_limit_counts_incidents_once_and_expires() -> Result<(), LimitError> {
+        let limiter = limiter(LimitsConfig::default());
+        let t0 = Utc::now();
+        assert_eq!(
+            limiter.reserve("checkout", "a", "rollback", t0).await?,
+            Verdict::Allowed
+        );
+        assert_eq!(
+            limiter.reserve("checkout", "a", "rollback", t0).await?,
+            Verdict::Allowed,
+            "same incident again"
+        );
+        assert_eq!(
+            limiter.reserve("checkout", "b", "rollback", t0).await?,
+            Verdict::Allowed
+        );
+        let third = limiter.reserve("checkout", "c", "rollback", t0).await?;
+        assert!(
+            matches!(&third, Verdict::Refused(r) if r.contains("rate limit") && r.contains("limit 2 per 30m")),
+            "{third:?}"
+        );
+        assert_eq!(
+            limiter.reserve("cart", "d", "rollback", t0).await?,
+            Verdict::Allowed,
+            "other services unaffected"
+        );
+        let later = t0 + chrono::Duration::minutes(31);
+        assert_eq!(
+            limiter.reserve("checkout", "c", "rollback", later).await?,
+            Verdict::Allowed
+        );
+        assert_eq!(limiter.history("checkout", later).await?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn global_budget_cooldown_and_kill_switch() -> Result<(), LimitError> {
+        let limiter = limiter(LimitsConfig {
+            global_max: 1,
+            ..Default::default()
+        });
+        let now = Utc::now();
+        assert_eq!(limiter.reserve("a", "1", "scale", now).await?, Verdict::Allowed);
+        let refused = limiter.reserve("b", "2", "scale", now).await?;
+        assert!(
+            matches!(&refused, Verdict::Refused(r) if r.contains("global budget")),
+            "{refused:?}"
+        );
+        assert!(
+            limiter.history("b", now).await?.is_empty(),
+            "the refused service's slot is given back"
+        );
+
+        let cooling = self::limiter(LimitsConfig {
+            cooldown: Duration::from_secs(600),
+            ..Default::default()
+        });
+        assert_eq!(cooling.reserve("a", "1", "restart", now).await?, Verdict::Allowed);
+        let refused = cooling
+            .reserve("a", "2", "restart", now + chrono::Duration::minutes(5))
+            .await?;
+        assert!(
+            matches!(&refused, Verdict::Refused(r) if r.contains("cooldown")),
+            "{refused:?}"
+        );
+
+        let off = self::limiter(LimitsConfig {
+            kill_switch: true,
+            ..Default::default()
+        });
+        assert!(
+            matches!(off.reserve("a", "1", "rollback", now).await?, Verdict::Refused(r) if r.contains("kill switch"))
+        );
+        Ok(())
+    }
+}
