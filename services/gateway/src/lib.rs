@@ -25,6 +25,7 @@ use axum::{
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     routing::post,
+    serve::ListenerExt,
 };
 use prost::Message as _;
 use selfheal_bus::{Headers, Outgoing, SharedBus, subjects};
@@ -116,14 +117,20 @@ pub async fn run(
             .add_service(health_service)
             .add_service(grpc::server(state.clone()))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
                 cancel.clone().cancelled_owned(),
             ),
     );
     let http_task = tokio::spawn(
-        axum::serve(listeners.http, app(state))
-            .with_graceful_shutdown(cancel.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listeners.http.tap_io(|tcp| {
+                // Answers are small and latency matters: no Nagle.
+                let _ = tcp.set_nodelay(true);
+            }),
+            app(state),
+        )
+        .with_graceful_shutdown(cancel.clone().cancelled_owned())
+        .into_future(),
     );
     shutdown.await;
     cancel.cancel();

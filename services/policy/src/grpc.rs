@@ -83,7 +83,7 @@ impl Policy for PolicyService {
         }
         .instrument(span)
         .await;
-        tracing::info!(
+        tracing::debug!(
             alert.name = labels.get("alertname").map(String::as_str).unwrap_or_default(),
             decision.action = decide::action_name(decision.action()),
             "evaluated over grpc"

@@ -204,7 +204,7 @@ pub async fn run(
             .add_service(health_service)
             .add_service(grpc::server(engine, config.dry_run, token))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
                 cancel.clone().cancelled_owned(),
             ),
     );
