@@ -195,13 +195,16 @@ impl PolicyEngine for RegoEngine {
             query: self.query.clone(),
             reason,
         };
-        let mut engine = self.engine.clone();
-        engine
-            .set_input_json(&input.to_string())
-            .map_err(|e| eval_error(e.to_string()))?;
-        let value = engine
-            .eval_rule(self.query.clone())
-            .map_err(|e| eval_error(e.to_string()))?;
+        let input = regorus::Value::from(input.clone());
+        let value = match &self.compiled {
+            Some(compiled) => compiled.eval_with_input(input),
+            None => {
+                let mut engine = self.engine.clone();
+                engine.set_input(input);
+                engine.eval_rule(self.query.clone())
+            }
+        }
+        .map_err(|e| eval_error(e.to_string()))?;
         if value == regorus::Value::Undefined {
             return Err(PolicyError::Undefined {
                 query: self.query.clone(),
