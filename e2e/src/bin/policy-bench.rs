@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo build --release -p selfheal-policy -p selfheal-e2e --bin selfheal-policy --bin policy-bench
-//! target/release/policy-bench --requests 50000 --concurrency 16
+//! target/release/policy-bench --requests 50000 --concurrency 4
 //! ```
 
 use std::{
@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 50_000)]
     requests: usize,
     /// Concurrent calls in flight (over one HTTP/2 connection per 4 callers).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 4)]
     concurrency: usize,
 }
 
