@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
             alert: Some(alert(0)),
             ..Default::default()
         },
-        &serde_json::json!([]),
+        &selfheal_policy::decide::Extra::default(),
         chrono_now(),
     );
     let raw_n = args.requests.min(20_000);

@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::Subcommand;
 use selfheal_policy::engine::RegoEngine;
 
@@ -12,10 +13,63 @@ pub enum PolicyCommand {
         /// Directory of .rego files.
         dir: PathBuf,
     },
+    /// Print the input document and the decision for each alert of an Alertmanager webhook body.
+    /// Evaluates locally: no metrics, history or limits (the services add those).
+    Eval {
+        /// An Alertmanager webhook body (JSON), e.g. examples/alertmanager-firing.json.
+        #[arg(long)]
+        alert: PathBuf,
+        /// Directory of .rego files.
+        #[arg(long, default_value = "deploy/policies")]
+        policy_dir: PathBuf,
+        /// The rule whose value is the decision.
+        #[arg(long, default_value = "data.selfheal.decision")]
+        query: String,
+    },
 }
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PolicyCommand::Eval {
+            alert,
+            policy_dir,
+            query,
+        } => {
+            let engine = RegoEngine::load_dir(&policy_dir, &query)?;
+            let body = std::fs::read(&alert).with_context(|| format!("reading {}", alert.display()))?;
+            let webhook =
+                selfheal_gateway::webhook::parse(&body).map_err(|e| anyhow::anyhow!("{}: {e}", alert.display()))?;
+            let events = selfheal_gateway::webhook::to_events(
+                &webhook,
+                &selfheal_gateway::webhook::Limits::default(),
+                &selfheal_gateway::incident::Identity::default(),
+                chrono::Utc::now(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", alert.display()))?;
+            for event in events {
+                let (decision, input) = selfheal_policy::decide::decide(
+                    &engine,
+                    &event,
+                    &selfheal_policy::decide::Extra::default(),
+                    true,
+                    chrono::Utc::now(),
+                );
+                let params = decision.params.clone().unwrap_or_default();
+                let output = serde_json::json!({
+                    "input": input,
+                    "decision": {
+                        "action": selfheal_proto::names::action(decision.action()),
+                        "approval": selfheal_proto::names::approval(decision.approval()),
+                        "reason": decision.reason,
+                        "params": {"target_tag": params.target_tag, "replicas": params.replicas},
+                        "policy": decision.policy,
+                        "rule": decision.rule,
+                    },
+                });
+                println!("{}", serde_json::to_string_pretty(&output)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCommand::Test { dir } => {
             let engine = RegoEngine::load_dir(&dir, "data.selfheal.decision")?;
             let results = engine.run_tests();

@@ -12,7 +12,18 @@ use crate::engine::{PolicyEngine, PolicyError, RawDecision};
 
 /// The input document the policy sees. `target`, `metrics` and `history` are empty until the
 /// services that know them are asked (see ARCHITECTURE.md).
-pub fn input(event: &AlertEvent, history: &Value, now: DateTime<Utc>) -> Value {
+/// What the service adds to the alert in the input document.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// This service's recent actions.
+    pub history: Value,
+    /// Metric name → value, for the metrics that could be read.
+    pub metrics: Value,
+    /// Metric name → why it could not be read.
+    pub metrics_errors: Value,
+}
+
+pub fn input(event: &AlertEvent, extra: &Extra, now: DateTime<Utc>) -> Value {
     let alert = event.alert.clone().unwrap_or_default();
     let time = |t: Option<Timestamp>| {
         t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
@@ -31,8 +42,9 @@ pub fn input(event: &AlertEvent, history: &Value, now: DateTime<Utc>) -> Value {
         },
         "source": event.source,
         "target": {},
-        "metrics": {},
-        "history": history,
+        "metrics": if extra.metrics.is_object() { extra.metrics.clone() } else { json!({}) },
+        "metrics_errors": if extra.metrics_errors.is_object() { extra.metrics_errors.clone() } else { json!({}) },
+        "history": if extra.history.is_array() { extra.history.clone() } else { json!([]) },
         "now": now.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     })
 }
@@ -49,11 +61,11 @@ pub fn action_name(action: Action) -> &'static str {
 pub fn decide(
     engine: &dyn PolicyEngine,
     event: &AlertEvent,
-    history: &Value,
+    extra: &Extra,
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> (Decision, Value) {
-    let input = input(event, history, now);
+    let input = input(event, extra, now);
     let mut decision = Decision {
         incident_key: event.incident_key.clone(),
         rule: engine.query().to_string(),

@@ -465,7 +465,13 @@ mod reload_tests {
             incident_key: "k".into(),
             ..Default::default()
         };
-        let (decision, _) = crate::decide::decide(&engine, &event, &serde_json::json!([]), false, chrono::Utc::now());
+        let (decision, _) = crate::decide::decide(
+            &engine,
+            &event,
+            &crate::decide::Extra::default(),
+            false,
+            chrono::Utc::now(),
+        );
         assert_eq!(decision.action(), selfheal_proto::v1::Action::Escalate);
         assert!(
             decision

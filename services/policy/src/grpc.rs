@@ -16,6 +16,7 @@ use crate::{decide, engine::PolicyEngine};
 /// The gRPC service.
 pub struct PolicyService {
     engine: Arc<dyn PolicyEngine>,
+    metrics: crate::promql::MetricsReader,
     dry_run: bool,
 }
 
@@ -42,10 +43,18 @@ impl tonic::service::Interceptor for TokenCheck {
 /// The service behind its token check.
 pub fn server(
     engine: Arc<dyn PolicyEngine>,
+    metrics: crate::promql::MetricsReader,
     dry_run: bool,
     token: Secret,
 ) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
-    PolicyServer::with_interceptor(PolicyService { engine, dry_run }, TokenCheck(Arc::new(token)))
+    PolicyServer::with_interceptor(
+        PolicyService {
+            engine,
+            metrics,
+            dry_run,
+        },
+        TokenCheck(Arc::new(token)),
+    )
 }
 
 #[tonic::async_trait]
@@ -73,13 +82,18 @@ impl Policy for PolicyService {
         };
         let dry_run = request.dry_run || self.dry_run;
         let (decision, input) = async {
-            decide::decide(
-                self.engine.as_ref(),
-                &event,
-                &serde_json::json!([]),
-                dry_run,
-                chrono::Utc::now(),
-            )
+            let labels = event
+                .alert
+                .as_ref()
+                .map(|a| a.labels.clone().into_iter().collect())
+                .unwrap_or_default();
+            let (metrics, metrics_errors) = self.metrics.read(&labels).await;
+            let extra = decide::Extra {
+                history: serde_json::json!([]),
+                metrics,
+                metrics_errors,
+            };
+            decide::decide(self.engine.as_ref(), &event, &extra, dry_run, chrono::Utc::now())
         }
         .instrument(span)
         .await;

@@ -12,6 +12,7 @@ pub mod decide;
 pub mod engine;
 pub mod grpc;
 pub mod limits;
+pub mod promql;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -39,15 +40,23 @@ pub struct DecisionHandler {
     bus: SharedBus,
     dry_run: bool,
     limiter: limits::Limiter,
+    metrics: promql::MetricsReader,
 }
 
 impl DecisionHandler {
-    pub fn new(engine: Arc<dyn PolicyEngine>, bus: SharedBus, dry_run: bool, limiter: limits::Limiter) -> Self {
+    pub fn new(
+        engine: Arc<dyn PolicyEngine>,
+        bus: SharedBus,
+        dry_run: bool,
+        limiter: limits::Limiter,
+        metrics: promql::MetricsReader,
+    ) -> Self {
         Self {
             engine,
             bus,
             dry_run,
             limiter,
+            metrics,
         }
     }
 }
@@ -90,7 +99,18 @@ impl DecisionHandler {
                 return Disposition::Retry(Duration::from_secs(1));
             }
         };
-        let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &history, self.dry_run, now);
+        let labels = event
+            .alert
+            .as_ref()
+            .map(|a| a.labels.clone().into_iter().collect())
+            .unwrap_or_default();
+        let (metrics, metrics_errors) = self.metrics.read(&labels).await;
+        let extra = decide::Extra {
+            history,
+            metrics,
+            metrics_errors,
+        };
+        let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, self.dry_run, now);
         if decide::acts(&decision) && !decision.dry_run {
             let action = decide::action_name(decision.action());
             match self
@@ -165,11 +185,13 @@ pub async fn run(
         .max(config.limits.cooldown);
     let actions = bus.key_value(limits::BUCKET, window * 2).await?;
     let limiter = limits::Limiter::new(actions, config.limits.clone());
+    let metric_reader = promql::MetricsReader::from_config(&config.metrics)?;
     let handler = Arc::new(DecisionHandler::new(
         engine.clone(),
         bus.clone(),
         config.dry_run,
         limiter,
+        metric_reader.clone(),
     ));
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
@@ -202,7 +224,7 @@ pub async fn run(
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(grpc::server(engine, config.dry_run, token))
+            .add_service(grpc::server(engine, metric_reader, config.dry_run, token))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
                 cancel.clone().cancelled_owned(),

@@ -1,0 +1,59 @@
+//! The command line as a person uses it: `selfheal policy test` and `selfheal policy eval`.
+
+use std::process::Command;
+
+use selfheal_e2e::{binary, workspace_root};
+
+#[test]
+fn policy_test_names_failures_and_exits_non_zero() -> anyhow::Result<()> {
+    let selfheal = binary("selfheal")?;
+    let passing = Command::new(&selfheal)
+        .args(["policy", "test"])
+        .arg(workspace_root().join("deploy/policies"))
+        .output()?;
+    let stdout = String::from_utf8_lossy(&passing.stdout);
+    assert!(
+        passing.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&passing.stderr)
+    );
+    assert!(
+        stdout.contains("PASS data.selfheal.test_escalate_when_prometheus_is_down"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package p\nimport rego.v1\nanswer := 41\ntest_answer if answer == 42\ntest_ok if answer == 41\n",
+    )?;
+    let failing = Command::new(&selfheal)
+        .args(["policy", "test"])
+        .arg(dir.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&failing.stdout);
+    assert_eq!(failing.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL data.p.test_answer"), "{stdout}");
+    assert!(stdout.contains("PASS data.p.test_ok"), "{stdout}");
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn policy_eval_prints_the_input_and_the_decision() -> anyhow::Result<()> {
+    let output = Command::new(binary("selfheal")?)
+        .current_dir(workspace_root())
+        .args(["policy", "eval", "--alert", "examples/alertmanager-firing.json"])
+        .output()?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(printed["input"]["alert"]["labels"]["service"], "checkout");
+    assert_eq!(printed["decision"]["action"], "rollback");
+    assert!(
+        printed["decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("checkout"))
+    );
+    Ok(())
+}
