@@ -115,12 +115,13 @@ async fn three_policy_replicas_never_exceed_the_rollback_limit() -> anyhow::Resu
     );
     for decision in all.iter().filter(|d| d.action() != Action::Rollback) {
         assert_eq!(decision.action(), Action::Escalate);
+        // Refused by the service's limit (replicas racing), or by the policy itself once the
+        // history it is given shows the two rollbacks: either way the reason names the limit.
+        let reason = &decision.reason;
         assert!(
-            decision
-                .reason
-                .starts_with("rate limit: checkout already had 2 automatic actions in the last 30m"),
-            "{}",
-            decision.reason
+            reason.starts_with("rate limit: checkout already had 2 automatic actions in the last 30m")
+                || reason.contains("it was rolled back 2 times in the last 30 minutes"),
+            "{reason}"
         );
     }
     for replica in &mut replicas {
