@@ -148,3 +148,66 @@ fn apply(decision: &mut Decision, raw: RawDecision) {
         replicas: raw.params.replicas.and_then(|r| i32::try_from(r).ok()),
     });
 }
+
+/// One entry of the decision log, in OPA's decision-log shape (`decision_id`, `path`, `input`,
+/// `result`, `timestamp`) plus the trace id and which policy files decided.
+pub fn decision_log(decision: &Decision, input: &Value, trace_id: &str, now: DateTime<Utc>) -> Value {
+    let params = decision.params.clone().unwrap_or_default();
+    json!({
+        "decision_id": format!("decision.{}", decision.incident_key),
+        "path": decision.rule.trim_start_matches("data.").replace('.', "/"),
+        "input": input,
+        "result": {
+            "action": action_name(decision.action()),
+            "approval": selfheal_proto::names::approval(decision.approval()),
+            "reason": decision.reason,
+            "params": {"target_tag": params.target_tag, "replicas": params.replicas},
+        },
+        "timestamp": now.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        "trace_id": trace_id,
+        "labels": {"policy": decision.policy, "dry_run": decision.dry_run},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use selfheal_proto::v1::Alert;
+
+    use super::*;
+    use crate::engine::RegoEngine;
+
+    #[test]
+    fn decision_log_has_opa_shape() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/policies");
+        let engine = RegoEngine::load_dir(&dir, "data.selfheal.decision").expect("policies");
+        let labels: HashMap<String, String> = [
+            ("alertname", "HighErrorRate"),
+            ("severity", "critical"),
+            ("auto_heal", "true"),
+            ("service", "checkout"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let event = AlertEvent {
+            incident_key: "abc".into(),
+            alert: Some(Alert {
+                status: "firing".into(),
+                labels,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let now = Utc::now();
+        let (decision, input) = decide(&engine, &event, &Extra::default(), false, now);
+        let log = decision_log(&decision, &input, "4bf92f3577b34da6a3ce929d0e0e4736", now);
+        assert_eq!(log["decision_id"], "decision.abc");
+        assert_eq!(log["path"], "selfheal/decision");
+        assert_eq!(log["result"]["action"], "rollback");
+        assert_eq!(log["input"]["alert"]["labels"]["service"], "checkout");
+        assert_eq!(log["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(log["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+}

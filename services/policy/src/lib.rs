@@ -130,17 +130,10 @@ impl DecisionHandler {
         let action = decide::action_name(decision.action());
         span.record("decision.action", action);
         metrics::counter!(selfheal_telemetry::metrics::POLICY_DECISIONS, "action" => action).increment(1);
-        // The decision log, one line per decision (input, result, policy), in OPA's spirit.
-        tracing::info!(
-            decision_id = %format!("decision.{}", event.incident_key),
-            policy = %decision.policy,
-            rule = %decision.rule,
-            action,
-            reason = %decision.reason,
-            dry_run = decision.dry_run,
-            input = %input,
-            "decision"
-        );
+        // The decision log: one JSON line per decision in OPA's decision-log shape.
+        let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
+        let log = decide::decision_log(&decision, &input, &trace_id, now);
+        tracing::info!(target: "selfheal::decision_log", decision_id = %format!("decision.{}", event.incident_key), action, decision_log = %log, "decision");
         let mut headers = Headers::new();
         selfheal_telemetry::propagation::inject_headers(&span, &mut headers);
         let message = Outgoing {
