@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "selfheal/v1/events.proto",
         "selfheal/v1/gateway.proto",
         "selfheal/v1/policy.proto",
+        "selfheal/v1/remediations.proto",
     ];
     let descriptors = protox::compile(files, ["."])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;

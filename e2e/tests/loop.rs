@@ -230,6 +230,7 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
 
     let (mut gateway, gateway_url) = start_gateway(&nats, "gateway", otlp_port, logs)?;
     let (policy_port, policy_grpc, pr_port, notifier_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let pr_grpc = free_port()?;
     let mut policy_env = telemetry_env(otlp_port);
     policy_env.extend([
         ("SELFHEAL_POLICY_LISTEN", format!("127.0.0.1:{policy_port}")),
@@ -240,6 +241,8 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
             workspace_root().join("deploy/policies").display().to_string(),
         ),
         ("SELFHEAL_POLICY_GRPC_TOKEN", TOKEN.into()),
+        ("SELFHEAL_POLICY_TARGET__URL", format!("http://127.0.0.1:{pr_grpc}")),
+        ("SELFHEAL_POLICY_TARGET__TOKEN", TOKEN.into()),
     ]);
     let mut policy = Process::start("policy", &binary("selfheal-policy")?, &[], &policy_env, logs)?;
     let mut pr_env = telemetry_env(otlp_port);
@@ -247,6 +250,8 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
         ("SELFHEAL_PR_CONTROLLER_LISTEN", format!("127.0.0.1:{pr_port}")),
         ("SELFHEAL_PR_CONTROLLER_NATS_URL", nats.url()),
         ("SELFHEAL_PR_CONTROLLER_REPOSITORY", repo.display().to_string()),
+        ("SELFHEAL_PR_CONTROLLER_GRPC_LISTEN", format!("127.0.0.1:{pr_grpc}")),
+        ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", TOKEN.into()),
     ]);
     let mut pr_controller = Process::start("pr-controller", &binary("selfheal-pr-controller")?, &[], &pr_env, logs)?;
     let mut notifier_env = telemetry_env(otlp_port);
@@ -326,6 +331,12 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
         diff.contains("-    newTag: v1.5.0 # release pipeline")
             && diff.contains("+    newTag: v1.4.1 # release pipeline"),
         "{diff}"
+    );
+    // The policy's input carried the target the pr-controller described (DescribeTarget).
+    let policy_log = policy.output();
+    assert!(
+        policy_log.contains(r#""target":{"current_tag":"v1.5.0","earlier_tags":["v1.4.1"],"#),
+        "the decision log shows input.target:\n{policy_log}"
     );
     let (_, action, reason, _, row_trace, decision_json) = &decision_row;
     assert_eq!(action, "rollback");

@@ -40,6 +40,9 @@ pub struct UpArgs {
     /// Address for the gRPC policy service (Evaluate).
     #[arg(long, default_value = "127.0.0.1:50052")]
     grpc_listen: SocketAddr,
+    /// Address for the pr-controller's gRPC service (DescribeTarget).
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    pr_controller_grpc_listen: SocketAddr,
     /// Use this NATS server instead of the in-process bus.
     #[arg(long, env = "SELFHEAL_NATS_URL")]
     nats_url: Option<String>,
@@ -93,11 +96,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         grpc_listen: args.grpc_listen,
         policy_dir: policy_dir.clone(),
         grpc_token: Some(token.clone()),
+        target: selfheal_policy::target::TargetConfig {
+            url: Some(format!("http://{}", args.pr_controller_grpc_listen)),
+            token: Some(token.clone()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let engine = selfheal_policy::engine::ReloadingEngine::load(&policy_dir, &policy_config.query)?;
     let pr_config = selfheal_pr_controller::PrControllerConfig {
         repository: repo_path.clone(),
+        grpc_listen: args.pr_controller_grpc_listen,
+        grpc_token: Some(token.clone()),
         ..Default::default()
     };
     let notifier_config = selfheal_notifier::NotifierConfig {
@@ -141,7 +151,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         pr_config,
         Arc::new(repo),
         bus.clone(),
-        TcpListener::bind("127.0.0.1:0").await?,
+        selfheal_pr_controller::Listeners {
+            http: TcpListener::bind("127.0.0.1:0").await?,
+            grpc: TcpListener::bind(args.pr_controller_grpc_listen)
+                .await
+                .with_context(|| format!("binding {}", args.pr_controller_grpc_listen))?,
+        },
         cancel.clone().cancelled_owned(),
     ));
     tasks.spawn(selfheal_notifier::run(

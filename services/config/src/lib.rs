@@ -177,3 +177,32 @@ mod tests {
         Ok(())
     }
 }
+
+/// A gRPC interceptor that admits calls carrying `authorization: Bearer <token>` for this
+/// secret (constant-time comparison) and answers `UNAUTHENTICATED` otherwise.
+#[derive(Clone)]
+pub struct TokenCheck(std::sync::Arc<Secret>);
+
+impl TokenCheck {
+    pub fn new(token: Secret) -> Self {
+        Self(std::sync::Arc::new(token))
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .unwrap_or_default();
+        if self.0.matches(presented.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(tonic::Status::unauthenticated("missing or invalid bearer token"))
+        }
+    }
+}

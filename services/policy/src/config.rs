@@ -28,6 +28,8 @@ pub struct PolicyConfig {
     /// How often to look for changed policy files (zero: never; gRPC Reload still works).
     #[serde(with = "humantime_serde")]
     pub reload_interval: std::time::Duration,
+    /// Where `input.target` comes from.
+    pub target: crate::target::TargetConfig,
     /// Metrics read for the policy input.
     pub metrics: crate::promql::MetricsConfig,
     /// Limits enforced beyond the policy.
@@ -46,6 +48,7 @@ impl Default for PolicyConfig {
             grpc_token_file: None,
             dry_run: false,
             reload_interval: std::time::Duration::from_secs(2),
+            target: crate::target::TargetConfig::default(),
             metrics: crate::promql::MetricsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
         }

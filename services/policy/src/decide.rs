@@ -21,6 +21,10 @@ pub struct Extra {
     pub metrics: Value,
     /// Metric name → why it could not be read.
     pub metrics_errors: Value,
+    /// What the GitOps repository says about the service (`{}` when unknown).
+    pub target: Value,
+    /// Why `target` is empty, when it should not be.
+    pub target_error: Option<String>,
 }
 
 pub fn input(event: &AlertEvent, extra: &Extra, now: DateTime<Utc>) -> Value {
@@ -41,7 +45,8 @@ pub fn input(event: &AlertEvent, extra: &Extra, now: DateTime<Utc>) -> Value {
             "generatorURL": alert.generator_url,
         },
         "source": event.source,
-        "target": {},
+        "target": if extra.target.is_object() { extra.target.clone() } else { json!({}) },
+        "target_error": extra.target_error,
         "metrics": if extra.metrics.is_object() { extra.metrics.clone() } else { json!({}) },
         "metrics_errors": if extra.metrics_errors.is_object() { extra.metrics_errors.clone() } else { json!({}) },
         "history": if extra.history.is_array() { extra.history.clone() } else { json!([]) },

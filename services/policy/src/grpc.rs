@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use selfheal_config::Secret;
+use selfheal_config::{Secret, TokenCheck};
 use selfheal_proto::v1::{
     AlertEvent, EvaluateRequest, EvaluateResponse, ListPoliciesRequest, ListPoliciesResponse, PolicyFile,
     ReloadRequest,
@@ -17,33 +17,15 @@ use crate::{decide, engine::PolicyEngine};
 pub struct PolicyService {
     engine: Arc<dyn PolicyEngine>,
     metrics: crate::promql::MetricsReader,
+    target: crate::target::TargetReader,
     dry_run: bool,
-}
-
-/// Checks `authorization: Bearer <token>` in constant time.
-#[derive(Clone)]
-pub struct TokenCheck(Arc<Secret>);
-
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .unwrap_or_default();
-        if self.0.matches(presented.trim().as_bytes()) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("missing or invalid bearer token"))
-        }
-    }
 }
 
 /// The service behind its token check.
 pub fn server(
     engine: Arc<dyn PolicyEngine>,
     metrics: crate::promql::MetricsReader,
+    target: crate::target::TargetReader,
     dry_run: bool,
     token: Secret,
 ) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
@@ -51,9 +33,10 @@ pub fn server(
         PolicyService {
             engine,
             metrics,
+            target,
             dry_run,
         },
-        TokenCheck(Arc::new(token)),
+        TokenCheck::new(token),
     )
 }
 
@@ -87,11 +70,14 @@ impl Policy for PolicyService {
                 .as_ref()
                 .map(|a| a.labels.clone().into_iter().collect())
                 .unwrap_or_default();
-            let (metrics, metrics_errors) = self.metrics.read(&labels).await;
+            let ((metrics, metrics_errors), (target, target_error)) =
+                futures::join!(self.metrics.read(&labels), self.target.read(&labels));
             let extra = decide::Extra {
                 history: serde_json::json!([]),
                 metrics,
                 metrics_errors,
+                target,
+                target_error,
             };
             decide::decide(self.engine.as_ref(), &event, &extra, dry_run, chrono::Utc::now())
         }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod grpc;
 pub mod limits;
 pub mod promql;
+pub mod target;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -41,6 +42,7 @@ pub struct DecisionHandler {
     dry_run: bool,
     limiter: limits::Limiter,
     metrics: promql::MetricsReader,
+    target: target::TargetReader,
 }
 
 impl DecisionHandler {
@@ -50,6 +52,7 @@ impl DecisionHandler {
         dry_run: bool,
         limiter: limits::Limiter,
         metrics: promql::MetricsReader,
+        target: target::TargetReader,
     ) -> Self {
         Self {
             engine,
@@ -57,6 +60,7 @@ impl DecisionHandler {
             dry_run,
             limiter,
             metrics,
+            target,
         }
     }
 }
@@ -104,11 +108,14 @@ impl DecisionHandler {
             .as_ref()
             .map(|a| a.labels.clone().into_iter().collect())
             .unwrap_or_default();
-        let (metrics, metrics_errors) = self.metrics.read(&labels).await;
+        let ((metrics, metrics_errors), (target, target_error)) =
+            futures::join!(self.metrics.read(&labels), self.target.read(&labels));
         let extra = decide::Extra {
             history,
             metrics,
             metrics_errors,
+            target,
+            target_error,
         };
         let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, self.dry_run, now);
         if decide::acts(&decision) && !decision.dry_run {
@@ -179,12 +186,14 @@ pub async fn run(
     let actions = bus.key_value(limits::BUCKET, window * 2).await?;
     let limiter = limits::Limiter::new(actions, config.limits.clone());
     let metric_reader = promql::MetricsReader::from_config(&config.metrics)?;
+    let target_reader = target::TargetReader::from_config(&config.target)?;
     let handler = Arc::new(DecisionHandler::new(
         engine.clone(),
         bus.clone(),
         config.dry_run,
         limiter,
         metric_reader.clone(),
+        target_reader.clone(),
     ));
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
@@ -217,7 +226,13 @@ pub async fn run(
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(grpc::server(engine, metric_reader, config.dry_run, token))
+            .add_service(grpc::server(
+                engine,
+                metric_reader,
+                target_reader,
+                config.dry_run,
+                token,
+            ))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
                 cancel.clone().cancelled_owned(),

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub struct PrControllerConfig {
     /// Address of `/healthz`, `/readyz`, `/metrics`.
     pub listen: SocketAddr,
+    /// Address of the gRPC `selfheal.v1.Remediations` service.
+    pub grpc_listen: SocketAddr,
+    /// Token gRPC callers must send as `authorization: Bearer <token>`.
+    pub grpc_token: Option<selfheal_config::Secret>,
+    /// File holding the gRPC token (used when `grpc_token` is unset).
+    pub grpc_token_file: Option<PathBuf>,
     /// NATS server holding the SELFHEAL stream.
     pub nats_url: String,
     /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
@@ -52,6 +58,9 @@ impl Default for PrControllerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
+            grpc_token: None,
+            grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),

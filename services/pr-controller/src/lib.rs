@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod edit;
+pub mod grpc;
 pub mod reconcile;
 pub mod repo;
 
@@ -154,35 +155,60 @@ fn failed_event(decision: &Decision, error: &ReconcileError) -> RemediationEvent
     event
 }
 
-/// Runs the consumer and the health endpoints until `shutdown` completes.
+/// Where the pr-controller serves.
+pub struct Listeners {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http: TcpListener,
+    /// gRPC `selfheal.v1.Remediations`.
+    pub grpc: TcpListener,
+}
+
+/// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
 pub async fn run(
     config: PrControllerConfig,
     repo: Arc<dyn Repository>,
     bus: SharedBus,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
+        .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
     let handler = Arc::new(RemediationHandler::new(repo, config, bus.clone()));
+    let reconciler = handler.reconciler.clone();
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]),
         handler,
         cancel.clone().cancelled_owned(),
     ));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService>>()
+        .await;
+    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "pr-controller running");
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(grpc::server(reconciler, token))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
     let health = selfheal_telemetry::health::router(
         selfheal_telemetry::health::bus_ready(bus),
         selfheal_telemetry::metrics::install(),
     );
-    tracing::info!(http = %listener.local_addr()?, "pr-controller running");
     let http_task = tokio::spawn(
-        axum::serve(listener, health)
+        axum::serve(listeners.http, health)
             .with_graceful_shutdown(cancel.clone().cancelled_owned())
             .into_future(),
     );
     shutdown.await;
     cancel.cancel();
     consumer_task.await??;
+    grpc_task.await??;
     http_task.await??;
     Ok(())
 }

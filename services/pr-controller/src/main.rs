@@ -44,12 +44,15 @@ async fn main() -> ExitCode {
 
 async fn serve(config: PrControllerConfig, repo: LocalRepository) -> anyhow::Result<()> {
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-pr-controller")).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listeners = selfheal_pr_controller::Listeners {
+        http: tokio::net::TcpListener::bind(config.listen).await?,
+        grpc: tokio::net::TcpListener::bind(config.grpc_listen).await?,
+    };
     selfheal_pr_controller::run(
         config,
         Arc::new(repo),
         Arc::new(bus),
-        listener,
+        listeners,
         selfheal_telemetry::shutdown_signal(),
     )
     .await

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use selfheal_proto::{
     names,
-    v1::{Action, Approval, Decision, RemediationEvent, RemediationState},
+    v1::{Action, Approval, Decision, RemediationEvent, RemediationState, Target},
 };
 
 use crate::{
@@ -336,6 +336,25 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         image: Option<&str>,
         current: &str,
     ) -> Result<String, ReconcileError> {
+        self.earlier_tags(path, service, image, current)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ReconcileError::Refused(format!(
+                    "no earlier tag of {service} in the history of {path} to roll back to"
+                ))
+            })
+    }
+
+    /// Earlier tags of the image in the file's history, newest first, without `current` and
+    /// without tags selfheal rolled back from.
+    fn earlier_tags(
+        &self,
+        path: &str,
+        service: &str,
+        image: Option<&str>,
+        current: &str,
+    ) -> Result<Vec<String>, ReconcileError> {
         let history = self
             .repo
             .file_history(&self.config.main_branch, path, self.config.history_depth)?;
@@ -343,19 +362,60 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             .iter()
             .filter_map(|v| trailers(&v.message).get(TRAILER_ROLLBACK_FROM).cloned())
             .collect();
-        history
-            .iter()
-            .filter_map(|version| {
-                edit::kustomize_image_tag(path, &version.content, service, image)
-                    .ok()
-                    .flatten()
-            })
-            .find(|tag| tag != current && !rolled_back_from.contains(tag) && is_image_tag(tag))
-            .ok_or_else(|| {
-                ReconcileError::Refused(format!(
-                    "no earlier tag of {service} in the history of {path} to roll back to"
-                ))
-            })
+        let mut tags: Vec<String> = Vec::new();
+        for version in &history {
+            let Some(tag) = edit::kustomize_image_tag(path, &version.content, service, image)
+                .ok()
+                .flatten()
+            else {
+                continue;
+            };
+            if tag != current && !rolled_back_from.contains(&tag) && is_image_tag(&tag) && !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        Ok(tags)
+    }
+
+    /// What the main branch says about the service the labels name. Blocking.
+    pub fn describe(&self, labels: &BTreeMap<String, String>) -> Result<Target, ReconcileError> {
+        let service = labels.get("service").cloned().unwrap_or_default();
+        if !is_dns1123_label(&service) {
+            return Err(ReconcileError::Refused("service: must be a DNS-1123 label".into()));
+        }
+        let path = render_path(&self.config.target.path, labels)?;
+        let image = self
+            .config
+            .target
+            .image
+            .as_deref()
+            .map(|image| image.replace("{service}", &service));
+        let main = self.config.main_branch.as_str();
+        let tip = self
+            .repo
+            .branch_tip(main)?
+            .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
+        let text = self
+            .repo
+            .read_file(&tip, &path)?
+            .ok_or_else(|| ReconcileError::Refused(format!("{path} does not exist on {main}")))?;
+        let current_tag = edit::kustomize_image_tag(&path, &text, &service, image.as_deref())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let replicas = edit::kustomize_replicas(&path, &text, &service)
+            .ok()
+            .flatten()
+            .and_then(|r| i32::try_from(r).ok());
+        let earlier_tags = self.earlier_tags(&path, &service, image.as_deref(), &current_tag)?;
+        Ok(Target {
+            repository: self.repo.location(),
+            path,
+            kind: "kustomize".into(),
+            current_tag,
+            earlier_tags,
+            replicas,
+        })
     }
 }
 
@@ -472,6 +532,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bare = repo_with_tags(dir.path(), &["v1.3.0", "v1.4.1", "v1.5.0"]);
         let reconciler = reconciler(&bare);
+        let labels: BTreeMap<String, String> = [("service".to_string(), "checkout".to_string())].into();
+        let before = reconciler.describe(&labels).expect("describe");
+        assert_eq!(before.current_tag, "v1.5.0");
+        assert_eq!(before.earlier_tags, ["v1.4.1", "v1.3.0"]);
+        assert_eq!(before.replicas, Some(2));
         let first = reconciler
             .reconcile(&decision("aaaa", Action::Rollback, Approval::Auto), "trace1")
             .expect("reconcile");
@@ -491,6 +556,12 @@ mod tests {
         assert!(
             !message.lines().any(|l| l.starts_with("Injected:")),
             "reason stays on one line: {message}"
+        );
+
+        let after = reconciler.describe(&labels).expect("describe");
+        assert_eq!(
+            (after.current_tag.as_str(), after.earlier_tags.as_slice()),
+            ("v1.4.1", ["v1.3.0".to_string()].as_slice())
         );
 
         // The same decision again (a redelivery) changes nothing and reports the same commit.

@@ -1,0 +1,102 @@
+//! The policy input's `target`: what the GitOps repository says about the service, asked of the
+//! pr-controller's gRPC `DescribeTarget` (the policy never reads git itself).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use selfheal_config::Secret;
+use selfheal_proto::v1::{DescribeTargetRequest, remediations_client::RemediationsClient};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+
+/// Where to ask.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// The pr-controller's gRPC address (`http://pr-controller:50053`); unset: `input.target` is empty.
+    pub url: Option<String>,
+    /// Its gRPC token.
+    pub token: Option<Secret>,
+    /// File holding its gRPC token.
+    pub token_file: Option<std::path::PathBuf>,
+    /// How long one call may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            token_file: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Asks the pr-controller.
+#[derive(Clone)]
+pub struct TargetReader {
+    client: Option<(RemediationsClient<Channel>, Secret)>,
+}
+
+impl TargetReader {
+    /// A reader for `config`; connects lazily, so a pr-controller that starts later is fine.
+    pub fn from_config(config: &TargetConfig) -> anyhow::Result<Self> {
+        let Some(url) = config.url.as_ref().filter(|u| !u.is_empty()) else {
+            return Ok(Self { client: None });
+        };
+        let token = Secret::inline_or_file(config.token.clone(), config.token_file.as_deref())?
+            .ok_or_else(|| anyhow::anyhow!("target.url is set but target.token is not"))?;
+        let channel = Endpoint::from_shared(url.clone())?
+            .timeout(config.timeout)
+            .connect_lazy();
+        Ok(Self {
+            client: Some((RemediationsClient::new(channel), token)),
+        })
+    }
+
+    /// No target information.
+    pub fn none() -> Self {
+        Self { client: None }
+    }
+
+    /// (`target`, error) for an alert with these labels: `{}` and the reason when it cannot be had.
+    pub async fn read(&self, labels: &BTreeMap<String, String>) -> (Value, Option<String>) {
+        let Some((client, token)) = &self.client else {
+            return (json!({}), None);
+        };
+        let Some(service) = labels.get("service") else {
+            return (json!({}), Some("the alert has no service label".into()));
+        };
+        let mut request = tonic::Request::new(DescribeTargetRequest {
+            service: service.clone(),
+            cluster: labels.get("cluster").cloned().unwrap_or_default(),
+            namespace: labels.get("namespace").cloned().unwrap_or_default(),
+        });
+        match format!("Bearer {}", token.expose()).parse() {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => return (json!({}), Some("the target token is not a valid header value".into())),
+        }
+        match client.clone().describe_target(request).await {
+            Ok(response) => {
+                let target = response.into_inner();
+                (
+                    json!({
+                        "repository": target.repository,
+                        "path": target.path,
+                        "kind": target.kind,
+                        "current_tag": target.current_tag,
+                        "earlier_tags": target.earlier_tags,
+                        "replicas": target.replicas,
+                    }),
+                    None,
+                )
+            }
+            Err(status) => (json!({}), Some(format!("DescribeTarget: {}", status.message()))),
+        }
+    }
+}
