@@ -17,7 +17,7 @@ use std::{
 
 use clap::Parser;
 use selfheal_e2e::{Nats, Process, binary, free_port, wait_ready, workspace_root};
-use selfheal_policy::engine::{PolicyEngine, RegoEngine};
+use selfheal_policy::engine::RegoEngine;
 use selfheal_proto::{
     Timestamp,
     v1::{Alert, EvaluateRequest, policy_client::PolicyClient},
@@ -177,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     let raw_started = Instant::now();
     for _ in 0..raw_n {
         let t = Instant::now();
-        engine.evaluate(&input)?;
+        engine.eval(&input)?;
         raw.push(t.elapsed());
     }
     let raw_wall = raw_started.elapsed();

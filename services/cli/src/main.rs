@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
     let _telemetry = selfheal_telemetry::init("selfheal");
     let result = match cli.command {
         Command::Up(args) => up::run(*args).await,
-        Command::Policy(command) => policy::run(command),
+        Command::Policy(command) => policy::run(command).await,
     };
     match result {
         Ok(code) => code,

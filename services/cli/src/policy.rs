@@ -28,7 +28,7 @@ pub enum PolicyCommand {
     },
 }
 
-pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Eval {
             alert,
@@ -53,7 +53,8 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                     &selfheal_policy::decide::Extra::default(),
                     true,
                     chrono::Utc::now(),
-                );
+                )
+                .await;
                 let params = decision.params.clone().unwrap_or_default();
                 let output = serde_json::json!({
                     "input": input,

@@ -15,6 +15,12 @@ pub struct PolicyConfig {
     pub grpc_listen: SocketAddr,
     /// NATS server holding the SELFHEAL stream.
     pub nats_url: String,
+    /// An OPA server (`http://opa:8181`) to evaluate `query` on instead of the files in
+    /// `policy_dir`; the input, the decision contract and the limits stay the same.
+    pub opa_url: Option<String>,
+    /// How long one OPA call may take.
+    #[serde(with = "humantime_serde")]
+    pub opa_timeout: std::time::Duration,
     /// Directory of `.rego` files; every file in it is loaded.
     pub policy_dir: PathBuf,
     /// The rule whose value is the decision.
@@ -42,6 +48,8 @@ impl Default for PolicyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             nats_url: "nats://127.0.0.1:4222".into(),
+            opa_url: None,
+            opa_timeout: std::time::Duration::from_secs(2),
             policy_dir: PathBuf::from("deploy/policies"),
             query: "data.selfheal.decision".into(),
             grpc_token: None,

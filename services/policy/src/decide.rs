@@ -63,7 +63,7 @@ pub fn action_name(action: Action) -> &'static str {
 
 /// Evaluates the policies for `event` and turns the answer into a [`Decision`]. A policy that
 /// fails or answers nonsense yields an `escalate` decision that says why: a person must look.
-pub fn decide(
+pub async fn decide(
     engine: &dyn PolicyEngine,
     event: &AlertEvent,
     extra: &Extra,
@@ -82,7 +82,7 @@ pub fn decide(
         }),
         ..Default::default()
     };
-    match engine.evaluate(&input) {
+    match engine.evaluate(&input).await {
         Ok((raw, policy)) => {
             decision.policy = policy;
             apply(&mut decision, raw);
@@ -183,8 +183,8 @@ mod tests {
     use super::*;
     use crate::engine::RegoEngine;
 
-    #[test]
-    fn decision_log_has_opa_shape() {
+    #[tokio::test]
+    async fn decision_log_has_opa_shape() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/policies");
         let engine = RegoEngine::load_dir(&dir, "data.selfheal.decision").expect("policies");
         let labels: HashMap<String, String> = [
@@ -206,7 +206,7 @@ mod tests {
             ..Default::default()
         };
         let now = Utc::now();
-        let (decision, input) = decide(&engine, &event, &Extra::default(), false, now);
+        let (decision, input) = decide(&engine, &event, &Extra::default(), false, now).await;
         let log = decision_log(&decision, &input, "4bf92f3577b34da6a3ce929d0e0e4736", now);
         assert_eq!(log["decision_id"], "decision.abc");
         assert_eq!(log["path"], "selfheal/decision");

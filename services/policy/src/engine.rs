@@ -53,10 +53,12 @@ pub struct PolicyFile {
     pub package: String,
 }
 
-/// Evaluates an input document to a decision. One implementation runs Rego in-process.
+/// Evaluates an input document to a decision: Rego in-process ([`RegoEngine`],
+/// [`ReloadingEngine`]) or an external OPA server ([`crate::opa::OpaEngine`]).
+#[async_trait::async_trait]
 pub trait PolicyEngine: Send + Sync + 'static {
     /// The decision for `input`, and the policy file(s) of the package that decided.
-    fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError>;
+    async fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError>;
     /// The files loaded.
     fn policies(&self) -> Vec<PolicyFile>;
     /// The query evaluated.
@@ -189,8 +191,24 @@ fn test_rule_names(text: &str) -> Vec<String> {
         .collect()
 }
 
+#[async_trait::async_trait]
 impl PolicyEngine for RegoEngine {
-    fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+    async fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+        self.eval(input)
+    }
+
+    fn policies(&self) -> Vec<PolicyFile> {
+        self.files.clone()
+    }
+
+    fn query(&self) -> &str {
+        &self.query
+    }
+}
+
+impl RegoEngine {
+    /// The decision for `input` (synchronous; about 20 µs for the default policy).
+    pub fn eval(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
         let eval_error = |reason: String| PolicyError::Eval {
             query: self.query.clone(),
             reason,
@@ -229,14 +247,6 @@ impl PolicyEngine for RegoEngine {
             .join(",");
         Ok((raw, policy))
     }
-
-    fn policies(&self) -> Vec<PolicyFile> {
-        self.files.clone()
-    }
-
-    fn query(&self) -> &str {
-        &self.query
-    }
 }
 
 #[cfg(test)]
@@ -257,7 +267,7 @@ mod tests {
     fn default_policy_decides_each_case_with_a_reason() {
         let engine = default_policy();
         let (rollback, policy) = engine
-            .evaluate(&alert(json!({"alertname": "HighErrorRate", "severity": "critical", "auto_heal": "true", "service": "checkout"})))
+            .eval(&alert(json!({"alertname": "HighErrorRate", "severity": "critical", "auto_heal": "true", "service": "checkout"})))
             .expect("eval");
         assert_eq!(rollback.action, "rollback");
         assert_eq!(rollback.approval.as_deref(), Some("auto"));
@@ -266,18 +276,18 @@ mod tests {
 
         let mut scale_input = alert(json!({"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}));
         scale_input["target"] = json!({"replicas": 2});
-        let (scale, _) = engine.evaluate(&scale_input).expect("eval");
+        let (scale, _) = engine.eval(&scale_input).expect("eval");
         assert_eq!((scale.action.as_str(), scale.params.replicas), ("scale", Some(3)));
 
         let (unknown_target, _) = engine
-            .evaluate(&alert(
+            .eval(&alert(
                 json!({"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}),
             ))
             .expect("eval");
         assert_eq!(unknown_target.action, "escalate");
 
         let (none, _) = engine
-            .evaluate(&alert(json!({"alertname": "HighRestartCount", "service": "checkout"})))
+            .eval(&alert(json!({"alertname": "HighRestartCount", "service": "checkout"})))
             .expect("eval");
         assert_eq!(none.action, "none");
         assert!(!none.reason.is_empty());
@@ -295,7 +305,7 @@ mod tests {
         let v0 = "package legacy\nimport future.keywords.if\ndecision := {\"action\": \"none\", \"reason\": \"v0\"} if { true }\n";
         let engine = RegoEngine::from_sources(vec![("legacy.rego".into(), v0.into())], "data.legacy.decision")
             .expect("v0 loads");
-        assert_eq!(engine.evaluate(&json!({})).expect("eval").0.reason, "v0");
+        assert_eq!(engine.eval(&json!({})).expect("eval").0.reason, "v0");
         let broken = RegoEngine::from_sources(
             vec![("broken.rego".into(), "package x\nallow if {".into())],
             "data.x.allow",
@@ -306,7 +316,7 @@ mod tests {
             "data.u.d",
         )
         .expect("loads")
-        .evaluate(&json!({}));
+        .eval(&json!({}));
         assert!(matches!(undefined, Err(PolicyError::Undefined { .. })));
     }
 }
@@ -394,15 +404,21 @@ impl ReloadingEngine {
         self.last_error.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The decision for `input` from the policies in force (synchronous).
+    pub fn eval(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+        self.engine().eval(input)
+    }
+
     /// Runs `test_` rules of the policies in force.
     pub fn run_tests(&self) -> Vec<(String, bool)> {
         self.engine().run_tests()
     }
 }
 
+#[async_trait::async_trait]
 impl PolicyEngine for ReloadingEngine {
-    fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
-        self.engine().evaluate(input)
+    async fn evaluate(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+        self.engine().eval(input)
     }
 
     fn reload(&self) -> Result<Vec<PolicyFile>, PolicyError> {
@@ -434,12 +450,12 @@ mod reload_tests {
         let file = dir.path().join("p.rego");
         std::fs::write(&file, GOOD)?;
         let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision")?;
-        assert_eq!(engine.evaluate(&serde_json::json!({}))?.0.reason, "v1");
+        assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v1");
 
         std::fs::write(&file, "package selfheal\ndecision := {\n")?;
         assert!(matches!(engine.reload(), Err(PolicyError::Parse { .. })));
         assert_eq!(
-            engine.evaluate(&serde_json::json!({}))?.0.reason,
+            engine.eval(&serde_json::json!({}))?.0.reason,
             "v1",
             "the last good policy stays"
         );
@@ -448,17 +464,17 @@ mod reload_tests {
         std::fs::write(&file, GOOD.replace("\"v1\"", "\"v2-longer\""))?;
         let reloaded = engine.reload_if_changed();
         assert!(matches!(reloaded, Some(Ok(_))), "{reloaded:?}");
-        assert_eq!(engine.evaluate(&serde_json::json!({}))?.0.reason, "v2-longer");
+        assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v2-longer");
         assert!(engine.last_error().is_none());
         assert!(engine.reload_if_changed().is_none(), "nothing changed since");
         Ok(())
     }
 
-    #[test]
-    fn conflicting_rules_are_an_error_not_a_crash() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn conflicting_rules_are_an_error_not_a_crash() -> Result<(), Box<dyn std::error::Error>> {
         let conflicting = "package selfheal\nimport rego.v1\ndecision := {\"action\": \"none\", \"reason\": \"a\"} if true\ndecision := {\"action\": \"rollback\", \"reason\": \"b\"} if true\n";
         let engine = RegoEngine::from_sources(vec![("c.rego".into(), conflicting.into())], "data.selfheal.decision")?;
-        let result = engine.evaluate(&serde_json::json!({}));
+        let result = engine.eval(&serde_json::json!({}));
         assert!(matches!(result, Err(PolicyError::Eval { .. })), "{result:?}");
         // Through the service's decision path: an escalation that carries the error.
         let event = selfheal_proto::v1::AlertEvent {
@@ -471,7 +487,8 @@ mod reload_tests {
             &crate::decide::Extra::default(),
             false,
             chrono::Utc::now(),
-        );
+        )
+        .await;
         assert_eq!(decision.action(), selfheal_proto::v1::Action::Escalate);
         assert!(
             decision

@@ -79,7 +79,7 @@ impl Policy for PolicyService {
                 target,
                 target_error,
             };
-            decide::decide(self.engine.as_ref(), &event, &extra, dry_run, chrono::Utc::now())
+            decide::decide(self.engine.as_ref(), &event, &extra, dry_run, chrono::Utc::now()).await
         }
         .instrument(span)
         .await;

@@ -12,6 +12,7 @@ pub mod decide;
 pub mod engine;
 pub mod grpc;
 pub mod limits;
+pub mod opa;
 pub mod promql;
 pub mod target;
 
@@ -117,7 +118,7 @@ impl DecisionHandler {
             target,
             target_error,
         };
-        let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, self.dry_run, now);
+        let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, self.dry_run, now).await;
         if decide::acts(&decision) && !decision.dry_run {
             let action = decide::action_name(decision.action());
             match self

@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use selfheal_bus::nats::{NatsBus, NatsOptions};
-use selfheal_policy::{Listeners, PolicyConfig, engine::ReloadingEngine};
+use selfheal_policy::{
+    Listeners, PolicyConfig,
+    engine::{PolicyEngine, ReloadingEngine},
+    opa::OpaEngine,
+};
 
 /// selfheal's decision layer: Rego policies over alerts.
 #[derive(Parser)]
@@ -26,12 +30,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let engine = match ReloadingEngine::load(&config.policy_dir, &config.query) {
-        Ok(engine) => engine,
-        Err(error) => {
-            tracing::error!(error = %error, "policies do not load");
-            return ExitCode::from(64);
-        }
+    let engine: Arc<dyn PolicyEngine> = match &config.opa_url {
+        Some(url) if !url.is_empty() => match OpaEngine::new(url, &config.query, config.opa_timeout) {
+            Ok(engine) => Arc::new(engine),
+            Err(error) => {
+                tracing::error!(error = %error, "bad OPA settings");
+                return ExitCode::from(64);
+            }
+        },
+        _ => match ReloadingEngine::load(&config.policy_dir, &config.query) {
+            Ok(engine) => Arc::new(engine),
+            Err(error) => {
+                tracing::error!(error = %error, "policies do not load");
+                return ExitCode::from(64);
+            }
+        },
     };
     match serve(config, engine).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,7 +55,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: PolicyConfig, engine: ReloadingEngine) -> anyhow::Result<()> {
+async fn serve(config: PolicyConfig, engine: Arc<dyn PolicyEngine>) -> anyhow::Result<()> {
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-policy")).await?;
     let listeners = Listeners {
         http: tokio::net::TcpListener::bind(config.listen).await?,
@@ -50,7 +63,7 @@ async fn serve(config: PolicyConfig, engine: ReloadingEngine) -> anyhow::Result<
     };
     selfheal_policy::run(
         config,
-        Arc::new(engine),
+        engine,
         Arc::new(bus),
         listeners,
         selfheal_telemetry::shutdown_signal(),
