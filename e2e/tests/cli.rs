@@ -57,3 +57,30 @@ fn policy_eval_prints_the_input_and_the_decision() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switch_flips_the_shared_bucket() -> anyhow::Result<()> {
+    let nats = selfheal_e2e::Nats::start().await?;
+    let selfheal = binary("selfheal")?;
+    for (state, expected) in [
+        ("on", "kill switch is on"),
+        ("status", "kill switch is on"),
+        ("off", "kill switch is off"),
+    ] {
+        let output = Command::new(&selfheal)
+            .args(["kill-switch", state, "--nats-url", &nats.url()])
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.starts_with(expected), "{state}: {stdout}");
+    }
+    // What the policy replicas read.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let value = js.get_key_value("selfheal_actions").await?.get("kill_switch").await?;
+    assert_eq!(value.as_deref(), Some(&b"off"[..]));
+    Ok(())
+}

@@ -22,6 +22,15 @@ enum Command {
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Stop (on) or allow (off) every automatic action at once, on every policy replica.
+    KillSwitch {
+        /// `on`, `off` or `status`.
+        #[arg(value_parser = ["on", "off", "status"])]
+        state: String,
+        /// The NATS server the services use.
+        #[arg(long, env = "SELFHEAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+    },
 }
 
 #[tokio::main]
@@ -31,6 +40,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(*args).await,
         Command::Policy(command) => policy::run(command).await,
+        Command::KillSwitch { state, nats_url } => policy::kill_switch(&state, &nats_url).await,
     };
     match result {
         Ok(code) => code,

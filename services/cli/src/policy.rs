@@ -91,3 +91,25 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// `selfheal kill-switch on|off|status`.
+pub async fn kill_switch(state: &str, nats_url: &str) -> anyhow::Result<ExitCode> {
+    use selfheal_bus::Bus as _;
+    use selfheal_policy::limits;
+    let bus =
+        selfheal_bus::nats::NatsBus::connect(selfheal_bus::nats::NatsOptions::new(nats_url, "selfheal-cli")).await?;
+    let kv = bus
+        .key_value(limits::BUCKET, std::time::Duration::from_secs(2 * 3600))
+        .await?;
+    match state {
+        "on" => limits::set_kill_switch(&kv, true).await?,
+        "off" => limits::set_kill_switch(&kv, false).await?,
+        _ => {}
+    }
+    let on = limits::kill_switch_on(&kv).await?;
+    println!(
+        "kill switch is {}",
+        if on { "on: no automatic action is taken" } else { "off" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -19,6 +19,40 @@ use serde::{Deserialize, Serialize};
 /// The bucket's name.
 pub const BUCKET: &str = "selfheal_actions";
 
+/// The key of the runtime kill switch in [`BUCKET`]: `on` stops every automatic action at once,
+/// on every replica, without a restart (`selfheal kill-switch on|off`).
+pub const KILL_SWITCH_KEY: &str = "kill_switch";
+
+/// Turns the runtime kill switch on or off.
+pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), LimitError> {
+    let value: bytes::Bytes = if on { "on".into() } else { "off".into() };
+    for _ in 0..16 {
+        let written = match kv
+            .get(KILL_SWITCH_KEY)
+            .await
+            .map_err(|e| LimitError::Store(e.to_string()))?
+        {
+            None => kv.create(KILL_SWITCH_KEY, value.clone()).await,
+            Some(entry) => kv.update(KILL_SWITCH_KEY, value.clone(), entry.revision).await,
+        };
+        match written {
+            Ok(_) => return Ok(()),
+            Err(KvError::Exists(_) | KvError::Conflict { .. }) => continue,
+            Err(error) => return Err(LimitError::Store(error.to_string())),
+        }
+    }
+    Err(LimitError::Store("the kill switch kept changing; retry".into()))
+}
+
+/// Whether the runtime kill switch is on.
+pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, LimitError> {
+    let entry = kv
+        .get(KILL_SWITCH_KEY)
+        .await
+        .map_err(|e| LimitError::Store(e.to_string()))?;
+    Ok(entry.is_some_and(|e| e.value.as_ref() == b"on"))
+}
+
 /// The limits.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,7 +188,7 @@ impl Limiter {
         action: &str,
         now: DateTime<Utc>,
     ) -> Result<Verdict, LimitError> {
-        if self.config.kill_switch {
+        if self.config.kill_switch || kill_switch_on(&self.kv).await? {
             return Ok(Verdict::Refused(
                 "the kill switch is on: selfheal takes no automatic action".into(),
             ));

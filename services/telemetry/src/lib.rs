@@ -72,9 +72,16 @@ pub fn init(service_name: &str) -> TelemetryGuard {
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SELFHEAL_LOG_FORMAT").is_ok_and(|v| v == "json");
     let fmt_layer = if json {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed()
     };
     // Without this filter the HTTP/2 and gRPC stacks export hundreds of their own spans.
     let otel_filter = EnvFilter::new("info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off");
