@@ -208,3 +208,52 @@ pub async fn wait_ready(url: &str, process: &mut Process) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The bearer token the e2e gateways accept (the one the Alertmanager fixtures were sent with).
+pub const TOKEN: &str = "s3cr3t-token";
+
+/// Starts the gateway binary on free ports against `nats`, with `extra_env`, and waits until it
+/// is ready. Returns the process and its base URL.
+pub async fn start_gateway(
+    nats: &Nats,
+    name: &str,
+    extra_env: &[(&str, String)],
+    log_dir: &Path,
+) -> anyhow::Result<(Process, String)> {
+    let port = free_port()?;
+    let mut env = vec![
+        ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
+        ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+        ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
+        ("SELFHEAL_GATEWAY_TOKEN", TOKEN.to_string()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, v.clone())));
+    let mut process = Process::start(name, &binary("selfheal-gateway")?, &[], &env, log_dir)?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{url}/readyz"), &mut process).await?;
+    Ok((process, url))
+}
+
+/// An Alertmanager v4 webhook body with one firing alert.
+pub fn webhook_body(labels: serde_json::Value, starts_at: &str, fingerprint: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "version": "4", "status": "firing", "receiver": "selfheal", "groupKey": format!("{{}}:{{fp=\"{fingerprint}\"}}"),
+        "truncatedAlerts": 0, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager",
+        "alerts": [{
+            "status": "firing", "labels": labels, "annotations": {},
+            "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint,
+        }],
+    }))
+    .unwrap_or_default()
+}
+
+/// POSTs `body` to the gateway's Alertmanager webhook with the e2e token.
+pub async fn post_alerts(client: &reqwest::Client, base: &str, body: Vec<u8>) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{base}/v1/alerts/alertmanager"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+}

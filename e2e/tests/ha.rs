@@ -4,24 +4,14 @@
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use selfheal_e2e::{Nats, Process, binary, free_port, wait_for, wait_ready};
+use selfheal_e2e::{Nats, post_alerts, start_gateway, wait_for, webhook_body};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "s3cr3t-token";
 const ALERTS: usize = 1000;
 
 fn body(i: usize) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "version": "4", "status": "firing", "receiver": "selfheal", "groupKey": "{}:{}",
-        "truncatedAlerts": 0, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
-        "alerts": [{
-            "status": "firing",
-            "labels": {"alertname": "HaTest", "service": format!("svc-{i}"), "namespace": "ha", "cluster": "test"},
-            "annotations": {},
-            "startsAt": "2026-11-22T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": format!("{i:016x}"),
-        }],
-    }))
-    .unwrap_or_default()
+    let labels = json!({"alertname": "HaTest", "service": format!("svc-{i}"), "namespace": "ha", "cluster": "test"});
+    webhook_body(labels, "2026-11-22T10:00:00Z", &format!("{i:016x}"))
 }
 
 async fn send_all(client: &reqwest::Client, urls: &[String]) -> anyhow::Result<Vec<Value>> {
@@ -30,13 +20,7 @@ async fn send_all(client: &reqwest::Client, urls: &[String]) -> anyhow::Result<V
         .map(|(i, url)| {
             let client = client.clone();
             async move {
-                let response = client
-                    .post(format!("{url}/v1/alerts/alertmanager"))
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .header("content-type", "application/json")
-                    .body(body(i))
-                    .send()
-                    .await?;
+                let response = post_alerts(&client, &url, body(i)).await?;
                 anyhow::ensure!(response.status() == 200, "status {}", response.status());
                 Ok::<Value, anyhow::Error>(response.json().await?)
             }
@@ -53,19 +37,12 @@ async fn an_ha_pair_stores_each_incident_once_even_past_the_dedup_window() -> an
     let mut urls = Vec::new();
     let mut gateways = Vec::new();
     for name in ["gateway-a", "gateway-b"] {
-        let port = free_port()?;
-        let env = [
-            ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
-            ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
-            ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-            ("SELFHEAL_GATEWAY_TOKEN", TOKEN.to_string()),
-            // A short window, so the test can outlast it.
+        // A short duplicate window, so the test can outlast it.
+        let extra = [
             ("SELFHEAL_GATEWAY_DUPLICATE_WINDOW", "2s".to_string()),
             ("RUST_LOG", "warn".to_string()),
         ];
-        let mut gateway = Process::start(name, &binary("selfheal-gateway")?, &[], &env, temp.path())?;
-        let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&format!("{url}/readyz"), &mut gateway).await?;
+        let (gateway, url) = start_gateway(&nats, name, &extra, temp.path()).await?;
         urls.push(url);
         gateways.push(gateway);
     }

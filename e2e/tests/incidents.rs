@@ -3,25 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use selfheal_e2e::{Nats, Process, binary, free_port, wait_ready, workspace_root};
+use selfheal_e2e::{Nats, post_alerts, start_gateway, workspace_root};
 use serde_json::Value;
-
-const TOKEN: &str = "s3cr3t-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_open_and_close_incidents_in_the_bucket() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let nats = Nats::start().await?;
-    let port = free_port()?;
-    let env = [
-        ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
-        ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
-        ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-        ("SELFHEAL_GATEWAY_TOKEN", TOKEN.to_string()),
-    ];
-    let mut gateway = Process::start("gateway", &binary("selfheal-gateway")?, &[], &env, temp.path())?;
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{url}/readyz"), &mut gateway).await?;
+    let (_gateway, url) = start_gateway(&nats, "gateway", &[], temp.path()).await?;
     let client = reqwest::Client::new();
     let fixtures = workspace_root().join("../shared/fixtures/alertmanager-0.25");
     let mut keys: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -33,13 +22,7 @@ async fn fixtures_open_and_close_incidents_in_the_bucket() -> anyhow::Result<()>
         "05-firing-3alerts-truncated.json",
         "06-resolved-3alerts-truncated.json",
     ] {
-        let response = client
-            .post(format!("{url}/v1/alerts/alertmanager"))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .header("content-type", "application/json")
-            .body(std::fs::read(fixtures.join(name))?)
-            .send()
-            .await?;
+        let response = post_alerts(&client, &url, std::fs::read(fixtures.join(name))?).await?;
         assert_eq!(response.status(), 200, "{name}");
         let body: Value = response.json().await?;
         let incident_keys = body["incidents"]

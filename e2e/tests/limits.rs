@@ -7,25 +7,23 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message as _;
-use selfheal_e2e::{Nats, Process, binary, free_port, wait_for, wait_ready, workspace_root};
+use selfheal_e2e::{
+    Nats, Process, TOKEN, binary, free_port, post_alerts, start_gateway, wait_for, wait_ready, webhook_body,
+    workspace_root,
+};
 use selfheal_proto::v1::{Action, Decision};
 use serde_json::json;
 
-const TOKEN: &str = "s3cr3t-token";
 const INCIDENTS: usize = 300;
 
 fn body(i: usize) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "version": "4", "status": "firing", "receiver": "selfheal", "groupKey": "{}:{}",
-        "truncatedAlerts": 0, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
-        "alerts": [{
-            "status": "firing",
-            "labels": {"alertname": "HighErrorRate", "service": "checkout", "namespace": "shop", "cluster": "prod", "severity": "critical", "auto_heal": "true"},
-            "annotations": {},
-            "startsAt": format!("2026-11-22T10:{:02}:{:02}Z", i / 60, i % 60), "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": format!("{i:016x}"),
-        }],
-    }))
-    .unwrap_or_default()
+    let labels = json!({"alertname": "HighErrorRate", "service": "checkout", "namespace": "shop", "cluster": "prod",
+        "severity": "critical", "auto_heal": "true"});
+    webhook_body(
+        labels,
+        &format!("2026-11-22T10:{:02}:{:02}Z", i / 60, i % 60),
+        &format!("{i:016x}"),
+    )
 }
 
 async fn decisions(nats_url: &str) -> Option<Vec<Decision>> {
@@ -46,17 +44,7 @@ async fn decisions(nats_url: &str) -> Option<Vec<Decision>> {
 async fn three_policy_replicas_never_exceed_the_rollback_limit() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let nats = Nats::start().await?;
-    let port = free_port()?;
-    let gateway_env = [
-        ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
-        ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-        ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
-        ("SELFHEAL_GATEWAY_TOKEN", TOKEN.to_string()),
-        ("RUST_LOG", "warn".to_string()),
-    ];
-    let mut gateway = Process::start("gateway", &binary("selfheal-gateway")?, &[], &gateway_env, temp.path())?;
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{url}/readyz"), &mut gateway).await?;
+    let (_gateway, url) = start_gateway(&nats, "gateway", &[("RUST_LOG", "warn".to_string())], temp.path()).await?;
     let mut replicas = Vec::new();
     for n in 0..3 {
         let http = free_port()?;
@@ -87,13 +75,7 @@ async fn three_policy_replicas_never_exceed_the_rollback_limit() -> anyhow::Resu
         .map(|i| {
             let (client, url) = (client.clone(), url.clone());
             async move {
-                let response = client
-                    .post(format!("{url}/v1/alerts/alertmanager"))
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .header("content-type", "application/json")
-                    .body(body(i))
-                    .send()
-                    .await?;
+                let response = post_alerts(&client, &url, body(i)).await?;
                 Ok::<u16, anyhow::Error>(response.status().as_u16())
             }
         })

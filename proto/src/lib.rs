@@ -45,6 +45,19 @@ pub mod names {
         }
     }
 
+    /// Whether `value` is a DNS-1123 label: 1–63 of `a-z0-9-`, starting and ending alphanumeric.
+    /// Label values that reach a subject, a path, a branch name or a commit must be one.
+    pub fn is_dns1123_label(value: &str) -> bool {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+    }
+
     /// `opened`, `merged`, `failed`, `verified`, `escalated`, `rejected`.
     pub fn state(state: RemediationState) -> &'static str {
         match state {

@@ -88,18 +88,7 @@ pub fn parse(body: &[u8]) -> Result<Webhook, RequestError> {
     })
 }
 
-/// Whether `value` is a DNS-1123 label: 1–63 of `a-z0-9-`, starting and ending alphanumeric.
-/// Label values that reach subjects, paths and branch names must be.
-pub fn is_dns1123_label(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.last().is_some_and(|b| b.is_ascii_alphanumeric())
-}
+pub use selfheal_proto::names::is_dns1123_label;
 
 /// The subject token for an alert without a `service` label (`_` cannot start a DNS-1123 label,
 /// so it never collides with a real service).

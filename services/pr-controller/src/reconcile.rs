@@ -43,17 +43,7 @@ const TRAILER_FROM: &str = "Selfheal-From";
 const TRAILER_TO: &str = "Selfheal-To";
 const TRAILER_ROLLBACK_FROM: &str = "Selfheal-Rollback-From";
 
-/// Whether `value` is a DNS-1123 label.
-pub fn is_dns1123_label(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-}
+pub use selfheal_proto::names::is_dns1123_label;
 
 /// Whether `tag` is a valid OCI image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 pub fn is_image_tag(tag: &str) -> bool {
