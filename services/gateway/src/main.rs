@@ -15,6 +15,10 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+/// mimalloc: the webhook path allocates per request, and glibc's malloc was a fifth of its CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
