@@ -30,7 +30,8 @@ approval := "auto" if labels.severity == "critical"
 
 max_rollbacks := 2
 
-max_replicas := 10
+# The repository's limit when the pr-controller reports one, else 10.
+max_replicas := object.get(object.get(input, "target", {}), "max_replicas", 10)
 
 # --- rollback: a critical error-rate alert on a service that opted in -------------------------
 
@@ -206,4 +207,10 @@ test_no_scale_when_cpu_is_low if {
 test_scale_escalates_at_the_maximum if {
 	d := decision with input as {"alert": {"labels": {"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}}, "target": {"replicas": 10}}
 	d.action == "escalate"
+}
+
+test_scale_respects_the_reported_maximum if {
+	d := decision with input as {"alert": {"labels": {"alertname": "HighCPU", "auto_heal": "true", "service": "cart"}}, "target": {"replicas": 3, "max_replicas": 3}}
+	d.action == "escalate"
+	contains(d.reason, "already at 3")
 }

@@ -92,11 +92,15 @@ impl TargetReader {
                         "current_tag": target.current_tag,
                         "earlier_tags": target.earlier_tags,
                         "replicas": target.replicas,
+                        "max_replicas": target.max_replicas,
                     }),
                     None,
                 )
             }
-            Err(status) => (json!({}), Some(format!("DescribeTarget: {}", status.message()))),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "DescribeTarget failed; input.target is empty");
+                (json!({}), Some(format!("DescribeTarget: {}", status.message())))
+            }
         }
     }
 }

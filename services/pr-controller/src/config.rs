@@ -29,6 +29,8 @@ pub struct PrControllerConfig {
     pub author_name: String,
     /// Commit author email.
     pub author_email: String,
+    /// The most replicas a scale may set (reported to the policy as `target.max_replicas`).
+    pub max_replicas: i32,
     /// How many changes of a file's history to search for the previous image tag.
     pub history_depth: usize,
 }
@@ -67,6 +69,7 @@ impl Default for PrControllerConfig {
             target: TargetConfig::default(),
             author_name: "selfheal".into(),
             author_email: "selfheal@localhost".into(),
+            max_replicas: 10,
             history_depth: 200,
         }
     }

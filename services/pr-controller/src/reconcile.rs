@@ -277,6 +277,12 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                     .replicas
                     .filter(|r| *r >= 0)
                     .ok_or_else(|| ReconcileError::Refused("scale needs params.replicas".into()))?;
+                if replicas > self.config.max_replicas {
+                    return Err(ReconcileError::Refused(format!(
+                        "scale to {replicas} replicas is over the maximum of {}",
+                        self.config.max_replicas
+                    )));
+                }
                 let current = edit::kustomize_replicas(path, &text, service)?
                     .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no replica count for {service}")))?;
                 if current == i64::from(replicas) {
@@ -405,6 +411,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             current_tag,
             earlier_tags,
             replicas,
+            max_replicas: self.config.max_replicas,
         })
     }
 }
