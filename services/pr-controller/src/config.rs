@@ -40,8 +40,10 @@ pub struct PrControllerConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TargetConfig {
-    /// The kustomization file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
+    /// The file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
     pub path: String,
+    /// What the file is: `kustomize`, `helm-values`, `helm-release` or `manifest`.
+    pub kind: crate::edit::Kind,
     /// The image name in `images[].name`; unset matches the entry whose last path segment is the
     /// service name (`ghcr.io/acme/checkout` for `checkout`).
     pub image: Option<String>,
@@ -51,6 +53,7 @@ impl Default for TargetConfig {
     fn default() -> Self {
         Self {
             path: "apps/{service}/kustomization.yaml".into(),
+            kind: crate::edit::Kind::Kustomize,
             image: None,
         }
     }

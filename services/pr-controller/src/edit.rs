@@ -227,3 +227,413 @@ replicas:
         ));
     }
 }
+
+/// What kind of file holds a service's image tag and replica count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A Kustomize `kustomization.yaml`: `images[].newTag`, `replicas[].count`.
+    Kustomize,
+    /// A Helm values file: `image.tag`, `replicaCount`.
+    HelmValues,
+    /// A Flux `HelmRelease`: `spec.values.image.tag`, `spec.values.replicaCount`.
+    HelmRelease,
+    /// A plain Deployment: a container's `image`, `spec.replicas`.
+    Manifest,
+}
+
+impl Kind {
+    /// The name used in configuration and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kustomize => "kustomize",
+            Kind::HelmValues => "helm-values",
+            Kind::HelmRelease => "helm-release",
+            Kind::Manifest => "manifest",
+        }
+    }
+}
+
+/// A YAML plain scalar for `tag` that reads back as the string `tag` (quoted when YAML would
+/// read it as a number, a boolean or null). Tags are validated OCI tags before they get here.
+fn tag_scalar(tag: &str) -> String {
+    match serde_norway::from_str::<serde_norway::Value>(tag) {
+        Ok(serde_norway::Value::String(s)) if s == tag => tag.to_string(),
+        _ => format!("\"{tag}\""),
+    }
+}
+
+/// `text` with `block` appended as new top-level lines.
+fn append_block(text: &str, block: &str) -> String {
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(block);
+    out
+}
+
+fn has_key(document: &Document, path: &str) -> bool {
+    document.try_get_path(path).is_ok()
+}
+
+fn set(document: &Document, file: &str, path: &str, value: impl yaml_edit::AsYaml) -> Result<(), EditError> {
+    document.try_set_path(path, value).map_err(|e| EditError::Set {
+        file: file.into(),
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The container of a Deployment that runs `service`: the one named so, or the only one.
+fn container_index(document: &Document, service: &str) -> Option<usize> {
+    let names: Vec<String> = (0..64)
+        .map_while(|i| {
+            document
+                .try_get_path(&format!("spec.template.spec.containers[{i}]"))
+                .ok()?;
+            Some(scalar(document, &format!("spec.template.spec.containers[{i}].name")).unwrap_or_default())
+        })
+        .collect();
+    names
+        .iter()
+        .position(|n| n == service)
+        .or((names.len() == 1).then_some(0))
+}
+
+/// `repo[:tag][@digest]` → (`repo`, `tag`).
+fn split_image(image: &str) -> (&str, Option<&str>) {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+    match without_digest[last_slash..].rfind(':') {
+        Some(colon) => (
+            &without_digest[..last_slash + colon],
+            Some(&without_digest[last_slash + colon + 1..]),
+        ),
+        None => (without_digest, None),
+    }
+}
+
+/// The image tag of `service` in a file of `kind`.
+pub fn read_tag(
+    kind: Kind,
+    file: &str,
+    text: &str,
+    service: &str,
+    image: Option<&str>,
+) -> Result<Option<String>, EditError> {
+    match kind {
+        Kind::Kustomize => match kustomize_image_tag(file, text, service, image) {
+            Err(EditError::NoImage { .. }) => Ok(None),
+            other => other,
+        },
+        Kind::HelmValues => Ok(scalar(&parse(file, text)?, "image.tag")),
+        Kind::HelmRelease => Ok(scalar(&parse(file, text)?, "spec.values.image.tag")),
+        Kind::Manifest => {
+            let document = parse(file, text)?;
+            let index = container_index(&document, service).ok_or_else(|| EditError::NoImage {
+                file: file.into(),
+                image: service.into(),
+            })?;
+            let image = scalar(&document, &format!("spec.template.spec.containers[{index}].image"));
+            Ok(image.and_then(|i| split_image(&i).1.map(str::to_string)))
+        }
+    }
+}
+
+/// `text` with `service`'s image tag set to `tag`, changing only that value — or, where the file
+/// has no entry yet (Kustomize `images`, HelmRelease `spec.values.image`), adding a small block.
+pub fn set_tag(
+    kind: Kind,
+    file: &str,
+    text: &str,
+    service: &str,
+    image: Option<&str>,
+    tag: &str,
+) -> Result<String, EditError> {
+    match kind {
+        Kind::Kustomize => match set_kustomize_image_tag(file, text, service, image, tag) {
+            Err(EditError::NoImage { .. }) if !has_key(&parse(file, text)?, "images") => {
+                let name = image.ok_or_else(|| EditError::NoImage {
+                    file: file.into(),
+                    image: service.into(),
+                })?;
+                Ok(append_block(
+                    text,
+                    &format!("images:\n- name: {name}\n  newTag: {}\n", tag_scalar(tag)),
+                ))
+            }
+            other => other,
+        },
+        Kind::HelmValues | Kind::HelmRelease => {
+            let path = if kind == Kind::HelmValues {
+                "image.tag"
+            } else {
+                "spec.values.image.tag"
+            };
+            let document = parse(file, text)?;
+            set(&document, file, path, tag)?;
+            Ok(document.to_string())
+        }
+        Kind::Manifest => {
+            let document = parse(file, text)?;
+            let index = container_index(&document, service).ok_or_else(|| EditError::NoImage {
+                file: file.into(),
+                image: service.into(),
+            })?;
+            let path = format!("spec.template.spec.containers[{index}].image");
+            let current = scalar(&document, &path).ok_or_else(|| EditError::NoImage {
+                file: file.into(),
+                image: service.into(),
+            })?;
+            let (repository, _) = split_image(&current);
+            set(&document, file, &path, format!("{repository}:{tag}").as_str())?;
+            Ok(document.to_string())
+        }
+    }
+}
+
+/// The replica count of `service` in a file of `kind`.
+pub fn read_replicas(kind: Kind, file: &str, text: &str, service: &str) -> Result<Option<i64>, EditError> {
+    let path = match kind {
+        Kind::Kustomize => {
+            return match kustomize_replicas(file, text, service) {
+                Err(EditError::NoReplicas { .. }) => Ok(None),
+                other => other,
+            };
+        }
+        Kind::HelmValues => "replicaCount",
+        Kind::HelmRelease => "spec.values.replicaCount",
+        Kind::Manifest => "spec.replicas",
+    };
+    Ok(scalar(&parse(file, text)?, path).and_then(|c| c.parse().ok()))
+}
+
+/// `text` with `service`'s replica count set to `count` (adding the entry where there is none).
+pub fn set_replicas(kind: Kind, file: &str, text: &str, service: &str, count: i64) -> Result<String, EditError> {
+    let path = match kind {
+        Kind::Kustomize => {
+            return match set_kustomize_replicas(file, text, service, count) {
+                Err(EditError::NoReplicas { .. }) if !has_key(&parse(file, text)?, "replicas") => Ok(append_block(
+                    text,
+                    &format!("replicas:\n- name: {service}\n  count: {count}\n"),
+                )),
+                other => other,
+            };
+        }
+        Kind::HelmValues => "replicaCount",
+        Kind::HelmRelease => "spec.values.replicaCount",
+        Kind::Manifest => "spec.replicas",
+    };
+    let document = parse(file, text)?;
+    set(&document, file, path, count)?;
+    Ok(document.to_string())
+}
+
+/// `text` with the pod template annotation `kubectl.kubernetes.io/restartedAt` set to `at`
+/// (what `kubectl rollout restart` writes), for a Deployment manifest.
+pub fn set_restarted_at(file: &str, text: &str, at: &str) -> Result<String, EditError> {
+    let document = parse(file, text)?;
+    // Quoted: to YAML 1.1 readers an unquoted RFC 3339 time is a timestamp, and annotations are strings.
+    let value = yaml_edit::ScalarValue::double_quoted(at);
+    set(
+        &document,
+        file,
+        r"spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt",
+        value,
+    )?;
+    Ok(document.to_string())
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    //! Every edit on the real Argo CD and Flux example files in `shared/fixtures/gitops`.
+
+    use super::*;
+
+    fn fixture(path: &str) -> String {
+        let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/gitops")
+            .join(path);
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    }
+
+    /// Exactly one line differs, and it is `expected`.
+    fn one_line_changed(before: &str, after: &str, expected: &str) {
+        let (old, new): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+        assert_eq!(old.len(), new.len(), "line count changed:\n{after}");
+        let changed: Vec<(&&str, &&str)> = old.iter().zip(new.iter()).filter(|(a, b)| a != b).collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].1.trim().trim_start_matches("- "), expected, "{changed:?}");
+    }
+
+    /// Every original line is still there, in order, and only `added` lines were added.
+    fn block_added(before: &str, after: &str, added: usize) {
+        let old: Vec<&str> = before.lines().collect();
+        let new: Vec<&str> = after.lines().collect();
+        assert_eq!(new.len(), old.len() + added, "{after}");
+        let mut next = new.iter();
+        for line in &old {
+            assert!(next.any(|n| n == line), "line {line:?} lost or moved:\n{after}");
+        }
+    }
+
+    fn comments(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| l.trim_start().starts_with('#')).collect()
+    }
+
+    fn value(text: &str, path: &[&str]) -> serde_norway::Value {
+        let mut value: serde_norway::Value =
+            serde_norway::from_str(text.trim_start_matches("---\n")).expect("valid YAML");
+        for key in path {
+            value = match key.parse::<usize>() {
+                Ok(index) => value[index].clone(),
+                Err(_) => value[*key].clone(),
+            };
+        }
+        value
+    }
+
+    #[test]
+    fn helm_values_change_one_line_and_keep_every_comment() {
+        let before = fixture("argocd-example-apps/helm-guestbook/values.yaml");
+        assert_eq!(
+            read_tag(Kind::HelmValues, "v", &before, "guestbook", None),
+            Ok(Some("v5".into()))
+        );
+        let after = set_tag(Kind::HelmValues, "v", &before, "guestbook", None, "v4").expect("edit");
+        one_line_changed(&before, &after, "tag: v4");
+        assert_eq!(comments(&before), comments(&after));
+        assert_eq!(
+            value(&after, &["image", "tag"]),
+            serde_norway::Value::String("v4".into())
+        );
+        let after = set_replicas(Kind::HelmValues, "v", &before, "guestbook", 3).expect("edit");
+        one_line_changed(&before, &after, "replicaCount: 3");
+        assert_eq!(read_replicas(Kind::HelmValues, "v", &after, "guestbook"), Ok(Some(3)));
+    }
+
+    #[test]
+    fn deployments_change_the_image_and_replicas_line() {
+        for (path, service, expected_image) in [
+            (
+                "argocd-example-apps/guestbook/guestbook-ui-deployment.yaml",
+                "guestbook-ui",
+                "gcr.io/google-samples/gb-frontend:v4",
+            ),
+            (
+                "argocd-example-apps/sock-shop/base/carts-dep.yaml",
+                "carts",
+                "weaveworksdemos/carts:v4",
+            ),
+            (
+                "argocd-example-apps/sock-shop/base/front-end-dep.yaml",
+                "front-end",
+                "weaveworksdemos/front-end:v4",
+            ),
+            (
+                "argocd-example-apps/sock-shop/base/orders-dep.yaml",
+                "orders",
+                "weaveworksdemos/orders:v4",
+            ),
+        ] {
+            let before = fixture(path);
+            let after =
+                set_tag(Kind::Manifest, path, &before, service, None, "v4").unwrap_or_else(|e| panic!("{path}: {e}"));
+            one_line_changed(&before, &after, &format!("image: {expected_image}"));
+            assert_eq!(comments(&before), comments(&after), "{path}");
+            assert_eq!(
+                read_tag(Kind::Manifest, path, &after, service, None),
+                Ok(Some("v4".into())),
+                "{path}"
+            );
+            let after =
+                set_replicas(Kind::Manifest, path, &before, service, 4).unwrap_or_else(|e| panic!("{path}: {e}"));
+            one_line_changed(&before, &after, "replicas: 4");
+            assert_eq!(
+                value(&after, &["spec", "replicas"]),
+                serde_norway::Value::Number(4.into()),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kustomization_without_images_gets_a_small_block() {
+        let path = "argocd-example-apps/kustomize-guestbook/kustomization.yaml";
+        let before = fixture(path);
+        assert_eq!(read_tag(Kind::Kustomize, path, &before, "guestbook-ui", None), Ok(None));
+        let image = Some("gcr.io/google-samples/gb-frontend");
+        let after = set_tag(Kind::Kustomize, path, &before, "guestbook-ui", image, "1.10").expect("edit");
+        block_added(&before, &after, 3);
+        assert_eq!(
+            value(&after, &["images", "0", "newTag"]),
+            serde_norway::Value::String("1.10".into())
+        );
+        assert_eq!(
+            value(&after, &["kind"]),
+            serde_norway::Value::String("Kustomization".into()),
+            "the rest is intact"
+        );
+        assert_eq!(
+            read_tag(Kind::Kustomize, path, &after, "guestbook-ui", image),
+            Ok(Some("1.10".into()))
+        );
+        let after = set_replicas(Kind::Kustomize, path, &before, "guestbook-ui", 2).expect("edit");
+        block_added(&before, &after, 3);
+        assert_eq!(
+            value(&after, &["replicas", "0", "count"]),
+            serde_norway::Value::Number(2.into())
+        );
+        assert!(
+            set_tag(Kind::Kustomize, path, &before, "guestbook-ui", None, "v1").is_err(),
+            "without a configured image name there is nothing to add"
+        );
+    }
+
+    #[test]
+    fn a_helm_release_keeps_its_comments() {
+        let path = "flux2-kustomize-helm-example/apps/base/podinfo/release.yaml";
+        let before = fixture(path);
+        let after = set_replicas(Kind::HelmRelease, path, &before, "podinfo", 2).expect("edit");
+        block_added(&before, &after, 1);
+        assert_eq!(comments(&before), comments(&after));
+        assert_eq!(
+            value(&after, &["spec", "values", "replicaCount"]),
+            serde_norway::Value::Number(2.into())
+        );
+        assert_eq!(
+            value(&after, &["spec", "values", "redis", "tag"]),
+            value(&before, &["spec", "values", "redis", "tag"])
+        );
+        let after = set_tag(Kind::HelmRelease, path, &before, "podinfo", None, "6.9.2").expect("edit");
+        assert_eq!(comments(&before), comments(&after));
+        assert_eq!(
+            value(&after, &["spec", "values", "image", "tag"]),
+            serde_norway::Value::String("6.9.2".into())
+        );
+        block_added(&before, &after, 2);
+    }
+
+    #[test]
+    fn restart_sets_the_pod_template_annotation() {
+        let path = "argocd-example-apps/guestbook/guestbook-ui-deployment.yaml";
+        let before = fixture(path);
+        let after = set_restarted_at(path, &before, "2026-11-28T15:00:00Z").expect("edit");
+        let annotations = value(&after, &["spec", "template", "metadata", "annotations"]);
+        assert_eq!(
+            annotations["kubectl.kubernetes.io/restartedAt"],
+            serde_norway::Value::String("2026-11-28T15:00:00Z".into()),
+            "{after}"
+        );
+        assert!(
+            after.contains("kubectl.kubernetes.io/restartedAt: \"2026-11-28T15:00:00Z\""),
+            "quoted:\n{after}"
+        );
+        block_added(&before, &after, 2);
+        assert_eq!(
+            value(&after, &["spec", "template", "metadata", "labels"]),
+            value(&before, &["spec", "template", "metadata", "labels"])
+        );
+    }
+}

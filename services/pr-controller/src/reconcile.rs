@@ -253,8 +253,8 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         );
         let (content, from, to, subject, extra) = match decision.action() {
             Action::Rollback => {
-                let current = edit::kustomize_image_tag(path, &text, service, image)?
-                    .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no newTag for {service}")))?;
+                let current = edit::read_tag(self.config.target.kind, path, &text, service, image)?
+                    .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no image tag for {service}")))?;
                 let target = if params.target_tag.is_empty() {
                     self.previous_tag(path, service, image, &current)?
                 } else if is_image_tag(&params.target_tag) {
@@ -267,7 +267,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                 if target == current {
                     return Err(ReconcileError::Refused(format!("{service} already runs {current}")));
                 }
-                let content = edit::set_kustomize_image_tag(path, &text, service, image, &target)?;
+                let content = edit::set_tag(self.config.target.kind, path, &text, service, image, &target)?;
                 let subject = format!("selfheal: roll back {service} from {current} to {target}");
                 let extra = format!("{TRAILER_ROLLBACK_FROM}: {current}\n");
                 (content, current, target, subject, extra)
@@ -283,14 +283,14 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                         self.config.max_replicas
                     )));
                 }
-                let current = edit::kustomize_replicas(path, &text, service)?
+                let current = edit::read_replicas(self.config.target.kind, path, &text, service)?
                     .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no replica count for {service}")))?;
                 if current == i64::from(replicas) {
                     return Err(ReconcileError::Refused(format!(
                         "{service} already has {current} replicas"
                     )));
                 }
-                let content = edit::set_kustomize_replicas(path, &text, service, i64::from(replicas))?;
+                let content = edit::set_replicas(self.config.target.kind, path, &text, service, i64::from(replicas))?;
                 let subject = format!("selfheal: scale {service} from {current} to {replicas} replicas");
                 (
                     content,
@@ -300,9 +300,21 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                     String::new(),
                 )
             }
+            Action::Restart if self.config.target.kind == edit::Kind::Manifest => {
+                let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let content = edit::set_restarted_at(path, &text, &at)?;
+                let subject = format!("selfheal: restart {service}");
+                (content, String::new(), at, subject, String::new())
+            }
+            Action::Restart => {
+                return Err(ReconcileError::Refused(format!(
+                    "restart needs a manifest target (a Deployment); {path} is {}",
+                    self.config.target.kind.name()
+                )));
+            }
             other => {
                 return Err(ReconcileError::Refused(format!(
-                    "{} changes are not supported by the pr-controller yet",
+                    "{} is not a change the pr-controller makes",
                     names::action(other)
                 )));
             }
@@ -360,7 +372,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             .collect();
         let mut tags: Vec<String> = Vec::new();
         for version in &history {
-            let Some(tag) = edit::kustomize_image_tag(path, &version.content, service, image)
+            let Some(tag) = edit::read_tag(self.config.target.kind, path, &version.content, service, image)
                 .ok()
                 .flatten()
             else {
@@ -395,11 +407,11 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             .repo
             .read_file(&tip, &path)?
             .ok_or_else(|| ReconcileError::Refused(format!("{path} does not exist on {main}")))?;
-        let current_tag = edit::kustomize_image_tag(&path, &text, &service, image.as_deref())
+        let current_tag = edit::read_tag(self.config.target.kind, &path, &text, &service, image.as_deref())
             .ok()
             .flatten()
             .unwrap_or_default();
-        let replicas = edit::kustomize_replicas(&path, &text, &service)
+        let replicas = edit::read_replicas(self.config.target.kind, &path, &text, &service)
             .ok()
             .flatten()
             .and_then(|r| i32::try_from(r).ok());
@@ -407,7 +419,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         Ok(Target {
             repository: self.repo.location(),
             path,
-            kind: "kustomize".into(),
+            kind: self.config.target.kind.name().into(),
             current_tag,
             earlier_tags,
             replicas,
@@ -510,6 +522,17 @@ mod tests {
         decision.set_action(action);
         decision.set_approval(approval);
         decision
+    }
+
+    impl Reconciler<dyn Repository> {
+        fn clone_with_path(&self, path: &str) -> Reconciler<dyn Repository> {
+            let mut config = self.config.clone();
+            config.target.path = path.into();
+            Reconciler {
+                repo: self.repo.clone(),
+                config,
+            }
+        }
     }
 
     fn reconciler(bare: &Path) -> Reconciler<dyn Repository> {
@@ -616,14 +639,28 @@ mod tests {
             "{no_history:?}"
         );
 
-        let mut hostile = decision("ffff", Action::Rollback, Approval::Auto);
-        if let Some(alert) = hostile.alert.as_mut().and_then(|e| e.alert.as_mut()) {
-            alert.labels.insert("service".into(), "../../etc".into());
+        let refs_before = git(&bare, &["for-each-ref"]);
+        for (label, value) in [
+            ("service", "../../etc".to_string()),
+            ("service", "a\nb: c".to_string()),
+            ("service", "a".repeat(300)),
+            ("namespace", "../x".to_string()),
+        ] {
+            let mut hostile = decision("ffff", Action::Rollback, Approval::Auto);
+            if let Some(alert) = hostile.alert.as_mut().and_then(|e| e.alert.as_mut()) {
+                alert.labels.insert(label.into(), value.clone());
+            }
+            let mut reconciler = reconciler.clone_with_path("apps/{namespace}/{service}/kustomization.yaml");
+            if label == "service" {
+                reconciler.config.target.path = "apps/{service}/kustomization.yaml".into();
+            }
+            let refused = reconciler.reconcile(&hostile, "t");
+            assert!(
+                matches!(&refused, Err(ReconcileError::Refused(reason)) if reason.contains(label) && !reason.contains(&value)),
+                "{label}={value:?}: {refused:?}"
+            );
         }
-        assert!(matches!(
-            reconciler.reconcile(&hostile, "t"),
-            Err(ReconcileError::Refused(_))
-        ));
+        assert_eq!(git(&bare, &["for-each-ref"]), refs_before, "nothing was written");
         let mut bad_tag = decision("abab", Action::Rollback, Approval::Auto);
         bad_tag.params = Some(DecisionParams {
             target_tag: "v1\nmalicious: yes".into(),
@@ -637,5 +674,115 @@ mod tests {
             reconciler.reconcile(&decision("../x", Action::Rollback, Approval::Auto), "t"),
             Err(ReconcileError::Refused(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use std::{path::Path, process::Command, sync::Arc};
+
+    use selfheal_proto::v1::{Alert, AlertEvent};
+
+    use super::*;
+    use crate::{config::TargetConfig, edit::Kind, repo::LocalRepository};
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn deployment(tag: &str) -> String {
+        format!(
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: checkout\nspec:\n  replicas: 2 # HPA min\n  template:\n    metadata:\n      labels:\n        app: checkout\n    spec:\n      containers:\n      - name: checkout\n        image: ghcr.io/acme/checkout:{tag}\n      - name: sidecar\n        image: ghcr.io/acme/sidecar:9\n"
+        )
+    }
+
+    fn decision(incident: &str, action: Action) -> Decision {
+        let labels = [("service", "checkout"), ("alertname", "HighErrorRate")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut decision = Decision {
+            incident_key: incident.into(),
+            reason: "test".into(),
+            alert: Some(AlertEvent {
+                alert: Some(Alert {
+                    status: "firing".into(),
+                    labels,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        decision.set_action(action);
+        decision.set_approval(Approval::Auto);
+        decision
+    }
+
+    #[test]
+    fn a_deployment_manifest_rolls_back_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("gitops.git");
+        let work = dir.path().join("work");
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().expect("utf-8")],
+        );
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                bare.to_str().expect("utf-8"),
+                work.to_str().expect("utf-8"),
+            ],
+        );
+        std::fs::create_dir_all(work.join("apps/checkout")).expect("mkdir");
+        for tag in ["v1", "v2"] {
+            std::fs::write(work.join("apps/checkout/deployment.yaml"), deployment(tag)).expect("write");
+            git(&work, &["add", "."]);
+            git(&work, &["commit", "-q", "-m", tag]);
+        }
+        git(&work, &["push", "-q", "origin", "main"]);
+        let config = PrControllerConfig {
+            target: TargetConfig {
+                path: "apps/{service}/deployment.yaml".into(),
+                kind: Kind::Manifest,
+                image: None,
+            },
+            ..Default::default()
+        };
+        let repo: Arc<dyn Repository> = Arc::new(LocalRepository::open(&bare).expect("open"));
+        let reconciler = Reconciler { repo, config };
+
+        let rollback = reconciler
+            .reconcile(&decision("aaaa", Action::Rollback), "t")
+            .expect("rollback");
+        assert_eq!((rollback.from_value.as_str(), rollback.to_value.as_str()), ("v2", "v1"));
+        let on_main = git(&bare, &["show", "main:apps/checkout/deployment.yaml"]);
+        assert_eq!(
+            on_main,
+            deployment("v1").trim_end(),
+            "only the checkout image line changes"
+        );
+
+        let restart = reconciler
+            .reconcile(&decision("bbbb", Action::Restart), "t")
+            .expect("restart");
+        assert_eq!(restart.state(), RemediationState::Merged);
+        let on_main = git(&bare, &["show", "main:apps/checkout/deployment.yaml"]);
+        assert!(on_main.contains("kubectl.kubernetes.io/restartedAt: \""), "{on_main}");
+        assert!(on_main.contains("replicas: 2 # HPA min"), "{on_main}");
     }
 }
