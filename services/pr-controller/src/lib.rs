@@ -212,3 +212,93 @@ pub async fn run(
     http_task.await??;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use futures::StreamExt;
+    use selfheal_bus::{Bus, memory::MemoryBus};
+    use selfheal_proto::v1::{Alert, AlertEvent, Approval};
+
+    use super::*;
+    use crate::repo::{Author, LocalRepository};
+
+    #[tokio::test]
+    async fn a_hostile_label_becomes_a_failed_event_and_writes_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bare = dir.path().join("gitops.git");
+        let author = Author {
+            name: "dev".into(),
+            email: "dev@example.com".into(),
+        };
+        let repo = LocalRepository::init_bare_with_commits(
+            &bare,
+            "main",
+            &[(
+                "init",
+                vec![(
+                    "apps/checkout/kustomization.yaml",
+                    "images:\n- name: checkout\n  newTag: v1\n",
+                )],
+            )],
+            &author,
+        )?;
+        let refs = || {
+            Command::new("git")
+                .arg("--git-dir")
+                .arg(&bare)
+                .args(["for-each-ref"])
+                .output()
+        };
+        let refs_before = refs()?.stdout;
+        let bus = MemoryBus::default();
+        let handler = RemediationHandler::new(Arc::new(repo), PrControllerConfig::default(), Arc::new(bus.clone()));
+
+        let labels = [("service", "a\nb: c"), ("alertname", "HighErrorRate")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut decision = Decision {
+            incident_key: "0123456789abcdef".into(),
+            reason: "error rate".into(),
+            alert: Some(AlertEvent {
+                alert: Some(Alert {
+                    status: "firing".into(),
+                    labels,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        decision.set_action(Action::Rollback);
+        decision.set_approval(Approval::Auto);
+        bus.publish(selfheal_bus::Outgoing {
+            subject: subjects::decision("_none"),
+            msg_id: "decision.0123456789abcdef".into(),
+            headers: Headers::new(),
+            payload: decision.encode_to_vec().into(),
+        })
+        .await?;
+        let mut deliveries = bus.subscribe(ConsumerSpec::new("test", &[subjects::DECISIONS])).await?;
+        let delivery = deliveries
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no delivery"))??;
+        assert_eq!(handler.handle(&delivery).await, Disposition::Ack);
+
+        let events: Vec<RemediationEvent> = bus
+            .messages()
+            .into_iter()
+            .filter(|m| m.subject.starts_with("selfheal.remediations."))
+            .map(|m| RemediationEvent::decode(m.payload))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].state(), RemediationState::Failed);
+        assert!(events[0].message.contains("service label"), "{}", events[0].message);
+        assert!(!events[0].message.contains("b: c"), "the hostile value is not echoed");
+        assert_eq!(refs()?.stdout, refs_before, "nothing was written");
+        Ok(())
+    }
+}
