@@ -424,6 +424,31 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
             "selfheal-pr-controller"
         ]
     );
+    // The alert resolves: the remediation is verified, with MTTR from the alert's own times
+    // (startsAt 10:58:52.05, endsAt 10:59:07.05), and people are told once.
+    let (status, resolved) = post(&client, &gateway_url, Some(TOKEN), fixture("03-resolved-1alerts.json")).await?;
+    assert_eq!(
+        (status, &resolved["incidents"][0]["outcome"]),
+        (200, &Value::from("resolved")),
+        "{resolved}"
+    );
+    let verified = wait_for(Duration::from_secs(10), "the verified notification", || async {
+        sink.all().into_iter().find(|n| n["state"] == "verified")
+    })
+    .await
+    .with_context(dump)?;
+    assert_eq!(verified["mttr_seconds"], 15.0, "{verified}");
+    assert_eq!(verified["incident"], incident.as_str());
+    assert_eq!(
+        verified["trace_id"],
+        trace_id.as_str(),
+        "the resolution joins the incident's trace: {verified}"
+    );
+    let rows = audit_rows(&audit_db, &incident).await;
+    let kinds: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(sink.all().len(), 2, "merged, then verified");
+
     for process in [
         &mut gateway,
         &mut gateway2,

@@ -48,6 +48,9 @@ pub struct Incident {
     pub fingerprint: String,
     /// The trace its first notification started.
     pub trace_id: String,
+    /// That trace's W3C `traceparent`, so the resolution joins the incident's trace.
+    #[serde(default)]
+    pub traceparent: String,
     /// The alert as last received.
     pub last_payload: serde_json::Value,
 }
@@ -128,6 +131,7 @@ impl Incidents {
         &self,
         event: &AlertEvent,
         trace_id: &str,
+        traceparent: &str,
         now: DateTime<Utc>,
         publish: F,
     ) -> Result<Outcome, IncidentError>
@@ -178,6 +182,7 @@ impl Incidents {
                         truncated: event.truncated_alerts > 0,
                         fingerprint: alert.fingerprint.clone(),
                         trace_id: trace_id.to_string(),
+                        traceparent: traceparent.to_string(),
                         last_payload: payload.clone(),
                     };
                     let value = serde_json::to_vec(&incident).map_err(|e| IncidentError::Store(e.to_string()))?;

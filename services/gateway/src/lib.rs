@@ -229,9 +229,19 @@ pub(crate) async fn ingest(state: &AppState, event: AlertEvent) -> Result<Incide
         service.label = %service,
         incident.outcome = tracing::field::Empty,
     );
+    // A resolution continues the trace its incident started: one incident, one trace.
+    if alert.status == "resolved"
+        && let Ok(Some(incident)) = state.incidents.get(&event.incident_key).await
+        && !incident.traceparent.is_empty()
+    {
+        let mut parent = Headers::new();
+        parent.insert("traceparent", incident.traceparent);
+        selfheal_telemetry::propagation::set_parent_from_headers(&span, &parent);
+    }
     let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
     let mut headers = Headers::new();
     selfheal_telemetry::propagation::inject_headers(&span, &mut headers);
+    let traceparent = headers.get("traceparent").unwrap_or_default().to_string();
     let message = Outgoing {
         subject: subjects::alert(&alert.status, &service),
         msg_id: format!("alert.{}.{}", alert.status, event.incident_key),
@@ -251,7 +261,9 @@ pub(crate) async fn ingest(state: &AppState, event: AlertEvent) -> Result<Incide
     };
     let recorded = tokio::time::timeout(
         state.deadline,
-        state.incidents.record(&event, &trace_id, chrono::Utc::now(), publish),
+        state
+            .incidents
+            .record(&event, &trace_id, &traceparent, chrono::Utc::now(), publish),
     )
     .instrument(span.clone())
     .await;

@@ -24,6 +24,8 @@ pub struct Notification {
     pub from: String,
     pub to: String,
     pub dry_run: bool,
+    /// Verified remediations: seconds from the alert's start to its resolution.
+    pub mttr_seconds: Option<f64>,
     pub trace_id: String,
     /// One line for people.
     pub text: String,

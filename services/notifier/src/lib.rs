@@ -110,6 +110,7 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
             from: String::new(),
             to: String::new(),
             dry_run: decision.dry_run,
+            mttr_seconds: None,
             trace_id: trace_id.to_string(),
             text,
         }
@@ -156,6 +157,10 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
             "{alertname} on {}: {action} {} → {} waits for approval on {}. {}",
             event.service, event.from_value, event.to_value, event.branch, decision.reason
         ),
+        RemediationState::Verified => format!(
+            "{alertname} on {} resolved {:.0}s after it started: the {action} to {} worked ({:.0}s to remediate).",
+            event.service, event.mttr_seconds, event.to_value, event.time_to_remediate_seconds
+        ),
         _ => format!("{alertname} on {}: {action} {state}: {}", event.service, event.message),
     };
     let notification = Notification {
@@ -172,6 +177,7 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
         from: event.from_value.clone(),
         to: event.to_value.clone(),
         dry_run: decision.dry_run,
+        mttr_seconds: (event.state() == RemediationState::Verified).then_some(event.mttr_seconds),
         trace_id: trace_id.to_string(),
         text,
     };

@@ -29,6 +29,12 @@ pub struct PrControllerConfig {
     pub author_name: String,
     /// Commit author email.
     pub author_email: String,
+    /// How long after a merge the alert may keep firing before the remediation is escalated.
+    #[serde(with = "humantime_serde")]
+    pub verify_window: std::time::Duration,
+    /// How often to look for remediations past their verification window.
+    #[serde(with = "humantime_serde")]
+    pub verify_interval: std::time::Duration,
     /// The most replicas a scale may set (reported to the policy as `target.max_replicas`).
     pub max_replicas: i32,
     /// How many changes of a file's history to search for the previous image tag.
@@ -72,6 +78,8 @@ impl Default for PrControllerConfig {
             target: TargetConfig::default(),
             author_name: "selfheal".into(),
             author_email: "selfheal@localhost".into(),
+            verify_window: std::time::Duration::from_secs(15 * 60),
+            verify_interval: std::time::Duration::from_secs(30),
             max_replicas: 10,
             history_depth: 200,
         }

@@ -13,6 +13,7 @@ pub mod edit;
 pub mod grpc;
 pub mod reconcile;
 pub mod repo;
+pub mod verify;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -37,11 +38,14 @@ use repo::Repository;
 
 /// The durable consumer name.
 pub const CONSUMER: &str = "pr-controller";
+/// The durable consumer of resolved alerts (verification).
+pub const VERIFY_CONSUMER: &str = "pr-controller-verify";
 
 /// Carries out decisions.
 pub struct RemediationHandler {
     reconciler: Arc<Reconciler<dyn Repository>>,
     bus: SharedBus,
+    verifier: Option<verify::Verifier>,
 }
 
 impl RemediationHandler {
@@ -49,7 +53,14 @@ impl RemediationHandler {
         Self {
             reconciler: Arc::new(Reconciler { repo, config }),
             bus,
+            verifier: None,
         }
+    }
+
+    /// Records merged remediations for verification.
+    pub fn with_verifier(mut self, verifier: verify::Verifier) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 }
 
@@ -101,28 +112,80 @@ impl RemediationHandler {
             }
             Err(error) => failed_event(&decision, &error),
         };
-        let state = names::state(event.state());
-        span.record("remediation.state", state);
-        metrics::counter!(
-            selfheal_telemetry::metrics::REMEDIATIONS,
-            "action" => names::action(event.action()),
-            "state" => state
-        )
-        .increment(1);
+        if let (Some(verifier), RemediationState::Merged) = (&self.verifier, event.state())
+            && let Err(error) = verifier.record_merged(&event, &service, chrono::Utc::now()).await
+        {
+            // The change is made; the redelivery finds it and records it then.
+            tracing::warn!(error = %error, "merge not recorded for verification; retrying");
+            return Disposition::Retry(Duration::from_secs(1));
+        }
+        span.record("remediation.state", names::state(event.state()));
         tracing::info!(commit = %event.commit, branch = %event.branch, from = %event.from_value, to = %event.to_value, message = %event.message, "remediation");
-        let mut headers = Headers::new();
-        selfheal_telemetry::propagation::inject_headers(&span, &mut headers);
-        let message = Outgoing {
-            subject: subjects::remediation(&service),
-            msg_id: format!("remediation.{}.{}", event.incident_key, state),
-            headers,
-            payload: event.encode_to_vec().into(),
-        };
-        match self.bus.publish(message).await {
-            Ok(_) => Disposition::Ack,
+        match publish_event(&self.bus, &service, &event, &span).await {
+            Ok(()) => Disposition::Ack,
             Err(error) => {
                 // The git change is made; the redelivery finds it and publishes again.
                 tracing::warn!(error = %error, "remediation event not published; retrying");
+                Disposition::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+}
+
+/// Publishes a remediation event, keyed by incident and state.
+async fn publish_event(
+    bus: &SharedBus,
+    service: &str,
+    event: &RemediationEvent,
+    span: &tracing::Span,
+) -> Result<(), selfheal_bus::BusError> {
+    let mut headers = Headers::new();
+    selfheal_telemetry::propagation::inject_headers(span, &mut headers);
+    let state = names::state(event.state());
+    metrics::counter!(selfheal_telemetry::metrics::REMEDIATIONS, "action" => names::action(event.action()), "state" => state)
+        .increment(1);
+    bus.publish(Outgoing {
+        subject: subjects::remediation(service),
+        msg_id: format!("remediation.{}.{}", event.incident_key, state),
+        headers,
+        payload: event.encode_to_vec().into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Verifies merged remediations when their alert resolves.
+pub struct VerifyHandler {
+    verifier: verify::Verifier,
+    bus: SharedBus,
+}
+
+#[async_trait]
+impl Handler for VerifyHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        let alert = match selfheal_proto::v1::AlertEvent::decode(delivery.payload.clone()) {
+            Ok(alert) => alert,
+            Err(error) => return Disposition::Reject(format!("undecodable AlertEvent: {error}")),
+        };
+        let span = tracing::info_span!("pr_controller.verify", incident.key = %alert.incident_key);
+        selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
+        let verified = match self.verifier.resolve(&alert, chrono::Utc::now()).await {
+            Ok(verified) => verified,
+            Err(error) => {
+                tracing::warn!(parent: &span, error = %error, "verification failed; retrying");
+                return Disposition::Retry(Duration::from_secs(1));
+            }
+        };
+        let Some((service, event)) = verified else {
+            return Disposition::Ack;
+        };
+        tracing::info!(parent: &span, mttr_seconds = event.mttr_seconds, "remediation verified");
+        match publish_event(&self.bus, &service, &event, &span).await {
+            Ok(()) => Disposition::Ack,
+            Err(error) => {
+                // The record says verified; the event is published again only if the stream
+                // did not store it, which the message id makes safe.
+                tracing::warn!(parent: &span, error = %error, "verified event not published; retrying");
                 Disposition::Retry(Duration::from_secs(1))
             }
         }
@@ -174,7 +237,12 @@ pub async fn run(
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
         .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
-    let handler = Arc::new(RemediationHandler::new(repo, config, bus.clone()));
+    let (verify_window, verify_interval) = (config.verify_window, config.verify_interval);
+    let remediations = bus
+        .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
+        .await?;
+    let verifier = verify::Verifier::new(remediations, verify_window);
+    let handler = Arc::new(RemediationHandler::new(repo, config, bus.clone()).with_verifier(verifier.clone()));
     let reconciler = handler.reconciler.clone();
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
@@ -182,6 +250,40 @@ pub async fn run(
         handler,
         cancel.clone().cancelled_owned(),
     ));
+    let verify_task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new(VERIFY_CONSUMER, &["selfheal.alerts.resolved.>"]),
+        Arc::new(VerifyHandler {
+            verifier: verifier.clone(),
+            bus: bus.clone(),
+        }),
+        cancel.clone().cancelled_owned(),
+    ));
+    let sweep_task = {
+        let (bus, cancel) = (bus.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(verify_interval);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                match verifier.escalate_overdue(chrono::Utc::now()).await {
+                    Ok(escalated) => {
+                        for (service, event) in escalated {
+                            let span =
+                                tracing::info_span!("pr_controller.escalate", incident.key = %event.incident_key);
+                            tracing::warn!(parent: &span, message = %event.message, "remediation escalated");
+                            if let Err(error) = publish_event(&bus, &service, &event, &span).await {
+                                tracing::warn!(error = %error, "escalation not published");
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(error = %error, "verification sweep failed"),
+                }
+            }
+        })
+    };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService>>()
@@ -208,6 +310,8 @@ pub async fn run(
     shutdown.await;
     cancel.cancel();
     consumer_task.await??;
+    verify_task.await??;
+    sweep_task.await?;
     grpc_task.await??;
     http_task.await??;
     Ok(())

@@ -1,0 +1,273 @@
+//! Verification: a fix is only a fix once the alert resolves.
+//!
+//! Every merged remediation is recorded in the KV bucket `selfheal_remediations` (keyed by
+//! incident). A resolved alert for that incident turns it `verified`, with the MTTR (the alert's
+//! `startsAt` → its `endsAt`) and the time to remediate (`startsAt` → merge). A remediation still
+//! unresolved when its verification window ends turns `escalated`. Both transitions are a
+//! compare-and-set, so replicas and redeliveries produce each event once.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use prost::Message as _;
+use selfheal_bus::kv::{KvError, SharedKeyValue};
+use selfheal_proto::{
+    Timestamp,
+    v1::{AlertEvent, RemediationEvent, RemediationState},
+};
+use serde::{Deserialize, Serialize};
+
+/// The bucket's name.
+pub const BUCKET: &str = "selfheal_remediations";
+
+/// One remediation awaiting (or past) verification.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub incident: String,
+    /// `merged`, `verified` or `escalated`.
+    pub state: String,
+    /// The subject token the remediation events go to.
+    pub subject_service: String,
+    pub merged_at: String,
+    pub verify_by: String,
+    /// The merged event, protobuf-encoded, as the base of the events that follow.
+    pub merged_event: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("remediation store: {0}")]
+    Store(String),
+}
+
+fn time(t: Option<&Timestamp>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+}
+
+fn stamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn parse(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// Records merges, verifies on resolution, escalates on timeout.
+#[derive(Clone)]
+pub struct Verifier {
+    kv: SharedKeyValue,
+    window: Duration,
+}
+
+impl Verifier {
+    pub fn new(kv: SharedKeyValue, window: Duration) -> Self {
+        Self { kv, window }
+    }
+
+    fn store_error(error: KvError) -> VerifyError {
+        VerifyError::Store(error.to_string())
+    }
+
+    /// Notes a merged remediation (once; a redelivery finds it recorded).
+    pub async fn record_merged(
+        &self,
+        event: &RemediationEvent,
+        subject_service: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), VerifyError> {
+        let window = chrono::Duration::from_std(self.window).unwrap_or_else(|_| chrono::Duration::minutes(15));
+        let record = Record {
+            incident: event.incident_key.clone(),
+            state: "merged".into(),
+            subject_service: subject_service.into(),
+            merged_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+            verify_by: (now + window).to_rfc3339_opts(SecondsFormat::Millis, true),
+            merged_event: event.encode_to_vec(),
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
+        match self.kv.create(&event.incident_key, value.into()).await {
+            Ok(_) | Err(KvError::Exists(_)) => Ok(()),
+            Err(error) => Err(Self::store_error(error)),
+        }
+    }
+
+    /// Moves the record for `incident` from `merged` to `state`, building the event with `finish`;
+    /// `None` when there is no merged remediation to move (never merged, or already moved).
+    async fn transition(
+        &self,
+        incident: &str,
+        state: RemediationState,
+        finish: impl Fn(&Record, &mut RemediationEvent),
+    ) -> Result<Option<(String, RemediationEvent)>, VerifyError> {
+        for _ in 0..16 {
+            let Some(entry) = self.kv.get(incident).await.map_err(Self::store_error)? else {
+                return Ok(None);
+            };
+            let mut record: Record =
+                serde_json::from_slice(&entry.value).map_err(|e| VerifyError::Store(e.to_string()))?;
+            if record.state != "merged" {
+                return Ok(None);
+            }
+            let mut event = RemediationEvent::decode(record.merged_event.as_slice())
+                .map_err(|e| VerifyError::Store(e.to_string()))?;
+            event.set_state(state);
+            finish(&record, &mut event);
+            record.state = selfheal_proto::names::state(state).into();
+            let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
+            match self.kv.update(incident, value.into(), entry.revision).await {
+                Ok(_) => return Ok(Some((record.subject_service, event))),
+                Err(KvError::Conflict { .. }) => continue,
+                Err(error) => return Err(Self::store_error(error)),
+            }
+        }
+        Err(VerifyError::Store(format!(
+            "remediation {incident} kept changing; retry"
+        )))
+    }
+
+    /// A resolved alert: its merged remediation is verified, with MTTR from the alert's own times.
+    pub async fn resolve(
+        &self,
+        alert: &AlertEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, RemediationEvent)>, VerifyError> {
+        let inner = alert.alert.clone().unwrap_or_default();
+        let started = time(inner.starts_at.as_ref());
+        let resolved = time(inner.ends_at.as_ref())
+            .or_else(|| time(alert.received_at.as_ref()))
+            .unwrap_or(now);
+        self.transition(&alert.incident_key, RemediationState::Verified, |record, event| {
+            let merged = parse(&record.merged_at);
+            if let Some(started) = started {
+                event.mttr_seconds = (resolved - started).num_milliseconds() as f64 / 1000.0;
+                if let Some(merged) = merged {
+                    event.time_to_remediate_seconds = (merged - started).num_milliseconds() as f64 / 1000.0;
+                }
+            }
+            event.at = Some(stamp(now));
+            event.message = format!(
+                "verified: the alert resolved {:.1}s after it started",
+                event.mttr_seconds
+            );
+        })
+        .await
+    }
+
+    /// Remediations whose verification window ended with the alert still firing: escalated.
+    pub async fn escalate_overdue(&self, now: DateTime<Utc>) -> Result<Vec<(String, RemediationEvent)>, VerifyError> {
+        let keys = self.kv.keys().await.map_err(Self::store_error)?;
+        let mut escalated = Vec::new();
+        for key in keys {
+            let Some(entry) = self.kv.get(&key).await.map_err(Self::store_error)? else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<Record>(&entry.value) else {
+                continue;
+            };
+            if record.state != "merged" || parse(&record.verify_by).is_none_or(|by| by > now) {
+                continue;
+            }
+            let window = self.window;
+            let moved = self
+                .transition(&key, RemediationState::Escalated, |_, event| {
+                    event.at = Some(stamp(now));
+                    event.message = format!(
+                        "escalated: the alert still fires {} after the fix was merged; a person must look",
+                        humantime::format_duration(Duration::from_secs(window.as_secs()))
+                    );
+                })
+                .await?;
+            escalated.extend(moved);
+        }
+        Ok(escalated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use selfheal_bus::kv::MemoryKeyValue;
+    use selfheal_proto::v1::Alert;
+
+    use super::*;
+
+    fn merged(incident: &str) -> RemediationEvent {
+        let mut event = RemediationEvent {
+            incident_key: incident.into(),
+            commit: "abc".into(),
+            ..Default::default()
+        };
+        event.set_state(RemediationState::Merged);
+        event
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        parse(text).expect("time")
+    }
+
+    #[tokio::test]
+    async fn resolution_verifies_once_with_mttr_from_the_alert() -> Result<(), VerifyError> {
+        let verifier = Verifier::new(Arc::new(MemoryKeyValue::default()), Duration::from_secs(600));
+        verifier
+            .record_merged(&merged("k1"), "checkout", at("2026-11-22T10:58:53.050Z"))
+            .await?;
+        verifier
+            .record_merged(&merged("k1"), "checkout", at("2026-11-22T10:59:00Z"))
+            .await?;
+        let resolved = AlertEvent {
+            incident_key: "k1".into(),
+            alert: Some(Alert {
+                status: "resolved".into(),
+                starts_at: Some(stamp(at("2026-11-22T10:58:52.050Z"))),
+                ends_at: Some(stamp(at("2026-11-22T10:59:07.050Z"))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (service, event) = verifier.resolve(&resolved, Utc::now()).await?.expect("verified");
+        assert_eq!(service, "checkout");
+        assert_eq!(event.state(), RemediationState::Verified);
+        assert_eq!(event.mttr_seconds, 15.0);
+        assert_eq!(event.time_to_remediate_seconds, 1.0, "merge time is the first record's");
+        assert!(
+            verifier.resolve(&resolved, Utc::now()).await?.is_none(),
+            "verified once"
+        );
+        let unknown = AlertEvent {
+            incident_key: "other".into(),
+            ..resolved
+        };
+        assert!(verifier.resolve(&unknown, Utc::now()).await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn still_firing_after_the_window_escalates_once() -> Result<(), VerifyError> {
+        let verifier = Verifier::new(Arc::new(MemoryKeyValue::default()), Duration::from_secs(600));
+        let merged_at = at("2026-11-22T11:00:00Z");
+        verifier.record_merged(&merged("k2"), "cart", merged_at).await?;
+        assert!(
+            verifier
+                .escalate_overdue(merged_at + chrono::Duration::minutes(9))
+                .await?
+                .is_empty()
+        );
+        let escalated = verifier
+            .escalate_overdue(merged_at + chrono::Duration::minutes(11))
+            .await?;
+        assert_eq!(escalated.len(), 1);
+        assert_eq!(escalated[0].1.state(), RemediationState::Escalated);
+        assert!(escalated[0].1.message.contains("10m"), "{}", escalated[0].1.message);
+        assert!(
+            verifier
+                .escalate_overdue(merged_at + chrono::Duration::minutes(12))
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+}
