@@ -32,6 +32,8 @@ pub struct PrControllerConfig {
     /// How long after a merge the alert may keep firing before the remediation is escalated.
     #[serde(with = "humantime_serde")]
     pub verify_window: std::time::Duration,
+    /// Undo selfheal's own change when its remediation escalates (once, as a commit on main).
+    pub auto_revert: bool,
     /// How often to look for remediations past their verification window.
     #[serde(with = "humantime_serde")]
     pub verify_interval: std::time::Duration,
@@ -80,6 +82,7 @@ impl Default for PrControllerConfig {
             author_email: "selfheal@localhost".into(),
             verify_window: std::time::Duration::from_secs(15 * 60),
             verify_interval: std::time::Duration::from_secs(30),
+            auto_revert: false,
             max_replicas: 10,
             history_depth: 200,
         }

@@ -192,6 +192,54 @@ impl Handler for VerifyHandler {
     }
 }
 
+/// One verification sweep: every merged remediation past its window is escalated — after
+/// selfheal reverted its own change, when `revert_with` is given — and the events published.
+/// A revert that fails for a transient reason leaves the remediation for the next sweep.
+pub async fn sweep_once(
+    verifier: &verify::Verifier,
+    revert_with: Option<&Arc<Reconciler<dyn Repository>>>,
+    bus: &SharedBus,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, verify::VerifyError> {
+    let mut escalated = 0;
+    for (incident, merged) in verifier.overdue(now).await? {
+        let span = tracing::info_span!("pr_controller.escalate", incident.key = %incident);
+        let mut note = String::new();
+        if let Some(reconciler) = revert_with {
+            let (reconciler, to_revert) = (reconciler.clone(), merged.clone());
+            let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
+            match tokio::task::spawn_blocking(move || reconciler.revert(&to_revert, &trace_id)).await {
+                Ok(Ok(revert)) => {
+                    note = format!(
+                        "; selfheal reverted its change in {}",
+                        revert.commit.chars().take(12).collect::<String>()
+                    );
+                    if let Err(error) = publish_event(bus, &merged.service, &revert, &span).await {
+                        tracing::warn!(parent: &span, error = %error, "revert event not published");
+                    }
+                }
+                Ok(Err(error)) if error.is_transient() => {
+                    tracing::warn!(parent: &span, error = %error, "revert failed; trying again next sweep");
+                    continue;
+                }
+                Ok(Err(error)) => note = format!("; the revert was not possible: {error}"),
+                Err(error) => {
+                    tracing::error!(parent: &span, error = %error, "revert panicked");
+                    continue;
+                }
+            }
+        }
+        if let Some((service, event)) = verifier.escalate(&incident, now, &note).await? {
+            tracing::warn!(parent: &span, message = %event.message, "remediation escalated");
+            if let Err(error) = publish_event(bus, &service, &event, &span).await {
+                tracing::warn!(parent: &span, error = %error, "escalation not published");
+            }
+            escalated += 1;
+        }
+    }
+    Ok(escalated)
+}
+
 fn failed_event(decision: &Decision, error: &ReconcileError) -> RemediationEvent {
     let now = chrono::Utc::now();
     let service = decision
@@ -237,7 +285,8 @@ pub async fn run(
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
         .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
-    let (verify_window, verify_interval) = (config.verify_window, config.verify_interval);
+    let (verify_window, verify_interval, auto_revert) =
+        (config.verify_window, config.verify_interval, config.auto_revert);
     let remediations = bus
         .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
         .await?;
@@ -261,6 +310,7 @@ pub async fn run(
     ));
     let sweep_task = {
         let (bus, cancel) = (bus.clone(), cancel.clone());
+        let revert_with = auto_revert.then(|| reconciler.clone());
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(verify_interval);
             loop {
@@ -268,18 +318,8 @@ pub async fn run(
                     () = cancel.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
-                match verifier.escalate_overdue(chrono::Utc::now()).await {
-                    Ok(escalated) => {
-                        for (service, event) in escalated {
-                            let span =
-                                tracing::info_span!("pr_controller.escalate", incident.key = %event.incident_key);
-                            tracing::warn!(parent: &span, message = %event.message, "remediation escalated");
-                            if let Err(error) = publish_event(&bus, &service, &event, &span).await {
-                                tracing::warn!(error = %error, "escalation not published");
-                            }
-                        }
-                    }
-                    Err(error) => tracing::warn!(error = %error, "verification sweep failed"),
+                if let Err(error) = sweep_once(&verifier, revert_with.as_ref(), &bus, chrono::Utc::now()).await {
+                    tracing::warn!(error = %error, "verification sweep failed");
                 }
             }
         })
@@ -403,6 +443,103 @@ mod tests {
         assert!(events[0].message.contains("service label"), "{}", events[0].message);
         assert!(!events[0].message.contains("b: c"), "the hostile value is not echoed");
         assert_eq!(refs()?.stdout, refs_before, "nothing was written");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_escalated_fix_is_reverted_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bare = dir.path().join("gitops.git");
+        let author = Author {
+            name: "dev".into(),
+            email: "dev@example.com".into(),
+        };
+        let kustomization = |tag: &str| format!("images:\n- name: ghcr.io/acme/checkout\n  newTag: {tag} # release\n");
+        let (v1, v2) = (kustomization("v1"), kustomization("v2"));
+        let repo = LocalRepository::init_bare_with_commits(
+            &bare,
+            "main",
+            &[
+                ("v1", vec![("apps/checkout/kustomization.yaml", v1.as_str())]),
+                ("v2", vec![("apps/checkout/kustomization.yaml", v2.as_str())]),
+            ],
+            &author,
+        )?;
+        let show = || -> anyhow::Result<String> {
+            let out = Command::new("git")
+                .arg("--git-dir")
+                .arg(&bare)
+                .args(["show", "main:apps/checkout/kustomization.yaml"])
+                .output()?;
+            Ok(String::from_utf8(out.stdout)?)
+        };
+        let reconciler: Arc<Reconciler<dyn Repository>> = Arc::new(Reconciler {
+            repo: Arc::new(repo),
+            config: PrControllerConfig::default(),
+        });
+        let labels = [("service", "checkout"), ("alertname", "HighErrorRate")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut decision = Decision {
+            incident_key: "feedface".into(),
+            reason: "error rate".into(),
+            alert: Some(AlertEvent {
+                alert: Some(Alert {
+                    status: "firing".into(),
+                    labels,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        decision.set_action(Action::Rollback);
+        decision.set_approval(Approval::Auto);
+        let merged = reconciler.reconcile(&decision, "")?;
+        assert_eq!(show()?, v1);
+
+        let bus = MemoryBus::default();
+        let shared: SharedBus = Arc::new(bus.clone());
+        let verifier = verify::Verifier::new(
+            Arc::new(selfheal_bus::kv::MemoryKeyValue::default()),
+            Duration::from_secs(60),
+        );
+        let merged_at = chrono::Utc::now();
+        verifier.record_merged(&merged, "checkout", merged_at).await?;
+        assert_eq!(
+            sweep_once(&verifier, Some(&reconciler), &shared, merged_at).await?,
+            0,
+            "inside the window"
+        );
+        let later = merged_at + chrono::Duration::minutes(2);
+        assert_eq!(sweep_once(&verifier, Some(&reconciler), &shared, later).await?, 1);
+        assert_eq!(show()?, v2, "selfheal's change is undone");
+        assert_eq!(
+            sweep_once(&verifier, Some(&reconciler), &shared, later).await?,
+            0,
+            "once"
+        );
+
+        let events: Vec<RemediationEvent> = bus
+            .messages()
+            .into_iter()
+            .map(|m| RemediationEvent::decode(m.payload))
+            .collect::<Result<_, _>>()?;
+        let states: Vec<(String, RemediationState)> =
+            events.iter().map(|e| (e.incident_key.clone(), e.state())).collect();
+        assert_eq!(
+            states,
+            [
+                ("feedfacer".to_string(), RemediationState::Merged),
+                ("feedface".to_string(), RemediationState::Escalated)
+            ]
+        );
+        assert!(
+            events[1].message.contains("selfheal reverted its change in"),
+            "{}",
+            events[1].message
+        );
         Ok(())
     }
 }

@@ -385,6 +385,34 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         Ok(tags)
     }
 
+    /// Undoes selfheal's own change for an escalated remediation: the value goes back to what it
+    /// was, through the same path as any change (a branch `selfheal/<incident>r`, fast-forwarded
+    /// into main), so it happens once however often it is asked for. Blocking.
+    pub fn revert(&self, merged: &RemediationEvent, trace_id: &str) -> Result<RemediationEvent, ReconcileError> {
+        let mut decision = merged.decision.clone().unwrap_or_default();
+        decision.incident_key = format!("{}r", merged.incident_key);
+        decision.reason = format!(
+            "revert: the alert still fired after {} {} → {}",
+            names::action(merged.action()),
+            merged.from_value,
+            merged.to_value
+        );
+        decision.set_approval(Approval::Auto);
+        let mut params = decision.params.clone().unwrap_or_default();
+        match merged.action() {
+            Action::Rollback => params.target_tag = merged.from_value.clone(),
+            Action::Scale => params.replicas = merged.from_value.parse().ok(),
+            other => {
+                return Err(ReconcileError::Refused(format!(
+                    "a {} is not reverted",
+                    names::action(other)
+                )));
+            }
+        }
+        decision.params = Some(params);
+        self.reconcile(&decision, trace_id)
+    }
+
     /// What the main branch says about the service the labels name. Blocking.
     pub fn describe(&self, labels: &BTreeMap<String, String>) -> Result<Target, ReconcileError> {
         let service = labels.get("service").cloned().unwrap_or_default();

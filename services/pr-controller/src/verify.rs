@@ -158,8 +158,18 @@ impl Verifier {
 
     /// Remediations whose verification window ended with the alert still firing: escalated.
     pub async fn escalate_overdue(&self, now: DateTime<Utc>) -> Result<Vec<(String, RemediationEvent)>, VerifyError> {
-        let keys = self.kv.keys().await.map_err(Self::store_error)?;
         let mut escalated = Vec::new();
+        for (key, _) in self.overdue(now).await? {
+            escalated.extend(self.escalate(&key, now, "").await?);
+        }
+        Ok(escalated)
+    }
+
+    /// Merged remediations past their window: (incident, the merged event). Nothing moves yet,
+    /// so work done before [`Verifier::escalate`] (a revert) is redone after a crash.
+    pub async fn overdue(&self, now: DateTime<Utc>) -> Result<Vec<(String, RemediationEvent)>, VerifyError> {
+        let keys = self.kv.keys().await.map_err(Self::store_error)?;
+        let mut overdue = Vec::new();
         for key in keys {
             let Some(entry) = self.kv.get(&key).await.map_err(Self::store_error)? else {
                 continue;
@@ -170,19 +180,29 @@ impl Verifier {
             if record.state != "merged" || parse(&record.verify_by).is_none_or(|by| by > now) {
                 continue;
             }
-            let window = self.window;
-            let moved = self
-                .transition(&key, RemediationState::Escalated, |_, event| {
-                    event.at = Some(stamp(now));
-                    event.message = format!(
-                        "escalated: the alert still fires {} after the fix was merged; a person must look",
-                        humantime::format_duration(Duration::from_secs(window.as_secs()))
-                    );
-                })
-                .await?;
-            escalated.extend(moved);
+            if let Ok(event) = RemediationEvent::decode(record.merged_event.as_slice()) {
+                overdue.push((key, event));
+            }
         }
-        Ok(escalated)
+        Ok(overdue)
+    }
+
+    /// Moves `incident` from merged to escalated; `note` is added to the message (a revert).
+    pub async fn escalate(
+        &self,
+        incident: &str,
+        now: DateTime<Utc>,
+        note: &str,
+    ) -> Result<Option<(String, RemediationEvent)>, VerifyError> {
+        let window = self.window;
+        self.transition(incident, RemediationState::Escalated, |_, event| {
+            event.at = Some(stamp(now));
+            event.message = format!(
+                "escalated: the alert still fires {} after the fix was merged; a person must look{note}",
+                humantime::format_duration(Duration::from_secs(window.as_secs()))
+            );
+        })
+        .await
     }
 }
 
