@@ -83,6 +83,26 @@ impl MemoryBus {
         }
     }
 
+    /// Messages `durable` has not acked yet: delivered and pending, or not delivered at all
+    /// (for tests that wait until a consumer is done).
+    pub fn outstanding(&self, durable: &str) -> usize {
+        let state = self.inner.lock();
+        let Some(consumer) = state.consumers.get(durable) else {
+            return 0;
+        };
+        let undelivered = state.messages[consumer.cursor.min(state.messages.len())..]
+            .iter()
+            .filter(|m| {
+                consumer
+                    .spec
+                    .filter_subjects
+                    .iter()
+                    .any(|f| subject_matches(f, &m.subject))
+            })
+            .count();
+        consumer.pending.len() + undelivered
+    }
+
     /// Every stored message, in order (for tests and `selfheal up`'s status).
     pub fn messages(&self) -> Vec<StoredMessage> {
         self.inner.lock().messages.clone()

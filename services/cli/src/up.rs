@@ -116,7 +116,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let store = selfheal_notifier::audit::SqlAuditStore::connect(&notifier_config.database_url).await?;
-    let channel = selfheal_notifier::channel_from(&notifier_config)?;
+    let routes = selfheal_notifier::routes_from(&notifier_config)?;
 
     let gateway_listeners = selfheal_gateway::Listeners {
         http: TcpListener::bind(args.listen)
@@ -161,7 +161,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     ));
     tasks.spawn(selfheal_notifier::run(
         Arc::new(store),
-        channel,
+        routes,
+        notifier_config.retry_base,
         bus.clone(),
         TcpListener::bind("127.0.0.1:0").await?,
         cancel.clone().cancelled_owned(),

@@ -58,6 +58,8 @@ impl From<sqlx::Error> for AuditError {
 pub trait AuditStore: Send + Sync + 'static {
     /// Records `entry` unless its event key is already there.
     async fn record(&self, entry: &AuditEntry) -> Result<Recorded, AuditError>;
+    /// Whether people were told about `event_key` (per channel: `<event key>#<channel>`).
+    async fn is_notified(&self, event_key: &str) -> Result<bool, AuditError>;
     /// Notes that people were told about `event_key`.
     async fn mark_notified(&self, event_key: &str, at: &str) -> Result<(), AuditError>;
     /// Rows for `incident` (all when None), oldest first.
@@ -121,6 +123,14 @@ impl AuditStore for SqlAuditStore {
             .await?
             .is_some();
         Ok(Recorded { inserted, notified })
+    }
+
+    async fn is_notified(&self, event_key: &str) -> Result<bool, AuditError> {
+        Ok(sqlx::query("SELECT 1 FROM notifications WHERE event_key = ?")
+            .bind(event_key)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
     }
 
     async fn mark_notified(&self, event_key: &str, at: &str) -> Result<(), AuditError> {

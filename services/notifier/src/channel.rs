@@ -14,6 +14,8 @@ pub struct Notification {
     pub incident: String,
     pub service: String,
     pub alertname: String,
+    /// The alert's `severity` label (for routing).
+    pub severity: String,
     pub action: String,
     /// The remediation state (`merged`, `opened`, `failed`) or the decision's approval.
     pub state: String,
@@ -40,45 +42,157 @@ pub enum ChannelError {
 /// One way of telling people.
 #[async_trait]
 pub trait Channel: Send + Sync + 'static {
+    /// A stable name (`webhook`, `slack`, `log`): what was sent where is recorded under it.
+    fn name(&self) -> &str;
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError>;
 }
 
-/// POSTs the notification as JSON.
-pub struct WebhookChannel {
+/// A channel and the notifications it gets.
+#[derive(Clone)]
+pub struct Route {
+    pub channel: std::sync::Arc<dyn Channel>,
+    /// Only these severities (all when empty).
+    pub severities: Vec<String>,
+    /// Only these services (all when empty).
+    pub services: Vec<String>,
+}
+
+impl Route {
+    /// Whether `notification` goes this way.
+    pub fn matches(&self, notification: &Notification) -> bool {
+        (self.severities.is_empty() || self.severities.contains(&notification.severity))
+            && (self.services.is_empty() || self.services.contains(&notification.service))
+    }
+}
+
+fn client(timeout: Duration) -> Result<reqwest::Client, ChannelError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("selfheal-notifier/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ChannelError::Delivery(e.without_url().to_string()))
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &Secret,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> Result<(), ChannelError> {
+    let mut request = client
+        .post(url.expose())
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(signature) = signature {
+        request = request.header(selfheal_config::signature::HEADER, signature);
+    }
+    // The URL may hold a secret (Slack's do): never put it in an error.
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ChannelError::Delivery(e.without_url().to_string()))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(ChannelError::Delivery(format!("answered {}", response.status())))
+    }
+}
+
+/// A Slack incoming webhook, with Block Kit: what happened, the reason, where the change is,
+/// the trace id, and the MTTR once verified.
+pub struct SlackChannel {
     client: reqwest::Client,
     url: Secret,
 }
 
-impl WebhookChannel {
+impl SlackChannel {
     pub fn new(url: Secret, timeout: Duration) -> Result<Self, ChannelError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("selfheal-notifier/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ChannelError::Delivery(e.without_url().to_string()))?;
-        Ok(Self { client, url })
+        Ok(Self {
+            client: client(timeout)?,
+            url,
+        })
+    }
+}
+
+/// The Block Kit message for `n`.
+pub fn block_kit(n: &Notification) -> serde_json::Value {
+    let icon = match n.state.as_str() {
+        "verified" => "✅",
+        "merged" | "opened" => "🔧",
+        "failed" | "escalated" => "🚨",
+        _ => "ℹ️",
+    };
+    let title: String = format!("{icon} {} on {}: {} {}", n.alertname, n.service, n.action, n.state)
+        .chars()
+        .take(150)
+        .collect();
+    let mut fields = vec![
+        serde_json::json!({"type": "mrkdwn", "text": format!("*Service*\n{}", n.service)}),
+        serde_json::json!({"type": "mrkdwn", "text": format!("*Action*\n{} ({})", n.action, n.state)}),
+    ];
+    if !n.from.is_empty() || !n.to.is_empty() {
+        fields.push(serde_json::json!({"type": "mrkdwn", "text": format!("*Change*\n`{}` → `{}`", n.from, n.to)}));
+    }
+    if let Some(mttr) = n.mttr_seconds {
+        fields.push(serde_json::json!({"type": "mrkdwn", "text": format!("*MTTR*\n{mttr:.0}s")}));
+    }
+    let mut context = vec![
+        serde_json::json!({"type": "mrkdwn", "text": format!("incident `{}` · trace `{}`", n.incident, n.trace_id)}),
+    ];
+    if !n.commit.is_empty() {
+        context.push(serde_json::json!({"type": "mrkdwn", "text": format!("commit `{}` on `{}`", n.commit.chars().take(12).collect::<String>(), n.branch)}));
+    }
+    serde_json::json!({
+        "text": n.text,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": n.reason.chars().take(2900).collect::<String>()}, "fields": fields},
+            {"type": "context", "elements": context},
+        ],
+    })
+}
+
+#[async_trait]
+impl Channel for SlackChannel {
+    fn name(&self) -> &str {
+        "slack"
+    }
+    async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
+        let body = serde_json::to_vec(&block_kit(notification)).map_err(|e| ChannelError::Delivery(e.to_string()))?;
+        post(&self.client, &self.url, body, None).await
+    }
+}
+
+/// POSTs the notification as JSON, signed with HMAC-SHA256 in `X-Selfheal-Signature` when a
+/// secret is configured (`sha256=<hex>` of the exact body; verify before trusting it).
+pub struct WebhookChannel {
+    client: reqwest::Client,
+    url: Secret,
+    secret: Option<Secret>,
+}
+
+impl WebhookChannel {
+    pub fn new(url: Secret, secret: Option<Secret>, timeout: Duration) -> Result<Self, ChannelError> {
+        Ok(Self {
+            client: client(timeout)?,
+            url,
+            secret,
+        })
     }
 }
 
 #[async_trait]
 impl Channel for WebhookChannel {
+    fn name(&self) -> &str {
+        "webhook"
+    }
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
-        let response = self
-            .client
-            .post(self.url.expose())
-            .json(notification)
-            .send()
-            .await
-            // The URL may hold a secret (Slack's do): never put it in an error.
-            .map_err(|e| ChannelError::Delivery(e.without_url().to_string()))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(ChannelError::Delivery(format!(
-                "webhook answered {}",
-                response.status()
-            )))
-        }
+        let body = serde_json::to_vec(notification).map_err(|e| ChannelError::Delivery(e.to_string()))?;
+        let signature = self
+            .secret
+            .as_ref()
+            .map(|key| selfheal_config::signature::sign(key.expose().as_bytes(), &body));
+        post(&self.client, &self.url, body, signature).await
     }
 }
 
@@ -87,6 +201,9 @@ pub struct LogChannel;
 
 #[async_trait]
 impl Channel for LogChannel {
+    fn name(&self) -> &str {
+        "log"
+    }
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
         tracing::info!(incident.key = %notification.incident, text = %notification.text, "notification");
         Ok(())

@@ -18,6 +18,15 @@ pub struct NotifierConfig {
     /// Where to POST JSON notifications; unset logs them instead. Treated as a secret (webhook
     /// URLs often carry one) and never logged.
     pub webhook_url: Option<Secret>,
+    /// Key for HMAC-SHA256 signatures of webhook bodies (`X-Selfheal-Signature: sha256=<hex>`).
+    pub webhook_secret: Option<Secret>,
+    /// A Slack incoming webhook URL (a secret: never logged).
+    pub slack_webhook_url: Option<Secret>,
+    /// Which channel gets which notifications; empty: every configured channel gets all.
+    pub routes: Vec<RouteConfig>,
+    /// First retry delay of a failed notification; it doubles per attempt, up to a minute.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
     /// How long one webhook POST may take.
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
@@ -30,7 +39,22 @@ impl Default for NotifierConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             database_url: "sqlite://selfheal-audit.db".into(),
             webhook_url: None,
+            webhook_secret: None,
+            slack_webhook_url: None,
+            routes: Vec::new(),
+            retry_base: Duration::from_secs(2),
             webhook_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// One route: a channel (`webhook`, `slack` or `log`) and the notifications it gets.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    pub channel: String,
+    /// Only alerts with these `severity` labels (all when empty).
+    pub severities: Vec<String>,
+    /// Only these services (all when empty).
+    pub services: Vec<String>,
 }

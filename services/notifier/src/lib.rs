@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use audit::{AuditEntry, AuditStore};
 use channel::{Channel, Notification};
+
 pub use config::NotifierConfig;
 
 /// The durable consumer name.
@@ -100,6 +101,7 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
             kind: "decision".into(),
             incident: decision.incident_key.clone(),
             service: service.to_string(),
+            severity: label(decision, "severity"),
             alertname,
             action: action.into(),
             state: names::approval(decision.approval()).into(),
@@ -167,6 +169,7 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
         kind: "remediation".into(),
         incident: event.incident_key.clone(),
         service: event.service.clone(),
+        severity: label(&decision, "severity"),
         alertname,
         action: action.into(),
         state: state.into(),
@@ -190,20 +193,30 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
 /// Records and tells.
 pub struct NotifyHandler {
     store: Arc<dyn AuditStore>,
-    channel: Arc<dyn Channel>,
+    routes: Vec<channel::Route>,
+    retry_base: Duration,
 }
 
 impl NotifyHandler {
-    pub fn new(store: Arc<dyn AuditStore>, channel: Arc<dyn Channel>) -> Self {
-        Self { store, channel }
+    pub fn new(store: Arc<dyn AuditStore>, routes: Vec<channel::Route>, retry_base: Duration) -> Self {
+        Self {
+            store,
+            routes,
+            retry_base,
+        }
     }
 
-    async fn process(&self, event: Event) -> Disposition {
+    async fn process(&self, event: Event, attempt: u64) -> Disposition {
+        // Exponential backoff for anything that failed: base, 2×base, 4×base … up to a minute.
+        let backoff = self
+            .retry_base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+            .min(Duration::from_secs(60));
         let recorded = match self.store.record(&event.entry).await {
             Ok(recorded) => recorded,
             Err(error) => {
                 tracing::warn!(error = %error, "audit row not written; retrying");
-                return Disposition::Retry(Duration::from_secs(2));
+                return Disposition::Retry(backoff);
             }
         };
         if recorded.inserted {
@@ -212,21 +225,29 @@ impl NotifyHandler {
         let Some(notification) = event.notification else {
             return Disposition::Ack;
         };
-        if recorded.notified {
-            return Disposition::Ack;
-        }
-        if let Err(error) = self.channel.send(&notification).await {
-            metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "error").increment(1);
-            tracing::warn!(error = %error, "notification failed; retrying");
-            return Disposition::Retry(Duration::from_secs(2));
-        }
-        metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "sent").increment(1);
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        if let Err(error) = self.store.mark_notified(&event.entry.event_key, &now).await {
-            // Acking now would be fine (it was sent); retrying risks one repeat. Prefer the repeat
-            // over a notification the log says was never sent.
-            tracing::warn!(error = %error, "sent notification not recorded; retrying");
-            return Disposition::Retry(Duration::from_secs(2));
+        for route in self.routes.iter().filter(|route| route.matches(&notification)) {
+            // One record per event and channel: a redelivery skips the channels already told.
+            let key = format!("{}#{}", event.entry.event_key, route.channel.name());
+            match self.store.is_notified(&key).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "notification log unavailable; retrying");
+                    return Disposition::Retry(backoff);
+                }
+            }
+            if let Err(error) = route.channel.send(&notification).await {
+                metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "error").increment(1);
+                tracing::warn!(channel = route.channel.name(), error = %error, attempt, "notification failed; retrying");
+                return Disposition::Retry(backoff);
+            }
+            metrics::counter!(selfheal_telemetry::metrics::NOTIFICATIONS, "result" => "sent").increment(1);
+            let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+            if let Err(error) = self.store.mark_notified(&key, &now).await {
+                // Retrying risks one repeat; acking risks a log that says it was never sent.
+                tracing::warn!(error = %error, "sent notification not recorded; retrying");
+                return Disposition::Retry(backoff);
+            }
         }
         Disposition::Ack
     }
@@ -262,20 +283,21 @@ impl Handler for NotifyHandler {
         };
         span.record("incident.key", event.entry.incident.as_str());
         span.record("event.kind", event.entry.kind.as_str());
-        self.process(event).instrument(span).await
+        self.process(event, delivery.delivered).instrument(span).await
     }
 }
 
 /// Runs the consumer and the health endpoints until `shutdown` completes.
 pub async fn run(
     store: Arc<dyn AuditStore>,
-    channel: Arc<dyn Channel>,
+    routes: Vec<channel::Route>,
+    retry_base: Duration,
     bus: SharedBus,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let handler = Arc::new(NotifyHandler::new(store.clone(), channel));
+    let handler = Arc::new(NotifyHandler::new(store.clone(), routes, retry_base));
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]),
@@ -304,10 +326,55 @@ pub async fn run(
     Ok(())
 }
 
-/// The channel `config` asks for: the webhook, or the log.
-pub fn channel_from(config: &NotifierConfig) -> anyhow::Result<Arc<dyn Channel>> {
-    Ok(match &config.webhook_url {
-        Some(url) if !url.is_empty() => Arc::new(channel::WebhookChannel::new(url.clone(), config.webhook_timeout)?),
-        _ => Arc::new(channel::LogChannel),
-    })
+/// The routes `config` asks for. Without routes, every configured channel gets everything;
+/// with none configured, notifications go to the log.
+pub fn routes_from(config: &NotifierConfig) -> anyhow::Result<Vec<channel::Route>> {
+    let mut channels: Vec<Arc<dyn Channel>> = Vec::new();
+    if let Some(url) = config.webhook_url.as_ref().filter(|u| !u.is_empty()) {
+        channels.push(Arc::new(channel::WebhookChannel::new(
+            url.clone(),
+            config.webhook_secret.clone().filter(|s| !s.is_empty()),
+            config.webhook_timeout,
+        )?));
+    }
+    if let Some(url) = config.slack_webhook_url.as_ref().filter(|u| !u.is_empty()) {
+        channels.push(Arc::new(channel::SlackChannel::new(
+            url.clone(),
+            config.webhook_timeout,
+        )?));
+    }
+    if channels.is_empty() || config.routes.iter().any(|r| r.channel == "log") {
+        channels.push(Arc::new(channel::LogChannel));
+    }
+    if config.routes.is_empty() {
+        return Ok(channels
+            .into_iter()
+            .map(|channel| channel::Route {
+                channel,
+                severities: Vec::new(),
+                services: Vec::new(),
+            })
+            .collect());
+    }
+    config
+        .routes
+        .iter()
+        .map(|route| {
+            let channel = channels
+                .iter()
+                .find(|c| c.name() == route.channel)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "routes: channel {:?} is not configured (set webhook_url or slack_webhook_url, or use \"log\")",
+                        route.channel
+                    )
+                })?;
+            Ok(channel::Route {
+                channel,
+                severities: route.severities.clone(),
+                services: route.services.clone(),
+            })
+        })
+        .collect()
 }

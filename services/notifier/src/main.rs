@@ -37,12 +37,13 @@ async fn main() -> ExitCode {
 
 async fn serve(config: NotifierConfig) -> anyhow::Result<()> {
     let store = SqlAuditStore::connect(&config.database_url).await?;
-    let channel = selfheal_notifier::channel_from(&config)?;
+    let routes = selfheal_notifier::routes_from(&config)?;
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-notifier")).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     selfheal_notifier::run(
         Arc::new(store),
-        channel,
+        routes,
+        config.retry_base,
         Arc::new(bus),
         listener,
         selfheal_telemetry::shutdown_signal(),
