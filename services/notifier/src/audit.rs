@@ -68,27 +68,97 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), AuditError>;
 }
 
-/// The audit log in SQLite.
+/// The audit log in SQLite (`sqlite://PATH`, created if missing) or PostgreSQL
+/// (`postgres://…`), with the same schema from each database's migrations.
 #[derive(Clone, Debug)]
 pub struct SqlAuditStore {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+const INSERT: &str = "INSERT INTO audit_log (event_key, recorded_at, incident, service, kind, action, state, reason, \
+    decision_json, reference, success, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (event_key) DO NOTHING";
+const IS_NOTIFIED: &str = "SELECT 1 FROM notifications WHERE event_key = ?";
+const MARK_NOTIFIED: &str =
+    "INSERT INTO notifications (event_key, sent_at) VALUES (?, ?) ON CONFLICT (event_key) DO NOTHING";
+const ROWS: &str = "SELECT event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
+    reference, success, trace_id FROM audit_log WHERE (CAST(? AS TEXT) IS NULL OR incident = ?) ORDER BY id";
+
+// The same statements with PostgreSQL's numbered placeholders.
+const PG_INSERT: &str = "INSERT INTO audit_log (event_key, recorded_at, incident, service, kind, action, state, reason, \
+    decision_json, reference, success, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+    ON CONFLICT (event_key) DO NOTHING";
+const PG_IS_NOTIFIED: &str = "SELECT 1 FROM notifications WHERE event_key = $1";
+const PG_MARK_NOTIFIED: &str =
+    "INSERT INTO notifications (event_key, sent_at) VALUES ($1, $2) ON CONFLICT (event_key) DO NOTHING";
+const PG_ROWS: &str = "SELECT event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
+    reference, success, trace_id FROM audit_log WHERE (CAST($1 AS TEXT) IS NULL OR incident = $2) ORDER BY id";
+
+/// Binds the same values to a query for either database.
+macro_rules! bind_all {
+    ($query:expr, $($value:expr),* $(,)?) => {{
+        let query = $query;
+        $(let query = query.bind($value);)*
+        query
+    }};
+}
+
+fn entry_from<R: Row>(row: &R) -> Result<AuditEntry, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AuditEntry {
+        event_key: row.try_get("event_key")?,
+        recorded_at: row.try_get("recorded_at")?,
+        incident: row.try_get("incident")?,
+        service: row.try_get("service")?,
+        kind: row.try_get("kind")?,
+        action: row.try_get("action")?,
+        state: row.try_get("state")?,
+        reason: row.try_get("reason")?,
+        decision_json: row.try_get("decision_json")?,
+        reference: row.try_get("reference")?,
+        success: row.try_get("success")?,
+        trace_id: row.try_get("trace_id")?,
+    })
 }
 
 impl SqlAuditStore {
-    /// Opens (creating if missing) the database at `url` and applies the migrations.
+    /// Opens the database at `url` (`sqlite://…` or `postgres://…`) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Self, AuditError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| AuditError::Database(e.to_string()))?;
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect(url)
+                .await?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|e| AuditError::Database(e.to_string()))?;
+            Pool::Postgres(pool)
+        } else {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&pool)
+                .await
+                .map_err(|e| AuditError::Database(e.to_string()))?;
+            Pool::Sqlite(pool)
+        };
         Ok(Self { pool })
     }
 }
@@ -96,84 +166,111 @@ impl SqlAuditStore {
 #[async_trait]
 impl AuditStore for SqlAuditStore {
     async fn record(&self, entry: &AuditEntry) -> Result<Recorded, AuditError> {
-        let inserted = sqlx::query(
-            "INSERT INTO audit_log (event_key, recorded_at, incident, service, kind, action, state, reason, \
-             decision_json, reference, success, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (event_key) DO NOTHING",
-        )
-        .bind(&entry.event_key)
-        .bind(&entry.recorded_at)
-        .bind(&entry.incident)
-        .bind(&entry.service)
-        .bind(&entry.kind)
-        .bind(&entry.action)
-        .bind(&entry.state)
-        .bind(&entry.reason)
-        .bind(&entry.decision_json)
-        .bind(&entry.reference)
-        .bind(entry.success)
-        .bind(&entry.trace_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
-        let notified = sqlx::query("SELECT 1 FROM notifications WHERE event_key = ?")
-            .bind(&entry.event_key)
-            .fetch_optional(&self.pool)
+        let e = entry;
+        let inserted = match &self.pool {
+            Pool::Sqlite(pool) => bind_all!(
+                sqlx::query(INSERT),
+                &e.event_key,
+                &e.recorded_at,
+                &e.incident,
+                &e.service,
+                &e.kind,
+                &e.action,
+                &e.state,
+                &e.reason,
+                &e.decision_json,
+                &e.reference,
+                e.success,
+                &e.trace_id
+            )
+            .execute(pool)
             .await?
-            .is_some();
+            .rows_affected(),
+            Pool::Postgres(pool) => bind_all!(
+                sqlx::query(PG_INSERT),
+                &e.event_key,
+                &e.recorded_at,
+                &e.incident,
+                &e.service,
+                &e.kind,
+                &e.action,
+                &e.state,
+                &e.reason,
+                &e.decision_json,
+                &e.reference,
+                e.success,
+                &e.trace_id
+            )
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        } == 1;
+        let notified = self.is_notified(&entry.event_key).await?;
         Ok(Recorded { inserted, notified })
     }
 
     async fn is_notified(&self, event_key: &str) -> Result<bool, AuditError> {
-        Ok(sqlx::query("SELECT 1 FROM notifications WHERE event_key = ?")
-            .bind(event_key)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(IS_NOTIFIED)
+                .bind(event_key)
+                .fetch_optional(pool)
+                .await?
+                .is_some(),
+            Pool::Postgres(pool) => sqlx::query(PG_IS_NOTIFIED)
+                .bind(event_key)
+                .fetch_optional(pool)
+                .await?
+                .is_some(),
+        })
     }
 
     async fn mark_notified(&self, event_key: &str, at: &str) -> Result<(), AuditError> {
-        sqlx::query("INSERT INTO notifications (event_key, sent_at) VALUES (?, ?) ON CONFLICT (event_key) DO NOTHING")
-            .bind(event_key)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query(MARK_NOTIFIED)
+                    .bind(event_key)
+                    .bind(at)
+                    .execute(pool)
+                    .await?;
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query(PG_MARK_NOTIFIED)
+                    .bind(event_key)
+                    .bind(at)
+                    .execute(pool)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
     async fn rows(&self, incident: Option<&str>) -> Result<Vec<AuditEntry>, AuditError> {
-        let rows = sqlx::query(
-            "SELECT event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
-             reference, success, trace_id FROM audit_log WHERE (? IS NULL OR incident = ?) ORDER BY id",
-        )
-        .bind(incident)
-        .bind(incident)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    event_key: row.try_get("event_key")?,
-                    recorded_at: row.try_get("recorded_at")?,
-                    incident: row.try_get("incident")?,
-                    service: row.try_get("service")?,
-                    kind: row.try_get("kind")?,
-                    action: row.try_get("action")?,
-                    state: row.try_get("state")?,
-                    reason: row.try_get("reason")?,
-                    decision_json: row.try_get("decision_json")?,
-                    reference: row.try_get("reference")?,
-                    success: row.try_get("success")?,
-                    trace_id: row.try_get("trace_id")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        let rows = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let rows = sqlx::query(ROWS).bind(incident).bind(incident).fetch_all(pool).await?;
+                rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()?
+            }
+            Pool::Postgres(pool) => {
+                let rows = sqlx::query(PG_ROWS)
+                    .bind(incident)
+                    .bind(incident)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        Ok(rows)
     }
 
     async fn ping(&self) -> Result<(), AuditError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
         Ok(())
     }
 }
@@ -199,11 +296,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn records_once_and_remembers_notification() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let store = SqlAuditStore::connect(&url).await?;
+    /// The same behaviour on every database.
+    async fn exercise(store: &SqlAuditStore) -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
             Recorded {
@@ -219,6 +313,7 @@ mod tests {
             }
         );
         store.mark_notified("decision.abc", "2026-11-22T10:58:54Z").await?;
+        store.mark_notified("decision.abc", "2026-11-22T10:58:55Z").await?;
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
             Recorded {
@@ -226,11 +321,70 @@ mod tests {
                 notified: true
             }
         );
-        // Reopening applies migrations again without harm and keeps the rows.
-        drop(store);
-        let store = SqlAuditStore::connect(&url).await?;
-        assert_eq!(store.rows(Some("abc")).await?, vec![entry("decision.abc")]);
+        assert!(store.is_notified("decision.abc").await?);
+        assert!(!store.is_notified("decision.abc#slack").await?);
+        let verified = AuditEntry {
+            event_key: "remediation.abc.verified".into(),
+            success: Some(true),
+            ..entry("x")
+        };
+        store.record(&verified).await?;
+        assert_eq!(
+            store.rows(Some("abc")).await?,
+            vec![entry("decision.abc"), verified.clone()]
+        );
+        assert_eq!(store.rows(None).await?.len(), 2);
         assert!(store.rows(Some("other")).await?.is_empty());
+        store.ping().await?;
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_records_once_and_remembers_notification() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        exercise(&SqlAuditStore::connect(&url).await?).await?;
+        // Reopening applies the migrations again without harm and keeps the rows.
+        let store = SqlAuditStore::connect(&url).await?;
+        assert_eq!(store.rows(Some("abc")).await?.len(), 2);
+        Ok(())
+    }
+
+    /// On a real PostgreSQL: `SELFHEAL_TEST_POSTGRES_URL` names a server where the test may create
+    /// a database (scripts/test starts Debian's PostgreSQL and sets it).
+    #[tokio::test]
+    async fn postgres_records_once_and_remembers_notification() -> Result<(), Box<dyn std::error::Error>> {
+        let admin_url = std::env::var("SELFHEAL_TEST_POSTGRES_URL")
+            .map_err(|_| "SELFHEAL_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL")?;
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await?;
+        let name = format!(
+            "selfheal_test_{}_{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
+        let url = match admin_url.split_once('?') {
+            Some((base, query)) => format!("{}/{name}?{query}", base.rsplit_once('/').map_or(base, |(b, _)| b)),
+            None => format!(
+                "{}/{name}",
+                admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b)
+            ),
+        };
+        let result = async {
+            exercise(&SqlAuditStore::connect(&url).await?).await?;
+            let again = SqlAuditStore::connect(&url).await?;
+            assert_eq!(again.rows(Some("abc")).await?.len(), 2);
+            Ok::<(), Box<dyn std::error::Error>>(())
+        }
+        .await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&admin)
+            .await?;
+        result
     }
 }
