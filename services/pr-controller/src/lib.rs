@@ -142,8 +142,21 @@ async fn publish_event(
     let mut headers = Headers::new();
     selfheal_telemetry::propagation::inject_headers(span, &mut headers);
     let state = names::state(event.state());
-    metrics::counter!(selfheal_telemetry::metrics::REMEDIATIONS, "action" => names::action(event.action()), "state" => state)
-        .increment(1);
+    let action = names::action(event.action());
+    metrics::counter!(selfheal_telemetry::metrics::REMEDIATIONS, "action" => action, "state" => state).increment(1);
+    metrics::counter!(selfheal_telemetry::metrics::ACTIONS, "action" => action, "result" => state).increment(1);
+    match event.state() {
+        RemediationState::Verified => {
+            metrics::counter!(selfheal_telemetry::metrics::VERIFICATIONS, "result" => "verified").increment(1);
+            metrics::histogram!(selfheal_telemetry::metrics::MTTR_SECONDS).record(event.mttr_seconds);
+            metrics::histogram!(selfheal_telemetry::metrics::REMEDIATION_SECONDS)
+                .record(event.time_to_remediate_seconds);
+        }
+        RemediationState::Escalated => {
+            metrics::counter!(selfheal_telemetry::metrics::VERIFICATIONS, "result" => "escalated").increment(1);
+        }
+        _ => {}
+    }
     bus.publish(Outgoing {
         subject: subjects::remediation(service),
         msg_id: format!("remediation.{}.{}", event.incident_key, state),

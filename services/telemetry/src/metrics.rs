@@ -25,8 +25,38 @@ pub const REMEDIATIONS: &str = "selfheal_pr_controller_remediations_total";
 pub const NOTIFICATIONS: &str = "selfheal_notifier_notifications_total";
 /// Audit rows written, by `kind`.
 pub const AUDIT_ROWS: &str = "selfheal_notifier_audit_rows_total";
-/// Messages handled by a consumer, by `consumer` and `result`.
-pub const MESSAGES_HANDLED: &str = "selfheal_bus_messages_handled_total";
+/// Remediations by `action` and `result` (opened, merged, failed, verified, escalated).
+pub const ACTIONS: &str = "selfheal_actions_total";
+/// Verifications by `result` (verified, escalated).
+pub const VERIFICATIONS: &str = "selfheal_verifications_total";
+/// Seconds from an alert's start to its resolution, for verified remediations.
+pub const MTTR_SECONDS: &str = "selfheal_mttr_seconds";
+/// Seconds from an alert's start to the merge of its fix.
+pub const REMEDIATION_SECONDS: &str = "selfheal_remediation_duration_seconds";
+
+/// Every metric selfheal exports (the Grafana dashboard's test checks its queries against it).
+pub const ALL: &[&str] = &[
+    GATEWAY_ALERTS_RECEIVED,
+    GATEWAY_DUPLICATES,
+    GATEWAY_TRUNCATED,
+    GATEWAY_REFUSED,
+    GATEWAY_PUBLISH_SECONDS,
+    POLICY_DECISIONS,
+    POLICY_EVAL_SECONDS,
+    REMEDIATIONS,
+    NOTIFICATIONS,
+    AUDIT_ROWS,
+    ACTIONS,
+    VERIFICATIONS,
+    MTTR_SECONDS,
+    REMEDIATION_SECONDS,
+];
+
+/// Histogram buckets, seconds: request latencies at the low end, MTTR at the high end.
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -34,7 +64,12 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Buckets make histograms real Prometheus histograms (histogram_quantile works).
+            // (set_buckets fails only for an empty list.)
+            let builder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; then ours renders nothing, which
             // /metrics shows plainly rather than crashing the service.
