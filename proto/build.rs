@@ -1,6 +1,7 @@
 //! Generates Rust from `selfheal/v1/*.proto` with protox: no `protoc` on the machine is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
+        "selfheal/v1/audit.proto",
         "selfheal/v1/events.proto",
         "selfheal/v1/gateway.proto",
         "selfheal/v1/policy.proto",

@@ -231,6 +231,7 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     let (mut gateway, gateway_url) = start_gateway(&nats, "gateway", otlp_port, logs)?;
     let (policy_port, policy_grpc, pr_port, notifier_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let pr_grpc = free_port()?;
+    let audit_grpc = free_port()?;
     let mut policy_env = telemetry_env(otlp_port);
     policy_env.extend([
         ("SELFHEAL_POLICY_LISTEN", format!("127.0.0.1:{policy_port}")),
@@ -266,6 +267,8 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
             "SELFHEAL_NOTIFIER_WEBHOOK_URL",
             format!("http://127.0.0.1:{sink_port}/hook"),
         ),
+        ("SELFHEAL_NOTIFIER_GRPC_LISTEN", format!("127.0.0.1:{audit_grpc}")),
+        ("SELFHEAL_NOTIFIER_GRPC_TOKEN", TOKEN.into()),
     ]);
     let mut notifier = Process::start("notifier", &binary("selfheal-notifier")?, &[], &notifier_env, logs)?;
     wait_ready(&format!("{gateway_url}/readyz"), &mut gateway).await?;
@@ -448,6 +451,57 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     let kinds: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
     assert_eq!(sink.all().len(), 2, "merged, then verified");
+
+    // `selfheal audit` lists the incident's rows, and its Stats agree with them.
+    let audit = |extra: &[&str]| -> anyhow::Result<Value> {
+        let addr = format!("http://127.0.0.1:{audit_grpc}");
+        let out = Command::new(binary("selfheal")?)
+            .args([
+                "audit",
+                "--service",
+                "checkout",
+                "--json",
+                "--addr",
+                &addr,
+                "--token",
+                TOKEN,
+            ])
+            .args(extra)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "selfheal audit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let listed = audit(&[])?;
+    let listed = listed.as_array().context("rows")?;
+    let states: Vec<(&str, &str)> = listed
+        .iter()
+        .filter(|r| r["incident"] == incident.as_str())
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or_default(),
+                r["state"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("decision", "auto"),
+            ("remediation", "merged"),
+            ("remediation", "verified")
+        ]
+    );
+    let stats = audit(&["--stats"])?;
+    let checkout = &stats[0];
+    assert_eq!(checkout["service"], "checkout");
+    let verified_rows = listed.iter().filter(|r| r["state"] == "verified").count();
+    assert_eq!(checkout["verified"], verified_rows, "{stats}");
+    assert_eq!(checkout["mttr_p50_seconds"], 15.0, "{stats}");
+    assert_eq!(checkout["success_ratio"], 1.0, "{stats}");
 
     for process in [
         &mut gateway,

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod policy;
 mod up;
 
@@ -22,6 +23,8 @@ enum Command {
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The audit log: every decision and remediation, or per-service figures with --stats.
+    Audit(audit::AuditArgs),
     /// Stop (on) or allow (off) every automatic action at once, on every policy replica.
     KillSwitch {
         /// `on`, `off` or `status`.
@@ -40,6 +43,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(*args).await,
         Command::Policy(command) => policy::run(command).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::KillSwitch { state, nats_url } => policy::kill_switch(&state, &nats_url).await,
     };
     match result {

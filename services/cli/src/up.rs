@@ -40,6 +40,9 @@ pub struct UpArgs {
     /// Address for the gRPC policy service (Evaluate).
     #[arg(long, default_value = "127.0.0.1:50052")]
     grpc_listen: SocketAddr,
+    /// Address for the notifier's gRPC service (the audit log: `selfheal audit`).
+    #[arg(long, default_value = "127.0.0.1:50054")]
+    audit_grpc_listen: SocketAddr,
     /// Address for the pr-controller's gRPC service (DescribeTarget).
     #[arg(long, default_value = "127.0.0.1:50053")]
     pr_controller_grpc_listen: SocketAddr,
@@ -163,8 +166,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Arc::new(store),
         routes,
         notifier_config.retry_base,
+        token.clone(),
         bus.clone(),
-        TcpListener::bind("127.0.0.1:0").await?,
+        selfheal_notifier::Listeners {
+            http: TcpListener::bind("127.0.0.1:0").await?,
+            grpc: TcpListener::bind(args.audit_grpc_listen)
+                .await
+                .with_context(|| format!("binding {}", args.audit_grpc_listen))?,
+        },
         cancel.clone().cancelled_owned(),
     ));
 

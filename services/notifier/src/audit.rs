@@ -30,6 +30,16 @@ pub struct AuditEntry {
     pub reference: String,
     pub success: Option<bool>,
     pub trace_id: String,
+    /// Verified remediations: seconds from the alert's start to its resolution.
+    pub mttr_seconds: Option<f64>,
+}
+
+/// Which rows a query wants; empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub incident: Option<String>,
+    pub kind: Option<String>,
 }
 
 /// What [`AuditStore::record`] found.
@@ -64,6 +74,8 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn mark_notified(&self, event_key: &str, at: &str) -> Result<(), AuditError>;
     /// Rows for `incident` (all when None), oldest first.
     async fn rows(&self, incident: Option<&str>) -> Result<Vec<AuditEntry>, AuditError>;
+    /// Rows matching `filter` with an id above `after`, oldest first, at most `limit`: (id, row).
+    async fn query(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<(i64, AuditEntry)>, AuditError>;
     /// Ok when the database answers.
     async fn ping(&self) -> Result<(), AuditError>;
 }
@@ -82,23 +94,29 @@ enum Pool {
 }
 
 const INSERT: &str = "INSERT INTO audit_log (event_key, recorded_at, incident, service, kind, action, state, reason, \
-    decision_json, reference, success, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    decision_json, reference, success, trace_id, mttr_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
     ON CONFLICT (event_key) DO NOTHING";
 const IS_NOTIFIED: &str = "SELECT 1 FROM notifications WHERE event_key = ?";
 const MARK_NOTIFIED: &str =
     "INSERT INTO notifications (event_key, sent_at) VALUES (?, ?) ON CONFLICT (event_key) DO NOTHING";
 const ROWS: &str = "SELECT event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
-    reference, success, trace_id FROM audit_log WHERE (CAST(? AS TEXT) IS NULL OR incident = ?) ORDER BY id";
+    reference, success, trace_id, mttr_seconds FROM audit_log WHERE (CAST(? AS TEXT) IS NULL OR incident = ?) ORDER BY id";
+const QUERY: &str = "SELECT id, event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
+    reference, success, trace_id, mttr_seconds FROM audit_log WHERE (CAST(? AS TEXT) IS NULL OR service = ?) \
+    AND (CAST(? AS TEXT) IS NULL OR incident = ?) AND (CAST(? AS TEXT) IS NULL OR kind = ?) AND id > ? ORDER BY id LIMIT ?";
 
 // The same statements with PostgreSQL's numbered placeholders.
 const PG_INSERT: &str = "INSERT INTO audit_log (event_key, recorded_at, incident, service, kind, action, state, reason, \
-    decision_json, reference, success, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+    decision_json, reference, success, trace_id, mttr_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
     ON CONFLICT (event_key) DO NOTHING";
 const PG_IS_NOTIFIED: &str = "SELECT 1 FROM notifications WHERE event_key = $1";
 const PG_MARK_NOTIFIED: &str =
     "INSERT INTO notifications (event_key, sent_at) VALUES ($1, $2) ON CONFLICT (event_key) DO NOTHING";
 const PG_ROWS: &str = "SELECT event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
-    reference, success, trace_id FROM audit_log WHERE (CAST($1 AS TEXT) IS NULL OR incident = $2) ORDER BY id";
+    reference, success, trace_id, mttr_seconds FROM audit_log WHERE (CAST($1 AS TEXT) IS NULL OR incident = $2) ORDER BY id";
+const PG_QUERY: &str = "SELECT id, event_key, recorded_at, incident, service, kind, action, state, reason, decision_json, \
+    reference, success, trace_id, mttr_seconds FROM audit_log WHERE (CAST($1 AS TEXT) IS NULL OR service = $2) \
+    AND (CAST($3 AS TEXT) IS NULL OR incident = $4) AND (CAST($5 AS TEXT) IS NULL OR kind = $6) AND id > $7 ORDER BY id LIMIT $8";
 
 /// Binds the same values to a query for either database.
 macro_rules! bind_all {
@@ -114,6 +132,7 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(AuditEntry {
         event_key: row.try_get("event_key")?,
@@ -128,6 +147,7 @@ where
         reference: row.try_get("reference")?,
         success: row.try_get("success")?,
         trace_id: row.try_get("trace_id")?,
+        mttr_seconds: row.try_get("mttr_seconds")?,
     })
 }
 
@@ -181,7 +201,8 @@ impl AuditStore for SqlAuditStore {
                 &e.decision_json,
                 &e.reference,
                 e.success,
-                &e.trace_id
+                &e.trace_id,
+                e.mttr_seconds
             )
             .execute(pool)
             .await?
@@ -199,7 +220,8 @@ impl AuditStore for SqlAuditStore {
                 &e.decision_json,
                 &e.reference,
                 e.success,
-                &e.trace_id
+                &e.trace_id,
+                e.mttr_seconds
             )
             .execute(pool)
             .await?
@@ -262,6 +284,53 @@ impl AuditStore for SqlAuditStore {
         Ok(rows)
     }
 
+    async fn query(&self, filter: &Filter, after: i64, limit: i64) -> Result<Vec<(i64, AuditEntry)>, AuditError> {
+        let (service, incident, kind) = (
+            filter.service.as_deref(),
+            filter.incident.as_deref(),
+            filter.kind.as_deref(),
+        );
+        let rows = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let rows = bind_all!(
+                    sqlx::query(QUERY),
+                    service,
+                    service,
+                    incident,
+                    incident,
+                    kind,
+                    kind,
+                    after,
+                    limit
+                )
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, entry_from(r)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Pool::Postgres(pool) => {
+                let rows = bind_all!(
+                    sqlx::query(PG_QUERY),
+                    service,
+                    service,
+                    incident,
+                    incident,
+                    kind,
+                    kind,
+                    after,
+                    limit
+                )
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, entry_from(r)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(rows)
+    }
+
     async fn ping(&self) -> Result<(), AuditError> {
         match &self.pool {
             Pool::Sqlite(pool) => {
@@ -293,6 +362,7 @@ mod tests {
             reference: String::new(),
             success: None,
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            mttr_seconds: None,
         }
     }
 
@@ -325,7 +395,9 @@ mod tests {
         assert!(!store.is_notified("decision.abc#slack").await?);
         let verified = AuditEntry {
             event_key: "remediation.abc.verified".into(),
+            kind: "remediation".into(),
             success: Some(true),
+            mttr_seconds: Some(15.0),
             ..entry("x")
         };
         store.record(&verified).await?;
@@ -335,6 +407,19 @@ mod tests {
         );
         assert_eq!(store.rows(None).await?.len(), 2);
         assert!(store.rows(Some("other")).await?.is_empty());
+        let remediations = Filter {
+            service: Some("checkout".into()),
+            kind: Some("remediation".into()),
+            ..Default::default()
+        };
+        let found = store.query(&remediations, 0, 10).await?;
+        assert_eq!(
+            found.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            vec![verified.clone()]
+        );
+        let (first_id, _) = store.query(&Filter::default(), 0, 1).await?[0].clone();
+        let next = store.query(&Filter::default(), first_id, 10).await?;
+        assert_eq!(next.len(), 1, "paging by id");
         store.ping().await?;
         Ok(())
     }

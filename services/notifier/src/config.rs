@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub struct NotifierConfig {
     /// Address of `/healthz`, `/readyz`, `/metrics`.
     pub listen: SocketAddr,
+    /// Address of the gRPC `selfheal.v1.Audit` service.
+    pub grpc_listen: SocketAddr,
+    /// Token gRPC callers must send as `authorization: Bearer <token>`.
+    pub grpc_token: Option<Secret>,
+    /// File holding the gRPC token (used when `grpc_token` is unset).
+    pub grpc_token_file: Option<std::path::PathBuf>,
     /// NATS server holding the SELFHEAL stream.
     pub nats_url: String,
     /// Audit database: `sqlite://PATH` (created if missing).
@@ -36,6 +42,9 @@ impl Default for NotifierConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
+            grpc_token: None,
+            grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             database_url: "sqlite://selfheal-audit.db".into(),
             webhook_url: None,

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod channel;
 pub mod config;
+pub mod grpc;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -85,6 +86,7 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
         reference: String::new(),
         success: None,
         trace_id: trace_id.to_string(),
+        mttr_seconds: None,
     };
     let tell = decision.action() == Action::Escalate || (decision.dry_run && decision.action() != Action::None);
     let notification = tell.then(|| {
@@ -147,6 +149,7 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
         reference,
         success,
         trace_id: trace_id.to_string(),
+        mttr_seconds: (event.state() == RemediationState::Verified).then_some(event.mttr_seconds),
     };
     let alertname = label(&decision, "alertname");
     let short_commit: String = event.commit.chars().take(12).collect();
@@ -288,16 +291,26 @@ impl Handler for NotifyHandler {
 }
 
 /// Runs the consumer and the health endpoints until `shutdown` completes.
+/// Where the notifier serves.
+pub struct Listeners {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http: TcpListener,
+    /// gRPC `selfheal.v1.Audit`.
+    pub grpc: TcpListener,
+}
+
 pub async fn run(
     store: Arc<dyn AuditStore>,
     routes: Vec<channel::Route>,
     retry_base: Duration,
+    token: selfheal_config::Secret,
     bus: SharedBus,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let handler = Arc::new(NotifyHandler::new(store.clone(), routes, retry_base));
+    let grpc_store = store.clone();
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]),
@@ -313,15 +326,29 @@ pub async fn run(
         })
     });
     let health = selfheal_telemetry::health::router(ready, selfheal_telemetry::metrics::install());
-    tracing::info!(http = %listener.local_addr()?, "notifier running");
+    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "notifier running");
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<selfheal_proto::v1::audit_server::AuditServer<grpc::AuditService>>()
+        .await;
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(grpc::server(grpc_store, token))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
     let http_task = tokio::spawn(
-        axum::serve(listener, health)
+        axum::serve(listeners.http, health)
             .with_graceful_shutdown(cancel.clone().cancelled_owned())
             .into_future(),
     );
     shutdown.await;
     cancel.cancel();
     consumer_task.await??;
+    grpc_task.await??;
     http_task.await??;
     Ok(())
 }

@@ -39,13 +39,19 @@ async fn serve(config: NotifierConfig) -> anyhow::Result<()> {
     let store = SqlAuditStore::connect(&config.database_url).await?;
     let routes = selfheal_notifier::routes_from(&config)?;
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-notifier")).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
+        .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_NOTIFIER_GRPC_TOKEN or grpc_token_file"))?;
+    let listeners = selfheal_notifier::Listeners {
+        http: tokio::net::TcpListener::bind(config.listen).await?,
+        grpc: tokio::net::TcpListener::bind(config.grpc_listen).await?,
+    };
     selfheal_notifier::run(
         Arc::new(store),
         routes,
         config.retry_base,
+        token,
         Arc::new(bus),
-        listener,
+        listeners,
         selfheal_telemetry::shutdown_signal(),
     )
     .await
