@@ -103,19 +103,22 @@ async fn post(
 pub struct SlackChannel {
     client: reqwest::Client,
     url: Secret,
+    /// `https://github.com/acme/gitops/commit/{commit}`: makes the commit a link.
+    commit_url: Option<String>,
 }
 
 impl SlackChannel {
-    pub fn new(url: Secret, timeout: Duration) -> Result<Self, ChannelError> {
+    pub fn new(url: Secret, commit_url: Option<String>, timeout: Duration) -> Result<Self, ChannelError> {
         Ok(Self {
             client: client(timeout)?,
             url,
+            commit_url,
         })
     }
 }
 
-/// The Block Kit message for `n`.
-pub fn block_kit(n: &Notification) -> serde_json::Value {
+/// The Block Kit message for `n`; `commit_url` (with `{commit}`) links the change.
+pub fn block_kit(n: &Notification, commit_url: Option<&str>) -> serde_json::Value {
     let icon = match n.state.as_str() {
         "verified" => "✅",
         "merged" | "opened" => "🔧",
@@ -140,7 +143,12 @@ pub fn block_kit(n: &Notification) -> serde_json::Value {
         serde_json::json!({"type": "mrkdwn", "text": format!("incident `{}` · trace `{}`", n.incident, n.trace_id)}),
     ];
     if !n.commit.is_empty() {
-        context.push(serde_json::json!({"type": "mrkdwn", "text": format!("commit `{}` on `{}`", n.commit.chars().take(12).collect::<String>(), n.branch)}));
+        let short: String = n.commit.chars().take(12).collect();
+        let commit = match commit_url {
+            Some(template) => format!("<{}|{short}>", template.replace("{commit}", &n.commit)),
+            None => format!("`{short}`"),
+        };
+        context.push(serde_json::json!({"type": "mrkdwn", "text": format!("commit {commit} on `{}`", n.branch)}));
     }
     serde_json::json!({
         "text": n.text,
@@ -158,7 +166,8 @@ impl Channel for SlackChannel {
         "slack"
     }
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
-        let body = serde_json::to_vec(&block_kit(notification)).map_err(|e| ChannelError::Delivery(e.to_string()))?;
+        let body = serde_json::to_vec(&block_kit(notification, self.commit_url.as_deref()))
+            .map_err(|e| ChannelError::Delivery(e.to_string()))?;
         post(&self.client, &self.url, body, None).await
     }
 }

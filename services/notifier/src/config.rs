@@ -28,6 +28,8 @@ pub struct NotifierConfig {
     pub webhook_secret: Option<Secret>,
     /// A Slack incoming webhook URL (a secret: never logged).
     pub slack_webhook_url: Option<Secret>,
+    /// A link to a commit, with `{commit}` for its id (`https://github.com/acme/gitops/commit/{commit}`).
+    pub commit_url_template: Option<String>,
     /// Which channel gets which notifications; empty: every configured channel gets all.
     pub routes: Vec<RouteConfig>,
     /// First retry delay of a failed notification; it doubles per attempt, up to a minute.
@@ -50,6 +52,7 @@ impl Default for NotifierConfig {
             webhook_url: None,
             webhook_secret: None,
             slack_webhook_url: None,
+            commit_url_template: None,
             routes: Vec::new(),
             retry_base: Duration::from_secs(2),
             webhook_timeout: Duration::from_secs(10),

@@ -367,6 +367,7 @@ pub fn routes_from(config: &NotifierConfig) -> anyhow::Result<Vec<channel::Route
     if let Some(url) = config.slack_webhook_url.as_ref().filter(|u| !u.is_empty()) {
         channels.push(Arc::new(channel::SlackChannel::new(
             url.clone(),
+            config.commit_url_template.clone(),
             config.webhook_timeout,
         )?));
     }

@@ -83,7 +83,8 @@ fn notification() -> Notification {
 async fn slack_gets_block_kit() -> anyhow::Result<()> {
     let sink = Sink::default();
     let url = start(sink.clone()).await?;
-    SlackChannel::new(Secret::new(url), Duration::from_secs(5))?
+    let link = Some("https://git.example.com/gitops/commit/{commit}".to_string());
+    SlackChannel::new(Secret::new(url), link, Duration::from_secs(5))?
         .send(&notification())
         .await?;
     let received = sink.received();
@@ -120,7 +121,10 @@ async fn slack_gets_block_kit() -> anyhow::Result<()> {
     );
     let context = blocks[2]["elements"].to_string();
     assert!(
-        context.contains("f449e2af31bff732339503f195807394") && context.contains("d4c8c2b8cb71"),
+        context.contains("f449e2af31bff732339503f195807394")
+            && context.contains(
+                "<https://git.example.com/gitops/commit/d4c8c2b8cb7104e42624a197e64d61dec9f8e39d|d4c8c2b8cb71>"
+            ),
         "{context}"
     );
     Ok(())

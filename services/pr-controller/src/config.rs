@@ -34,6 +34,9 @@ pub struct PrControllerConfig {
     pub verify_window: std::time::Duration,
     /// Undo selfheal's own change when its remediation escalates (once, as a commit on main).
     pub auto_revert: bool,
+    /// Per action (`rollback`, `scale`, `restart`), a verification window other than
+    /// `verify_window`, e.g. `{ scale = "5m" }`.
+    pub verify_windows: std::collections::BTreeMap<String, String>,
     /// How often to look for remediations past their verification window.
     #[serde(with = "humantime_serde")]
     pub verify_interval: std::time::Duration,
@@ -81,6 +84,7 @@ impl Default for PrControllerConfig {
             author_name: "selfheal".into(),
             author_email: "selfheal@localhost".into(),
             verify_window: std::time::Duration::from_secs(15 * 60),
+            verify_windows: Default::default(),
             verify_interval: std::time::Duration::from_secs(30),
             auto_revert: false,
             max_replicas: 10,

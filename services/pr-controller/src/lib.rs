@@ -303,7 +303,12 @@ pub async fn run(
     let remediations = bus
         .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
         .await?;
-    let verifier = verify::Verifier::new(remediations, verify_window);
+    let mut verifier = verify::Verifier::new(remediations, verify_window);
+    for (action, window) in &config.verify_windows {
+        let window = humantime::parse_duration(window)
+            .map_err(|e| anyhow::anyhow!("verify_windows.{action}: {e} (use e.g. \"5m\")"))?;
+        verifier = verifier.with_window(action, window);
+    }
     let handler = Arc::new(RemediationHandler::new(repo, config, bus.clone()).with_verifier(verifier.clone()));
     let reconciler = handler.reconciler.clone();
     let consumer_task = tokio::spawn(consumer::run(

@@ -60,11 +60,27 @@ fn parse(text: &str) -> Option<DateTime<Utc>> {
 pub struct Verifier {
     kv: SharedKeyValue,
     window: Duration,
+    /// Per action (`rollback`, `scale`, `restart`): a window other than the default.
+    windows: std::collections::HashMap<String, Duration>,
 }
 
 impl Verifier {
     pub fn new(kv: SharedKeyValue, window: Duration) -> Self {
-        Self { kv, window }
+        Self {
+            kv,
+            window,
+            windows: Default::default(),
+        }
+    }
+
+    /// Gives `action` its own verification window.
+    pub fn with_window(mut self, action: &str, window: Duration) -> Self {
+        self.windows.insert(action.to_string(), window);
+        self
+    }
+
+    fn window_for(&self, action: &str) -> Duration {
+        self.windows.get(action).copied().unwrap_or(self.window)
     }
 
     fn store_error(error: KvError) -> VerifyError {
@@ -78,7 +94,8 @@ impl Verifier {
         subject_service: &str,
         now: DateTime<Utc>,
     ) -> Result<(), VerifyError> {
-        let window = chrono::Duration::from_std(self.window).unwrap_or_else(|_| chrono::Duration::minutes(15));
+        let window = chrono::Duration::from_std(self.window_for(selfheal_proto::names::action(event.action())))
+            .unwrap_or_else(|_| chrono::Duration::minutes(15));
         let record = Record {
             incident: event.incident_key.clone(),
             state: "merged".into(),
@@ -194,8 +211,13 @@ impl Verifier {
         now: DateTime<Utc>,
         note: &str,
     ) -> Result<Option<(String, RemediationEvent)>, VerifyError> {
-        let window = self.window;
+        let windows = (self.window, self.windows.clone());
         self.transition(incident, RemediationState::Escalated, |_, event| {
+            let window = windows
+                .1
+                .get(selfheal_proto::names::action(event.action()))
+                .copied()
+                .unwrap_or(windows.0);
             event.at = Some(stamp(now));
             event.message = format!(
                 "escalated: the alert still fires {} after the fix was merged; a person must look{note}",
