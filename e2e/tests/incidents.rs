@@ -10,7 +10,8 @@ use serde_json::Value;
 async fn fixtures_open_and_close_incidents_in_the_bucket() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let nats = Nats::start().await?;
-    let (_gateway, url) = start_gateway(&nats, "gateway", &[], temp.path()).await?;
+    // No OTEL_* variables: nothing is exported, and nothing complains about it.
+    let (gateway, url) = start_gateway(&nats, "gateway", &[], temp.path()).await?;
     let client = reqwest::Client::new();
     let fixtures = workspace_root().join("../shared/fixtures/alertmanager-0.25");
     let mut keys: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -83,5 +84,12 @@ async fn fixtures_open_and_close_incidents_in_the_bucket() -> anyhow::Result<()>
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
+    let log = gateway.output();
+    assert!(!log.contains("ERROR"), "no errors without OTLP:\n{log}");
+    let lower = log.to_lowercase();
+    assert!(
+        !lower.contains("otlp") && !lower.contains("export"),
+        "nothing about exporting:\n{log}"
+    );
     Ok(())
 }

@@ -75,7 +75,10 @@ fn gitops_repo(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Collects every span exported over OTLP/gRPC: (service.name, trace id, span name).
 #[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<(String, String, String)>>>);
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+/// (service.name, trace id, span name, span id, parent span id), ids in hex.
+type Span = (String, String, String, String, String);
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -99,7 +102,9 @@ impl TraceService for Collector {
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    spans.push((service.clone(), trace_id, span.name));
+                    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                    let (span_id, parent) = (hex(&span.span_id), hex(&span.parent_span_id));
+                    spans.push((service.clone(), trace_id, span.name, span_id, parent));
                 }
             }
         }
@@ -411,8 +416,8 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
         let spans = collector.0.lock().ok()?.clone();
         let services: std::collections::BTreeSet<String> = spans
             .iter()
-            .filter(|(_, id, _)| *id == trace_id)
-            .map(|(service, _, _)| service.clone())
+            .filter(|(_, id, ..)| *id == trace_id)
+            .map(|(service, ..)| service.clone())
             .collect();
         (services.len() == 4).then_some(services)
     })
@@ -427,6 +432,35 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
             "selfheal-pr-controller"
         ]
     );
+    // One tree: each hop's span is the child of the one before it.
+    let tree = wait_for(SETTLE, "the incident's spans to form one tree", || async {
+        let spans: Vec<Span> = collector.0.lock().ok()?.clone();
+        let named = |name: &str| {
+            spans
+                .iter()
+                .find(|(_, id, n, ..)| *id == trace_id && n == name)
+                .cloned()
+        };
+        let (gateway_span, policy_span, pr_span) = (
+            named("gateway.ingest")?,
+            named("policy.decide")?,
+            named("pr_controller.reconcile")?,
+        );
+        let notifier_under_pr = spans
+            .iter()
+            .any(|(_, id, n, _, parent)| *id == trace_id && n == "notifier.record" && *parent == pr_span.3);
+        notifier_under_pr.then_some((gateway_span, policy_span, pr_span))
+    })
+    .await
+    .with_context(|| format!("{:?}", collector.0.lock().map(|s| s.clone())))?;
+    let (gateway_span, policy_span, pr_span) = tree;
+    assert!(
+        gateway_span.4.is_empty() || gateway_span.4 == "0000000000000000",
+        "the gateway's span is the root"
+    );
+    assert_eq!(policy_span.4, gateway_span.3, "policy under gateway");
+    assert_eq!(pr_span.4, policy_span.3, "pr-controller under policy");
+
     // The alert resolves: the remediation is verified, with MTTR from the alert's own times
     // (startsAt 10:58:52.05, endsAt 10:59:07.05), and people are told once.
     let (status, resolved) = post(&client, &gateway_url, Some(TOKEN), fixture("03-resolved-1alerts.json")).await?;

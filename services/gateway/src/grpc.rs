@@ -71,6 +71,13 @@ pub fn server(state: AppState) -> InterceptedService<GatewayServer<GatewayServic
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn ingest(&self, request: Request<IngestRequest>) -> Result<Response<IngestResponse>, Status> {
+        // The caller's W3C context (gRPC metadata), as the parent of each alert's span.
+        let mut caller = selfheal_bus::Headers::new();
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = request.metadata().get(name).and_then(|v| v.to_str().ok()) {
+                caller.insert(name, value);
+            }
+        }
         let request = request.into_inner();
         if request.alerts.is_empty() {
             return Err(Status::invalid_argument("alerts: is empty"));
@@ -101,8 +108,12 @@ impl Gateway for GatewayService {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let results =
-            futures::future::join_all(events.into_iter().map(|event| crate::ingest(&self.state, event))).await;
+        let results = futures::future::join_all(
+            events
+                .into_iter()
+                .map(|event| crate::ingest(&self.state, event, &caller)),
+        )
+        .await;
         let mut alerts = Vec::with_capacity(results.len());
         for result in results {
             let ingested = result?;

@@ -196,7 +196,13 @@ async fn alertmanager(
             "alertmanager truncated this group; raise max_alerts to see every alert"
         );
     }
-    let published = futures::future::join_all(events.into_iter().map(|event| ingest(&state, event))).await;
+    let mut caller = Headers::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            caller.insert(name, value);
+        }
+    }
+    let published = futures::future::join_all(events.into_iter().map(|event| ingest(&state, event, &caller))).await;
     let mut incidents = Vec::with_capacity(published.len());
     for result in published {
         incidents.push(result?);
@@ -210,7 +216,9 @@ async fn alertmanager(
     }))
 }
 
-pub(crate) async fn ingest(state: &AppState, event: AlertEvent) -> Result<IncidentRef, RequestError> {
+/// Records one alert. `caller` is the W3C context the request came with (an Alertmanager or a
+/// proxy may send `traceparent`), if any.
+pub(crate) async fn ingest(state: &AppState, event: AlertEvent, caller: &Headers) -> Result<IncidentRef, RequestError> {
     let alert = event.alert.clone().unwrap_or_default();
     let service = alert
         .labels
@@ -229,14 +237,23 @@ pub(crate) async fn ingest(state: &AppState, event: AlertEvent) -> Result<Incide
         service.label = %service,
         incident.outcome = tracing::field::Empty,
     );
-    // A resolution continues the trace its incident started: one incident, one trace.
-    if alert.status == "resolved"
+    // A resolution continues the trace its incident started: one incident, one trace. Otherwise
+    // a caller's trace context, when it sent one, is the parent.
+    let incident_trace = if alert.status == "resolved"
         && let Ok(Some(incident)) = state.incidents.get(&event.incident_key).await
         && !incident.traceparent.is_empty()
     {
-        let mut parent = Headers::new();
-        parent.insert("traceparent", incident.traceparent);
-        selfheal_telemetry::propagation::set_parent_from_headers(&span, &parent);
+        Some(incident.traceparent)
+    } else {
+        None
+    };
+    match incident_trace {
+        Some(traceparent) => {
+            let mut parent = Headers::new();
+            parent.insert("traceparent", traceparent);
+            selfheal_telemetry::propagation::set_parent_from_headers(&span, &parent);
+        }
+        None => selfheal_telemetry::propagation::set_parent_from_headers(&span, caller),
     }
     let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
     let mut headers = Headers::new();
@@ -312,6 +329,13 @@ mod tests {
 
     const TOKEN: &str = "s3cr3t-token";
 
+    /// Tracing for the whole test process: a guard dropped by one test would shut the provider
+    /// down under the others.
+    fn telemetry() {
+        static GUARD: std::sync::OnceLock<selfheal_telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+        GUARD.get_or_init(|| selfheal_telemetry::init("gateway-test"));
+    }
+
     async fn state(bus: &MemoryBus) -> AppState {
         let config = GatewayConfig {
             token: Some(Secret::new(TOKEN)),
@@ -344,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_once_and_reports_duplicates() {
-        let _telemetry = selfheal_telemetry::init("gateway-test");
+        telemetry();
         let bus = MemoryBus::default();
         let app = app(state(&bus).await);
         let first = app
@@ -489,6 +513,33 @@ mod tests {
         let unsigned = app.oneshot(request(None, body.clone())).await.expect("response");
         assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(bus.messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_callers_traceparent_is_the_parent() {
+        telemetry();
+        let bus = MemoryBus::default();
+        let app = app(state(&bus).await);
+        let mut request = request(Some(TOKEN), fixture("04-firing-1alerts.json"));
+        request.headers_mut().insert(
+            "traceparent",
+            axum::http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let answer = json(app.oneshot(request).await.expect("response")).await;
+        assert_eq!(
+            answer["incidents"][0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{answer}"
+        );
+        let stored = bus.messages();
+        let traceparent = stored[0].headers.get("traceparent").unwrap_or_default();
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{traceparent}"
+        );
+        assert!(
+            !traceparent.contains("00f067aa0ba902b7"),
+            "the gateway's own span is the child"
+        );
     }
 
     #[tokio::test]
