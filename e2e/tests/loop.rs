@@ -486,6 +486,32 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     assert_eq!(kinds.len(), 3, "{kinds:?}");
     assert_eq!(sink.all().len(), 2, "merged, then verified");
 
+    // Hop latencies: where the seconds went.
+    let scrape = |port: u16| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await
+        }
+    };
+    let policy_metrics = scrape(policy_port).await?;
+    assert!(
+        policy_metrics.contains("selfheal_hop_webhook_to_decision_seconds_count"),
+        "{policy_metrics}"
+    );
+    let pr_metrics = scrape(pr_port).await?;
+    for hop in [
+        "selfheal_hop_decision_to_change_seconds_count",
+        "selfheal_hop_merge_to_resolved_seconds_count",
+        "selfheal_mttr_seconds_bucket",
+    ] {
+        assert!(pr_metrics.contains(hop), "{hop} missing:\n{pr_metrics}");
+    }
+
     // `selfheal audit` lists the incident's rows, and its Stats agree with them.
     let audit = |extra: &[&str]| -> anyhow::Result<Value> {
         let addr = format!("http://127.0.0.1:{audit_grpc}");

@@ -137,6 +137,12 @@ impl DecisionHandler {
         metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS).record(started.elapsed().as_secs_f64());
         let action = decide::action_name(decision.action());
         span.record("decision.action", action);
+        if let Some(received) = event.received_at.as_ref() {
+            let received = received.seconds as f64 + f64::from(received.nanos) / 1e9;
+            let decided = now.timestamp() as f64 + f64::from(now.timestamp_subsec_nanos()) / 1e9;
+            metrics::histogram!(selfheal_telemetry::metrics::HOP_WEBHOOK_TO_DECISION)
+                .record((decided - received).max(0.0));
+        }
         metrics::counter!(selfheal_telemetry::metrics::POLICY_DECISIONS, "action" => action).increment(1);
         // The decision log: one JSON line per decision in OPA's decision-log shape.
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();

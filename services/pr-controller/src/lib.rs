@@ -120,6 +120,14 @@ impl RemediationHandler {
             return Disposition::Retry(Duration::from_secs(1));
         }
         span.record("remediation.state", names::state(event.state()));
+        if let (Some(decided), RemediationState::Merged | RemediationState::Opened) =
+            (decision.decided_at.as_ref(), event.state())
+        {
+            let decided = decided.seconds as f64 + f64::from(decided.nanos) / 1e9;
+            let now = chrono::Utc::now();
+            let now = now.timestamp() as f64 + f64::from(now.timestamp_subsec_nanos()) / 1e9;
+            metrics::histogram!(selfheal_telemetry::metrics::HOP_DECISION_TO_CHANGE).record((now - decided).max(0.0));
+        }
         tracing::info!(commit = %event.commit, branch = %event.branch, from = %event.from_value, to = %event.to_value, message = %event.message, "remediation");
         match publish_event(&self.bus, &service, &event, &span).await {
             Ok(()) => Disposition::Ack,
@@ -148,6 +156,8 @@ async fn publish_event(
     match event.state() {
         RemediationState::Verified => {
             metrics::counter!(selfheal_telemetry::metrics::VERIFICATIONS, "result" => "verified").increment(1);
+            metrics::histogram!(selfheal_telemetry::metrics::HOP_MERGE_TO_RESOLVED)
+                .record((event.mttr_seconds - event.time_to_remediate_seconds).max(0.0));
             metrics::histogram!(selfheal_telemetry::metrics::MTTR_SECONDS).record(event.mttr_seconds);
             metrics::histogram!(selfheal_telemetry::metrics::REMEDIATION_SECONDS)
                 .record(event.time_to_remediate_seconds);

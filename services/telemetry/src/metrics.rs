@@ -34,6 +34,13 @@ pub const MTTR_SECONDS: &str = "selfheal_mttr_seconds";
 /// Seconds from an alert's start to the merge of its fix.
 pub const REMEDIATION_SECONDS: &str = "selfheal_remediation_duration_seconds";
 
+/// Hop latency: the gateway receiving an alert → the policy's decision.
+pub const HOP_WEBHOOK_TO_DECISION: &str = "selfheal_hop_webhook_to_decision_seconds";
+/// Hop latency: the decision → its change on a branch or main.
+pub const HOP_DECISION_TO_CHANGE: &str = "selfheal_hop_decision_to_change_seconds";
+/// Hop latency: the merge → the alert's resolution.
+pub const HOP_MERGE_TO_RESOLVED: &str = "selfheal_hop_merge_to_resolved_seconds";
+
 /// Every metric selfheal exports (the Grafana dashboard's test checks its queries against it).
 pub const ALL: &[&str] = &[
     GATEWAY_ALERTS_RECEIVED,
@@ -50,6 +57,9 @@ pub const ALL: &[&str] = &[
     VERIFICATIONS,
     MTTR_SECONDS,
     REMEDIATION_SECONDS,
+    HOP_WEBHOOK_TO_DECISION,
+    HOP_DECISION_TO_CHANGE,
+    HOP_MERGE_TO_RESOLVED,
 ];
 
 /// Histogram buckets, seconds: request latencies at the low end, MTTR at the high end.
