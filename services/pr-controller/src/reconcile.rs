@@ -467,7 +467,8 @@ mod tests {
 
     const PATH: &str = "apps/checkout/kustomization.yaml";
 
-    fn git(dir: &Path, args: &[&str]) -> String {
+    /// The git CLI in `dir` (shared with `kind_tests`).
+    pub(super) fn git(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .current_dir(dir)
             .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
@@ -707,27 +708,14 @@ mod tests {
 
 #[cfg(test)]
 mod kind_tests {
-    use std::{path::Path, process::Command, sync::Arc};
+    use std::sync::Arc;
 
     use selfheal_proto::v1::{Alert, AlertEvent};
 
     use super::*;
     use crate::{config::TargetConfig, edit::Kind, repo::LocalRepository};
 
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(dir)
-            .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
-            .args(args)
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
+    use super::tests::git;
 
     fn deployment(tag: &str) -> String {
         format!(
