@@ -76,6 +76,16 @@ pub async fn decide(
         rule: engine.query().to_string(),
         alert: Some(event.clone()),
         dry_run,
+        metrics: extra
+            .metrics
+            .as_object()
+            .map(|metrics| {
+                metrics
+                    .iter()
+                    .filter_map(|(name, value)| Some((name.clone(), value.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
         decided_at: Some(Timestamp {
             seconds: now.timestamp(),
             nanos: now.timestamp_subsec_nanos() as i32,

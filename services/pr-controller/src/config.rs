@@ -44,6 +44,9 @@ pub struct PrControllerConfig {
     pub max_replicas: i32,
     /// How many changes of a file's history to search for the previous image tag.
     pub history_depth: usize,
+    /// GitHub as the forge (pull requests) instead of the local `repository`, when
+    /// `github.repository` is set.
+    pub github: crate::github::GitHubConfig,
 }
 
 /// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
@@ -89,6 +92,7 @@ impl Default for PrControllerConfig {
             auto_revert: false,
             max_replicas: 10,
             history_depth: 200,
+            github: Default::default(),
         }
     }
 }

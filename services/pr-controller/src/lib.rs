@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod edit;
+pub mod github;
 pub mod grpc;
 pub mod reconcile;
 pub mod repo;
@@ -80,12 +81,14 @@ impl Handler for RemediationHandler {
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let service = delivery.subject.rsplit('.').next().unwrap_or("_none").to_string();
-        self.carry_out(decision, service, span.clone()).instrument(span).await
+        self.carry_out(decision, service, delivery.delivered, span.clone())
+            .instrument(span)
+            .await
     }
 }
 
 impl RemediationHandler {
-    async fn carry_out(&self, decision: Decision, service: String, span: tracing::Span) -> Disposition {
+    async fn carry_out(&self, decision: Decision, service: String, attempt: u64, span: tracing::Span) -> Disposition {
         match decision.action() {
             Action::Rollback | Action::Scale | Action::Restart => {}
             Action::None | Action::Escalate | Action::Unspecified => return Disposition::Ack,
@@ -107,8 +110,10 @@ impl RemediationHandler {
         let event = match outcome {
             Ok(event) => event,
             Err(error) if error.is_transient() => {
-                tracing::warn!(error = %error, "git change failed; retrying");
-                return Disposition::Retry(Duration::from_secs(2));
+                // Backs off by attempt: 2 s, 4 s, 8 s ... up to a minute.
+                let wait = Duration::from_secs(2u64.saturating_pow(attempt.clamp(1, 6) as u32).min(60));
+                tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "git change failed; retrying");
+                return Disposition::Retry(wait);
             }
             Err(error) => failed_event(&decision, &error),
         };

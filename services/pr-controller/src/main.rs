@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use selfheal_bus::nats::{NatsBus, NatsOptions};
-use selfheal_pr_controller::{PrControllerConfig, repo::LocalRepository};
+use selfheal_pr_controller::{
+    PrControllerConfig,
+    github::GitHubRepository,
+    repo::{LocalRepository, Repository},
+};
 
 /// selfheal's execution layer: decisions into GitOps commits.
 #[derive(Parser)]
@@ -26,11 +30,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let repo = match LocalRepository::open(&config.repository) {
-        Ok(repo) => repo,
-        Err(error) => {
-            tracing::error!(error = %error, "repository does not open");
-            return ExitCode::from(64);
+    let repo: Arc<dyn Repository> = if config.github.enabled() {
+        match GitHubRepository::new(config.github.clone(), tokio::runtime::Handle::current()) {
+            Ok(repo) => Arc::new(repo),
+            Err(error) => {
+                tracing::error!(error = %error, "GitHub is not usable");
+                return ExitCode::from(64);
+            }
+        }
+    } else {
+        match LocalRepository::open(&config.repository) {
+            Ok(repo) => Arc::new(repo),
+            Err(error) => {
+                tracing::error!(error = %error, "repository does not open");
+                return ExitCode::from(64);
+            }
         }
     };
     match serve(config, repo).await {
@@ -42,7 +56,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: PrControllerConfig, repo: LocalRepository) -> anyhow::Result<()> {
+async fn serve(config: PrControllerConfig, repo: Arc<dyn Repository>) -> anyhow::Result<()> {
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-pr-controller")).await?;
     let listeners = selfheal_pr_controller::Listeners {
         http: tokio::net::TcpListener::bind(config.listen).await?,
@@ -50,7 +64,7 @@ async fn serve(config: PrControllerConfig, repo: LocalRepository) -> anyhow::Res
     };
     selfheal_pr_controller::run(
         config,
-        Arc::new(repo),
+        repo,
         Arc::new(bus),
         listeners,
         selfheal_telemetry::shutdown_signal(),

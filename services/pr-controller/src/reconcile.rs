@@ -14,7 +14,7 @@ use selfheal_proto::{
 use crate::{
     config::PrControllerConfig,
     edit::{self, EditError},
-    repo::{Author, RepoError, Repository},
+    repo::{Author, ChangeRequestState, MergeMessage, MergeOutcome, Proposal, RepoError, Repository},
 };
 
 /// Why a decision could not be carried out.
@@ -33,7 +33,7 @@ pub enum ReconcileError {
 impl ReconcileError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Repo(_))
+        matches!(self, Self::Repo(error) if error.is_transient())
     }
 }
 
@@ -86,6 +86,91 @@ pub fn render_path(template: &str, labels: &BTreeMap<String, String>) -> Result<
     Ok(path)
 }
 
+/// A conventional-commit title: `fix(prod): roll back checkout to v1.1.0`. The scope is the
+/// cluster, else the namespace, else the service (DNS-1123 labels only).
+pub fn pr_title(action: Action, labels: &BTreeMap<String, String>, service: &str, to: &str) -> String {
+    let scope = ["cluster", "namespace"]
+        .iter()
+        .filter_map(|name| labels.get(*name))
+        .find(|value| is_dns1123_label(value))
+        .map(String::as_str)
+        .unwrap_or(service);
+    match action {
+        Action::Rollback => format!("fix({scope}): roll back {service} to {to}"),
+        Action::Scale => format!("fix({scope}): scale {service} to {to} replicas"),
+        _ => format!("fix({scope}): restart {service}"),
+    }
+}
+
+/// Untrusted text made inert in Markdown: one line, at most `max` characters, with Markdown's
+/// and HTML's special characters escaped.
+pub fn md(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in one_line(text, max).chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' | '~' | '(' | ')' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An http(s) URL with nothing that could end a Markdown link, or None.
+fn safe_url(url: &str) -> Option<&str> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2000
+        && url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '<' | '>' | '"' | '`'));
+    ok.then_some(url)
+}
+
+/// A unified diff of one file's two versions: one hunk around the lines that differ, with
+/// three lines of context.
+pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
+    let old_lines: Vec<&str> = old.lines().collect();
+    let new_lines: Vec<&str> = new.lines().collect();
+    let prefix = old_lines.iter().zip(&new_lines).take_while(|(a, b)| a == b).count();
+    let suffix = old_lines[prefix..]
+        .iter()
+        .rev()
+        .zip(new_lines[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if prefix == old_lines.len() && prefix == new_lines.len() {
+        return String::new();
+    }
+    let start = prefix.saturating_sub(3);
+    let old_end = (old_lines.len() - suffix + 3).min(old_lines.len());
+    let new_end = (new_lines.len() - suffix + 3).min(new_lines.len());
+    let mut out = format!(
+        "--- a/{path}\n+++ b/{path}\n@@ -{},{} +{},{} @@\n",
+        start + 1,
+        old_end - start,
+        start + 1,
+        new_end - start
+    );
+    for line in &old_lines[start..prefix] {
+        out.push_str(&format!(" {line}\n"));
+    }
+    for line in &old_lines[prefix..old_lines.len() - suffix] {
+        out.push_str(&format!("-{line}\n"));
+    }
+    for line in &new_lines[prefix..new_lines.len() - suffix] {
+        out.push_str(&format!("+{line}\n"));
+    }
+    for line in &new_lines[new_lines.len() - suffix..new_end] {
+        out.push_str(&format!(" {line}\n"));
+    }
+    out
+}
+
 fn trailers(message: &str) -> BTreeMap<String, String> {
     message
         .lines()
@@ -98,8 +183,7 @@ fn trailers(message: &str) -> BTreeMap<String, String> {
 /// The change to make, computed from the file on the main branch.
 struct Change {
     content: String,
-    from: String,
-    to: String,
+    /// Carries the from and to values as trailers, which is where they are read back from.
     message: String,
 }
 
@@ -155,70 +239,132 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         event.branch = branch.clone();
         let main = self.config.main_branch.as_str();
 
-        // Up to a few rounds: each lost compare-and-set (main moved under us) starts over.
+        let auto = decision.approval() == Approval::Auto;
+
+        // Up to a few rounds: each lost compare-and-set (main or the branch moved under us)
+        // starts over from what is there now.
         for _ in 0..5 {
             let main_tip = self
                 .repo
                 .branch_tip(main)?
                 .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
-            let existing = self.repo.branch_tip(&branch)?;
-            if let Some(tip) = &existing {
-                // Done before (a redelivery, or another replica): report it, finish the merge.
-                let made = self.repo.file_history(&branch, &path, 1)?;
-                let recorded = made.first().map(|v| trailers(&v.message)).unwrap_or_default();
-                event.commit = tip.clone();
-                event.from_value = recorded.get(TRAILER_FROM).cloned().unwrap_or_default();
-                event.to_value = recorded.get(TRAILER_TO).cloned().unwrap_or_default();
-                if self.repo.is_ancestor(tip, &main_tip)? {
-                    event.set_state(RemediationState::Merged);
-                    event.message = format!("{branch} is merged into {main}");
-                    return Ok(event);
+            // 1. The branch: found (done before: a redelivery, or another replica) or made now.
+            let (tip, message) = match self.repo.branch_tip(&branch)? {
+                Some(tip) => {
+                    let made = self.repo.file_history(&branch, &path, 1)?;
+                    (tip, made.into_iter().next().map(|v| v.message).unwrap_or_default())
                 }
-                if decision.approval() != Approval::Auto {
-                    event.set_state(RemediationState::Opened);
-                    event.message = format!("{branch} waits for approval");
-                    return Ok(event);
-                }
-                if self.repo.is_ancestor(&main_tip, tip)? {
-                    match self.repo.update_branch(main, &main_tip, tip) {
-                        Ok(()) => {
-                            event.set_state(RemediationState::Merged);
-                            event.message = format!("{branch} merged into {main} (fast-forward)");
-                            return Ok(event);
-                        }
+                None => {
+                    let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                    match self.repo.commit_file(
+                        &branch,
+                        None,
+                        &main_tip,
+                        &path,
+                        &change.content,
+                        &change.message,
+                        &self.author(),
+                    ) {
+                        Ok(commit) => (commit, change.message),
                         Err(RepoError::Conflict { .. }) => continue,
                         Err(error) => return Err(error.into()),
                     }
                 }
-                // main moved past the branch's base: redo the change on top of it below.
-            }
-            let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
-            let commit = match self.repo.commit_file(
-                &branch,
-                existing.as_deref(),
-                &main_tip,
-                &path,
-                &change.content,
-                &change.message,
-                &self.author(),
-            ) {
-                Ok(commit) => commit,
-                Err(RepoError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
             };
-            event.commit = commit.clone();
-            event.from_value = change.from;
-            event.to_value = change.to;
-            if decision.approval() != Approval::Auto {
-                event.set_state(RemediationState::Opened);
-                event.message = format!("{branch} waits for approval");
+            let recorded = trailers(&message);
+            event.commit = tip.clone();
+            event.from_value = recorded.get(TRAILER_FROM).cloned().unwrap_or_default();
+            event.to_value = recorded.get(TRAILER_TO).cloned().unwrap_or_default();
+            let title = pr_title(decision.action(), &labels, &service, &event.to_value);
+
+            // 2. The pull request, on a forge that has them: found in any state, or opened once.
+            let request = if self.repo.proposes() {
+                match self.repo.find_request(&branch)? {
+                    Some(found) => Some(found),
+                    None => {
+                        let body = self.pr_body(decision, &event, &branch, trace_id)?;
+                        Some(self.repo.open_request(&Proposal {
+                            branch: &branch,
+                            base: main,
+                            title: &title,
+                            body: &body,
+                        })?)
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(request) = &request {
+                event.pull_request_url = request.url.clone();
+            }
+            let merged = match &request {
+                Some(request) => match request.state {
+                    ChangeRequestState::Merged => {
+                        if let Some(commit) = &request.merge_commit {
+                            event.commit = commit.clone();
+                        }
+                        true
+                    }
+                    ChangeRequestState::Closed => {
+                        event.set_state(RemediationState::Rejected);
+                        event.message = format!("pull request #{} was closed without merging", request.number);
+                        return Ok(event);
+                    }
+                    ChangeRequestState::Open => false,
+                },
+                None => self.repo.is_ancestor(&tip, &main_tip)?,
+            };
+            if merged {
+                event.set_state(RemediationState::Merged);
+                event.message = format!("{branch} is merged into {main}");
                 return Ok(event);
             }
-            match self.repo.update_branch(main, &main_tip, &commit) {
-                Ok(()) => {
+            if !auto {
+                event.set_state(RemediationState::Opened);
+                event.message = match &request {
+                    Some(request) => format!("pull request #{} waits for approval", request.number),
+                    None => format!("{branch} waits for approval"),
+                };
+                return Ok(event);
+            }
+
+            // 3. The merge, when approval is auto.
+            let how = MergeMessage {
+                title: &title,
+                message: &message,
+            };
+            match self.repo.merge(main, &main_tip, &tip, request.as_ref(), &how) {
+                Ok(MergeOutcome::Merged(commit)) => {
+                    if let Some(commit) = commit {
+                        event.commit = commit;
+                    }
                     event.set_state(RemediationState::Merged);
-                    event.message = format!("{branch} merged into {main} (fast-forward)");
+                    event.message = match &request {
+                        Some(request) => format!("pull request #{} merged into {main}", request.number),
+                        None => format!("{branch} merged into {main} (fast-forward)"),
+                    };
                     return Ok(event);
+                }
+                Ok(MergeOutcome::Blocked(why)) => {
+                    event.set_state(RemediationState::Opened);
+                    event.message = why;
+                    return Ok(event);
+                }
+                Ok(MergeOutcome::NeedsRebase) => {
+                    // main moved past the branch's base: make the change again on top of it.
+                    let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                    match self.repo.commit_file(
+                        &branch,
+                        Some(&tip),
+                        &main_tip,
+                        &path,
+                        &change.content,
+                        &change.message,
+                        &self.author(),
+                    ) {
+                        Ok(_) | Err(RepoError::Conflict { .. }) => continue,
+                        Err(error) => return Err(error.into()),
+                    }
                 }
                 Err(RepoError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),
@@ -227,6 +373,94 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         Err(ReconcileError::Repo(RepoError::Git(format!(
             "{main} kept moving; will try again"
         ))))
+    }
+
+    /// The pull request's description: what changed and why, for the reviewer. Every value from
+    /// the alert is untrusted and goes through [`md`].
+    fn pr_body(
+        &self,
+        decision: &Decision,
+        event: &RemediationEvent,
+        branch: &str,
+        trace_id: &str,
+    ) -> Result<String, ReconcileError> {
+        let versions = self.repo.file_history(branch, &event.path, 2)?;
+        let diff = match versions.as_slice() {
+            [new, old, ..] => unified_diff(&event.path, &old.content, &new.content),
+            _ => String::new(),
+        };
+        let alert = decision.alert.as_ref().and_then(|e| e.alert.as_ref());
+        let label = |name: &str| {
+            alert
+                .and_then(|a| a.labels.get(name))
+                .map(|v| md(v, 100))
+                .unwrap_or_default()
+        };
+        let annotation = |name: &str| {
+            alert
+                .and_then(|a| a.annotations.get(name))
+                .map(|v| md(v, 500))
+                .unwrap_or_default()
+        };
+        let what = match decision.action() {
+            Action::Rollback => format!(
+                "rolls **{}** back from `{}` to `{}`",
+                event.service, event.from_value, event.to_value
+            ),
+            Action::Scale => format!(
+                "scales **{}** from {} to {} replicas",
+                event.service, event.from_value, event.to_value
+            ),
+            _ => format!("restarts **{}**", event.service),
+        };
+        let mut body = format!(
+            "selfheal {what} in `{path}`.\n\n**Why:** {reason}\n\n| | |\n|---|---|\n\
+             | Alert | {alertname} ({severity}) |\n{summary}| Incident | `{incident}` |\n\
+             | Decision | {action}, approval {approval} |\n| Policy | {policy} ({rule}) |\n| Trace | `{trace_id}` |\n",
+            path = event.path,
+            reason = md(&decision.reason, 500),
+            alertname = label("alertname"),
+            severity = label("severity"),
+            summary = Some(annotation("summary"))
+                .filter(|summary| !summary.is_empty())
+                .map(|summary| format!("| Summary | {summary} |\n"))
+                .unwrap_or_default(),
+            incident = decision.incident_key,
+            action = names::action(decision.action()),
+            approval = names::approval(decision.approval()),
+            policy = md(&decision.policy, 200),
+            rule = md(&decision.rule, 200),
+        );
+        if !decision.metrics.is_empty() {
+            body.push_str("\n**Metrics at decision time**\n\n| metric | value |\n|---|---|\n");
+            for (name, value) in &decision.metrics {
+                body.push_str(&format!("| {} | {value} |\n", md(name, 100)));
+            }
+        }
+        if !diff.is_empty() {
+            body.push_str(&format!("\n```diff\n{diff}```\n"));
+        }
+        let links: Vec<String> = [
+            ("Alert source", alert.map(|a| a.generator_url.as_str()).unwrap_or("")),
+            (
+                "Runbook",
+                alert
+                    .and_then(|a| a.annotations.get("runbook_url"))
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| safe_url(url).map(|url| format!("[{name}]({url})")))
+        .collect();
+        if !links.is_empty() {
+            body.push_str(&format!("\n{}\n", links.join(" · ")));
+        }
+        body.push_str(
+            "\n---\nOpened by selfheal. Merging applies it through Argo CD or Flux; closing it without \
+             merging rejects the remediation.\n",
+        );
+        Ok(body)
     }
 
     fn change(
@@ -327,12 +561,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             policy = one_line(&decision.policy, 200),
             rule = one_line(&decision.rule, 200),
         );
-        Ok(Change {
-            content,
-            from,
-            to,
-            message,
-        })
+        Ok(Change { content, message })
     }
 
     /// The last earlier tag in the file's history that differs from `current` and was not itself

@@ -58,6 +58,16 @@ pub enum RepoError {
     /// Any other git failure (bad ids, missing objects, invalid names, I/O, non-UTF-8 content...).
     #[error("git: {0}")]
     Git(String),
+    /// The forge refused the request for a reason trying again does not change (401, 404, 422...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RepoError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::Refused(_))
+    }
 }
 
 /// Who commits.
@@ -98,6 +108,91 @@ pub trait Repository: Send + Sync + 'static {
     fn update_branch(&self, branch: &str, expected_tip: &str, new_tip: &str) -> Result<(), RepoError>;
     /// Whether commit `ancestor` is `descendant` or one of its ancestors.
     fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, RepoError>;
+
+    /// Whether changes are proposed as pull requests (GitHub) rather than merged as branches.
+    fn proposes(&self) -> bool {
+        false
+    }
+    /// The pull request whose head is `branch`, in any state, if there is one.
+    fn find_request(&self, _branch: &str) -> Result<Option<ChangeRequest>, RepoError> {
+        Ok(None)
+    }
+    /// Opens a pull request. Called only when `proposes()` and `find_request` found none; a
+    /// request that appeared meanwhile (another replica) is returned instead of a second one.
+    fn open_request(&self, proposal: &Proposal<'_>) -> Result<ChangeRequest, RepoError> {
+        Err(RepoError::Git(format!(
+            "{} cannot open a pull request for {}",
+            self.location(),
+            proposal.branch
+        )))
+    }
+    /// Merges `branch_tip` into `base`, which the caller saw at `base_tip`. The default, for a
+    /// repository without pull requests, is a fast-forward by compare-and-set; `NeedsRebase` when
+    /// `base` has moved past the branch's base, `Conflict` when it moved meanwhile.
+    fn merge(
+        &self,
+        base: &str,
+        base_tip: &str,
+        branch_tip: &str,
+        _request: Option<&ChangeRequest>,
+        _message: &MergeMessage<'_>,
+    ) -> Result<MergeOutcome, RepoError> {
+        if !self.is_ancestor(base_tip, branch_tip)? {
+            return Ok(MergeOutcome::NeedsRebase);
+        }
+        self.update_branch(base, base_tip, branch_tip)?;
+        Ok(MergeOutcome::Merged(None))
+    }
+}
+
+/// A pull request (or a forge's equivalent) proposing a branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeRequest {
+    pub number: u64,
+    /// Its web page, for people.
+    pub url: String,
+    pub state: ChangeRequestState,
+    /// The commit the request's head is at.
+    pub head: String,
+    /// When merged: the commit on the base branch that holds the change, if the forge says.
+    pub merge_commit: Option<String>,
+}
+
+/// Where a pull request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeRequestState {
+    Open,
+    Merged,
+    /// Closed without merging: a person said no.
+    Closed,
+}
+
+/// What a pull request is opened with.
+#[derive(Clone, Debug)]
+pub struct Proposal<'a> {
+    pub branch: &'a str,
+    pub base: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+}
+
+/// The title and message of a merge (or squash) commit.
+#[derive(Clone, Copy, Debug)]
+pub struct MergeMessage<'a> {
+    pub title: &'a str,
+    pub message: &'a str,
+}
+
+/// What a merge did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// Merged; the commit on the base branch when it is not the branch's tip (squash, merge commit).
+    Merged(Option<String>),
+    /// The forge will not merge it yet (required reviews or checks): it stays open.
+    Blocked(String),
+    /// The base moved so that the branch no longer applies as it is: make the change again on
+    /// top of the base, then merge.
+    NeedsRebase,
 }
 
 /// A repository on local disk, bare or not, opened with gix.

@@ -40,6 +40,8 @@ pub const HOP_WEBHOOK_TO_DECISION: &str = "selfheal_hop_webhook_to_decision_seco
 pub const HOP_DECISION_TO_CHANGE: &str = "selfheal_hop_decision_to_change_seconds";
 /// Hop latency: the merge → the alert's resolution.
 pub const HOP_MERGE_TO_RESOLVED: &str = "selfheal_hop_merge_to_resolved_seconds";
+/// Requests to the forge (GitHub) retried, by reason (`server_error`, `rate_limit`, `transport`).
+pub const FORGE_RETRIES: &str = "selfheal_pr_controller_forge_retries_total";
 
 /// Every metric selfheal exports (the Grafana dashboard's test checks its queries against it).
 pub const ALL: &[&str] = &[
@@ -60,6 +62,7 @@ pub const ALL: &[&str] = &[
     HOP_WEBHOOK_TO_DECISION,
     HOP_DECISION_TO_CHANGE,
     HOP_MERGE_TO_RESOLVED,
+    FORGE_RETRIES,
 ];
 
 /// Histogram buckets, seconds: request latencies at the low end, MTTR at the high end.
