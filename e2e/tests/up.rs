@@ -72,6 +72,28 @@ async fn up_then_the_readme_curl_rolls_back_the_example_app() -> anyhow::Result<
     .with_context(|| up.output())?;
     let subject = git(&repo, &["log", "-1", "--format=%s", "main"])?;
     assert_eq!(subject, "selfheal: roll back checkout from v1.5.0 to v1.4.1");
+
+    // The remediation, as `selfheal remediations list` shows it.
+    let listed = wait_for(
+        Duration::from_secs(10),
+        "the merged remediation in the list",
+        || async {
+            let out = Command::new(binary("selfheal").ok()?)
+                .args(["remediations", "list", "--json", "--state", "merged", "--token-file"])
+                .arg(state.join("token"))
+                .output()
+                .ok()?;
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (listed.as_array()?.len() == 1).then_some(listed)
+        },
+    )
+    .await
+    .with_context(|| up.output())?;
+    assert_eq!(listed[0]["service"], "checkout");
+    assert_eq!(
+        (listed[0]["from"].as_str(), listed[0]["to"].as_str()),
+        (Some("v1.5.0"), Some("v1.4.1"))
+    );
     up.check_running()?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod policy;
+mod remediations;
 mod up;
 
 /// selfheal: Alertmanager fires, Rego decides, Git changes, Argo CD or Flux applies.
@@ -25,6 +26,8 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// The audit log: every decision and remediation, or per-service figures with --stats.
     Audit(audit::AuditArgs),
+    /// Remediations: list them, look at one, approve, reject or retry it.
+    Remediations(remediations::RemediationsArgs),
     /// Stop (on) or allow (off) every automatic action at once, on every policy replica.
     KillSwitch {
         /// `on`, `off` or `status`.
@@ -44,6 +47,7 @@ async fn main() -> ExitCode {
         Command::Up(args) => up::run(*args).await,
         Command::Policy(command) => policy::run(command).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Remediations(args) => remediations::run(args).await,
         Command::KillSwitch { state, nats_url } => policy::kill_switch(&state, &nats_url).await,
     };
     match result {

@@ -607,6 +607,19 @@ impl Repository for GitHubRepository {
         Ok(Some(pull.request()))
     }
 
+    fn withdraw(&self, branch: &str) -> Result<(), RepoError> {
+        match self.find_request(branch)? {
+            Some(request) if request.state == ChangeRequestState::Open => self
+                .patch::<serde_json::Value>(
+                    &self.route(&format!("pulls/{}", request.number)),
+                    &json!({ "state": "closed" }),
+                )
+                .map(|_| ())
+                .map_err(|e| e.into_repo("close pull request")),
+            _ => Ok(()),
+        }
+    }
+
     fn open_request(&self, proposal: &Proposal<'_>) -> Result<ChangeRequest, RepoError> {
         let created = self.post::<Pull>(
             &self.route("pulls"),

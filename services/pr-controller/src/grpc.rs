@@ -1,31 +1,115 @@
-//! gRPC `selfheal.v1.Remediations`: `DescribeTarget`, what the GitOps repository says about a
-//! service (the policy's `input.target`).
+//! gRPC `selfheal.v1.Remediations`: what the GitOps repository says about a service
+//! (`DescribeTarget`, the policy's `input.target`), and the remediations' lifecycle: `Get`,
+//! `List`, and what people do to them — `Approve`, `Reject`, `Retry`.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use selfheal_config::{Secret, TokenCheck};
-use selfheal_proto::v1::{
-    DescribeTargetRequest, Target,
-    remediations_server::{Remediations, RemediationsServer},
+use selfheal_proto::{
+    Timestamp, names,
+    v1::{
+        Approval, ApproveRequest, DescribeTargetRequest, GetRemediationRequest, ListRemediationsRequest,
+        ListRemediationsResponse, RejectRequest, RemediationEvent, RemediationState, RetryRequest, Target,
+        remediations_server::{Remediations, RemediationsServer},
+    },
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 use crate::{
-    reconcile::{ReconcileError, Reconciler, is_dns1123_label},
-    repo::Repository,
+    CarryOutError, RemediationHandler,
+    reconcile::{ReconcileError, is_dns1123_label},
+    verify::{Record, VerifyError},
 };
 
 /// The gRPC service.
 pub struct RemediationsService {
-    reconciler: Arc<Reconciler<dyn Repository>>,
+    handler: Arc<RemediationHandler>,
 }
 
 /// The service behind its token check.
 pub fn server(
-    reconciler: Arc<Reconciler<dyn Repository>>,
+    handler: Arc<RemediationHandler>,
     token: Secret,
 ) -> InterceptedService<RemediationsServer<RemediationsService>, TokenCheck> {
-    RemediationsServer::with_interceptor(RemediationsService { reconciler }, TokenCheck::new(token))
+    RemediationsServer::with_interceptor(RemediationsService::new(handler), TokenCheck::new(token))
+}
+
+fn store(error: VerifyError) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+fn carry_out(error: CarryOutError) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+/// Who acted, made safe for messages and logs: one line, at most 100 characters.
+fn who(by: &str) -> String {
+    let by: String = by
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(100)
+        .collect();
+    match by.trim() {
+        "" => "an operator".to_string(),
+        by => by.to_string(),
+    }
+}
+
+fn check_key(incident_key: &str) -> Result<(), Status> {
+    if incident_key.is_empty() || incident_key.len() > 128 || !incident_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Status::invalid_argument(
+            "incident_key: must be 1 to 128 letters and digits",
+        ));
+    }
+    Ok(())
+}
+
+impl RemediationsService {
+    pub fn new(handler: Arc<RemediationHandler>) -> Self {
+        Self { handler }
+    }
+
+    async fn record(&self, incident_key: &str) -> Result<Record, Status> {
+        check_key(incident_key)?;
+        let lifecycle = self
+            .handler
+            .lifecycle()
+            .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
+        lifecycle
+            .get(incident_key)
+            .await
+            .map_err(store)?
+            .ok_or_else(|| Status::not_found(format!("no remediation for incident {incident_key}")))
+    }
+
+    /// The record's decision carried out again, with `approval`; the resulting event.
+    async fn again(
+        &self,
+        record: &Record,
+        approval: Option<Approval>,
+        note: String,
+    ) -> Result<RemediationEvent, Status> {
+        let event = record.event().map_err(store)?;
+        let mut decision = event
+            .decision
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("the remediation carries no decision to carry out"))?;
+        if let Some(approval) = approval {
+            decision.set_approval(approval);
+        }
+        let span =
+            tracing::info_span!("pr_controller.operator", incident.key = %record.incident, operator.note = %note);
+        let done = self
+            .handler
+            .carry_out(decision, record.subject_service.clone(), Some(&note), span)
+            .await
+            .map_err(carry_out)?;
+        match done {
+            Some(event) => Ok(event),
+            // Moved meanwhile (another replica, a redelivery): report where it is now.
+            None => self.record(&record.incident).await?.event().map_err(store),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -49,7 +133,7 @@ impl Remediations for RemediationsService {
         if !labels.contains_key("service") {
             return Err(Status::invalid_argument("service: is required"));
         }
-        let reconciler = self.reconciler.clone();
+        let reconciler = self.handler.reconciler().clone();
         let described = tokio::task::spawn_blocking(move || reconciler.describe(&labels))
             .await
             .map_err(|e| Status::internal(format!("describe panicked: {e}")))?;
@@ -59,5 +143,131 @@ impl Remediations for RemediationsService {
             Err(ReconcileError::Edit(error)) => Err(Status::failed_precondition(error.to_string())),
             Err(ReconcileError::Repo(error)) => Err(Status::unavailable(error.to_string())),
         }
+    }
+
+    async fn get(&self, request: Request<GetRemediationRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let record = self.record(&request.into_inner().incident_key).await?;
+        Ok(Response::new(record.event().map_err(store)?))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListRemediationsRequest>,
+    ) -> Result<Response<ListRemediationsResponse>, Status> {
+        let request = request.into_inner();
+        let state = RemediationState::try_from(request.state)
+            .map_err(|_| Status::invalid_argument(format!("state: {} is not a remediation state", request.state)))?;
+        if !request.service.is_empty() && !is_dns1123_label(&request.service) {
+            return Err(Status::invalid_argument("service: must be a DNS-1123 label"));
+        }
+        let limit = match request.limit {
+            0 => 100,
+            n if n > 1000 => return Err(Status::invalid_argument("limit: at most 1000")),
+            n => n as usize,
+        };
+        let lifecycle = self
+            .handler
+            .lifecycle()
+            .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
+        let mut remediations = Vec::new();
+        for record in lifecycle.list().await.map_err(store)? {
+            if state != RemediationState::Unspecified && record.state != names::state(state) {
+                continue;
+            }
+            let Ok(event) = record.event() else { continue };
+            if !request.service.is_empty() && event.service != request.service {
+                continue;
+            }
+            remediations.push(event);
+            if remediations.len() == limit {
+                break;
+            }
+        }
+        Ok(Response::new(ListRemediationsResponse { remediations }))
+    }
+
+    async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let request = request.into_inner();
+        let record = self.record(&request.incident_key).await?;
+        if record.state != "opened" {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} is {}, not waiting for approval",
+                record.incident, record.state
+            )));
+        }
+        let note = format!("approved by {}", who(&request.by));
+        tracing::info!(incident.key = %record.incident, %note, "approval");
+        let event = self.again(&record, Some(Approval::Auto), note).await?;
+        Ok(Response::new(event))
+    }
+
+    async fn reject(&self, request: Request<RejectRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let request = request.into_inner();
+        let record = self.record(&request.incident_key).await?;
+        if record.state != "opened" && record.state != "failed" {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} is {}; only an opened or failed one can be rejected",
+                record.incident, record.state
+            )));
+        }
+        let lifecycle = self
+            .handler
+            .lifecycle()
+            .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
+        let mut event = record.event().map_err(store)?;
+        // First the record, so that no redelivery carries the decision out from here on; then
+        // the pull request is closed.
+        event.set_state(RemediationState::Rejected);
+        let reason = request.reason.chars().take(500).collect::<String>();
+        let reason = reason.lines().next().unwrap_or("").trim();
+        event.message = match reason {
+            "" => format!("rejected by {}", who(&request.by)),
+            reason => format!("rejected by {}: {reason}", who(&request.by)),
+        };
+        let now = chrono::Utc::now();
+        event.at = Some(Timestamp {
+            seconds: now.timestamp(),
+            nanos: now.timestamp_subsec_nanos() as i32,
+        });
+        let state = lifecycle
+            .record(&event, &record.subject_service, now)
+            .await
+            .map_err(store)?;
+        if state != "rejected" {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} became {state} meanwhile",
+                record.incident
+            )));
+        }
+        let (repo, branch) = (self.handler.reconciler().repo.clone(), event.branch.clone());
+        if !branch.is_empty() {
+            let withdrawn = tokio::task::spawn_blocking(move || repo.withdraw(&branch))
+                .await
+                .map_err(|e| Status::internal(format!("withdraw panicked: {e}")))?;
+            if let Err(error) = withdrawn {
+                tracing::warn!(incident.key = %record.incident, error = %error, "pull request not closed");
+                event.message = format!("{}; the pull request could not be closed: {error}", event.message);
+            }
+        }
+        let span = tracing::info_span!("pr_controller.operator", incident.key = %record.incident);
+        self.handler
+            .publish(&record.subject_service, &event, &span)
+            .await
+            .map_err(carry_out)?;
+        Ok(Response::new(event))
+    }
+
+    async fn retry(&self, request: Request<RetryRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let request = request.into_inner();
+        let record = self.record(&request.incident_key).await?;
+        if record.state != "failed" {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} is {}; only a failed one is retried",
+                record.incident, record.state
+            )));
+        }
+        let note = format!("retried by {}", who(&request.by));
+        let event = self.again(&record, None, note).await?;
+        Ok(Response::new(event))
     }
 }

@@ -81,48 +81,84 @@ impl Handler for RemediationHandler {
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let service = delivery.subject.rsplit('.').next().unwrap_or("_none").to_string();
-        self.carry_out(decision, service, delivery.delivered, span.clone())
+        match self
+            .carry_out(decision, service, None, span.clone())
             .instrument(span)
             .await
+        {
+            Ok(_) => Disposition::Ack,
+            Err(error) => {
+                // Backs off by attempt: 2 s, 4 s, 8 s ... up to a minute.
+                let wait = Duration::from_secs(2u64.saturating_pow(delivery.delivered.clamp(1, 6) as u32).min(60));
+                tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "remediation not finished; retrying");
+                Disposition::Retry(wait)
+            }
+        }
     }
 }
 
+/// Why a remediation did not finish this time; trying again later may.
+#[derive(Debug, thiserror::Error)]
+pub enum CarryOutError {
+    #[error("git change failed: {0}")]
+    Repo(String),
+    #[error("{0}")]
+    Store(#[from] verify::VerifyError),
+    #[error("event not published: {0}")]
+    Publish(#[from] selfheal_bus::BusError),
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+}
+
 impl RemediationHandler {
-    async fn carry_out(&self, decision: Decision, service: String, attempt: u64, span: tracing::Span) -> Disposition {
+    /// Carries out `decision`, records the remediation's new state and publishes its event
+    /// (`None` when there is nothing to do: no action, a dry run, or a remediation that was
+    /// rejected or has already ended). Each step is idempotent, so on error the caller tries the
+    /// whole again later. `note` (who approved, who retried) leads the event's message.
+    pub async fn carry_out(
+        &self,
+        decision: Decision,
+        service: String,
+        note: Option<&str>,
+        span: tracing::Span,
+    ) -> Result<Option<RemediationEvent>, CarryOutError> {
         match decision.action() {
             Action::Rollback | Action::Scale | Action::Restart => {}
-            Action::None | Action::Escalate | Action::Unspecified => return Disposition::Ack,
+            Action::None | Action::Escalate | Action::Unspecified => return Ok(None),
         }
         if decision.dry_run {
             tracing::info!("dry-run decision: nothing changed");
-            return Disposition::Ack;
+            return Ok(None);
+        }
+        if let Some(verifier) = &self.verifier
+            && let Some(record) = verifier.get(&decision.incident_key).await?
+            && matches!(record.state.as_str(), "rejected" | "verified" | "escalated")
+        {
+            tracing::info!(state = %record.state, "the remediation has ended; the decision is not carried out again");
+            return Ok(None);
         }
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
         let reconciler = self.reconciler.clone();
         let for_blocking = decision.clone();
-        let outcome = match tokio::task::spawn_blocking(move || reconciler.reconcile(&for_blocking, &trace_id)).await {
-            Ok(outcome) => outcome,
-            Err(join_error) => {
-                tracing::error!(error = %join_error, "reconcile panicked");
-                return Disposition::Retry(Duration::from_secs(5));
-            }
-        };
-        let event = match outcome {
+        let outcome = tokio::task::spawn_blocking(move || reconciler.reconcile(&for_blocking, &trace_id))
+            .await
+            .map_err(|e| CarryOutError::Panicked(e.to_string()))?;
+        let mut event = match outcome {
             Ok(event) => event,
-            Err(error) if error.is_transient() => {
-                // Backs off by attempt: 2 s, 4 s, 8 s ... up to a minute.
-                let wait = Duration::from_secs(2u64.saturating_pow(attempt.clamp(1, 6) as u32).min(60));
-                tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "git change failed; retrying");
-                return Disposition::Retry(wait);
-            }
+            Err(error) if error.is_transient() => return Err(CarryOutError::Repo(error.to_string())),
             Err(error) => failed_event(&decision, &error),
         };
-        if let (Some(verifier), RemediationState::Merged) = (&self.verifier, event.state())
-            && let Err(error) = verifier.record_merged(&event, &service, chrono::Utc::now()).await
-        {
-            // The change is made; the redelivery finds it and records it then.
-            tracing::warn!(error = %error, "merge not recorded for verification; retrying");
-            return Disposition::Retry(Duration::from_secs(1));
+        if let Some(note) = note {
+            event.message = format!("{note}: {}", event.message);
+        }
+        if let Some(verifier) = &self.verifier {
+            // The change is made; on a store error, the redelivery finds it and records it then.
+            let now_in = verifier.record(&event, &service, chrono::Utc::now()).await?;
+            if now_in != names::state(event.state()) {
+                // Rejected meanwhile, or ended before: the record stands and nothing is announced.
+                tracing::info!(state = %now_in, event = names::state(event.state()), "remediation state kept");
+                return Ok(None);
+            }
         }
         span.record("remediation.state", names::state(event.state()));
         if let (Some(decided), RemediationState::Merged | RemediationState::Opened) =
@@ -134,14 +170,31 @@ impl RemediationHandler {
             metrics::histogram!(selfheal_telemetry::metrics::HOP_DECISION_TO_CHANGE).record((now - decided).max(0.0));
         }
         tracing::info!(commit = %event.commit, branch = %event.branch, from = %event.from_value, to = %event.to_value, message = %event.message, "remediation");
-        match publish_event(&self.bus, &service, &event, &span).await {
-            Ok(()) => Disposition::Ack,
-            Err(error) => {
-                // The git change is made; the redelivery finds it and publishes again.
-                tracing::warn!(error = %error, "remediation event not published; retrying");
-                Disposition::Retry(Duration::from_secs(1))
-            }
-        }
+        // The git change is made; if this fails, the redelivery finds it and publishes again.
+        publish_event(&self.bus, &service, &event, &span).await?;
+        Ok(Some(event))
+    }
+
+    /// The lifecycle store, when the handler has one.
+    pub fn lifecycle(&self) -> Option<&verify::Verifier> {
+        self.verifier.as_ref()
+    }
+
+    /// The reconciler the handler uses.
+    pub fn reconciler(&self) -> &Arc<Reconciler<dyn Repository>> {
+        &self.reconciler
+    }
+
+    /// Publishes `event` for `service`.
+    pub async fn publish(
+        &self,
+        service: &str,
+        event: &RemediationEvent,
+        span: &tracing::Span,
+    ) -> Result<(), CarryOutError> {
+        publish_event(&self.bus, service, event, span)
+            .await
+            .map_err(CarryOutError::from)
     }
 }
 
@@ -326,6 +379,7 @@ pub async fn run(
     }
     let handler = Arc::new(RemediationHandler::new(repo, config, bus.clone()).with_verifier(verifier.clone()));
     let reconciler = handler.reconciler.clone();
+    let grpc_handler = handler.clone();
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]),
@@ -365,7 +419,7 @@ pub async fn run(
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(grpc::server(reconciler, token))
+            .add_service(grpc::server(grpc_handler, token))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
                 cancel.clone().cancelled_owned(),

@@ -126,6 +126,11 @@ pub trait Repository: Send + Sync + 'static {
             proposal.branch
         )))
     }
+    /// Withdraws the proposal of `branch` (a person rejected it): GitHub closes its open pull
+    /// request. A local branch is left as it is, for the record.
+    fn withdraw(&self, _branch: &str) -> Result<(), RepoError> {
+        Ok(())
+    }
     /// Merges `branch_tip` into `base`, which the caller saw at `base_tip`. The default, for a
     /// repository without pull requests, is a fast-forward by compare-and-set; `NeedsRebase` when
     /// `base` has moved past the branch's base, `Conflict` when it moved meanwhile.

@@ -1,7 +1,11 @@
-//! Verification: a fix is only a fix once the alert resolves.
+//! The lifecycle of each remediation, and its verification: a fix is only a fix once the alert
+//! resolves.
 //!
-//! Every merged remediation is recorded in the KV bucket `selfheal_remediations` (keyed by
-//! incident). A resolved alert for that incident turns it `verified`, with the MTTR (the alert's
+//! Every remediation is recorded in the KV bucket `selfheal_remediations` (keyed by incident),
+//! with its latest event: `opened` (waiting for approval), `merged`, `failed`, `rejected`, then
+//! `verified` or `escalated`. Moves are compare-and-set and only forward (see [`allowed`]); a
+//! rejected remediation stays rejected however often its decision is redelivered.
+//! A resolved alert for that incident turns it `verified`, with the MTTR (the alert's
 //! `startsAt` → its `endsAt`) and the time to remediate (`startsAt` → merge). A remediation still
 //! unresolved when its verification window ends turns `escalated`. Both transitions are a
 //! compare-and-set, so replicas and redeliveries produce each event once.
@@ -20,18 +24,43 @@ use serde::{Deserialize, Serialize};
 /// The bucket's name.
 pub const BUCKET: &str = "selfheal_remediations";
 
-/// One remediation awaiting (or past) verification.
+/// One remediation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
     pub incident: String,
-    /// `merged`, `verified` or `escalated`.
+    /// `opened`, `merged`, `failed`, `rejected`, `verified` or `escalated`.
     pub state: String,
     /// The subject token the remediation events go to.
     pub subject_service: String,
+    /// When it was merged ("" before).
+    #[serde(default)]
     pub merged_at: String,
+    /// When the alert must have resolved by ("" before the merge).
+    #[serde(default)]
     pub verify_by: String,
-    /// The merged event, protobuf-encoded, as the base of the events that follow.
-    pub merged_event: Vec<u8>,
+    #[serde(default)]
+    pub updated_at: String,
+    /// The latest event, protobuf-encoded: the base of the events that follow.
+    pub event: Vec<u8>,
+}
+
+impl Record {
+    /// The latest event.
+    pub fn event(&self) -> Result<RemediationEvent, VerifyError> {
+        RemediationEvent::decode(self.event.as_slice()).map_err(|e| VerifyError::Store(e.to_string()))
+    }
+}
+
+/// Whether a remediation may move from `from` (None: not recorded yet) to `to`.
+pub fn allowed(from: Option<&str>, to: &str) -> bool {
+    match from {
+        None => matches!(to, "opened" | "merged" | "failed" | "rejected"),
+        // Waiting or failed: anything may still happen to it.
+        Some("opened" | "failed") => matches!(to, "opened" | "merged" | "failed" | "rejected"),
+        Some("merged") => matches!(to, "verified" | "escalated"),
+        // rejected, verified, escalated: final.
+        Some(_) => false,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +116,82 @@ impl Verifier {
         VerifyError::Store(error.to_string())
     }
 
+    /// The remediation of `incident`, if selfheal acted on it.
+    pub async fn get(&self, incident: &str) -> Result<Option<Record>, VerifyError> {
+        let Some(entry) = self.kv.get(incident).await.map_err(Self::store_error)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&entry.value)
+            .map(Some)
+            .map_err(|e| VerifyError::Store(e.to_string()))
+    }
+
+    /// Every remediation, most recently updated first. Reads the whole bucket.
+    pub async fn list(&self) -> Result<Vec<Record>, VerifyError> {
+        let mut records = Vec::new();
+        for key in self.kv.keys().await.map_err(Self::store_error)? {
+            if let Some(record) = self.get(&key).await? {
+                records.push(record);
+            }
+        }
+        records.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        Ok(records)
+    }
+
+    /// Records `event` as the remediation's latest state when the move is [`allowed`]; returns
+    /// the state the remediation is in afterwards (the event's, or the one that kept it from
+    /// moving: a redelivered `merged` finds `merged`, a late decision finds `rejected`).
+    pub async fn record(
+        &self,
+        event: &RemediationEvent,
+        subject_service: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, VerifyError> {
+        let to = selfheal_proto::names::state(event.state());
+        for _ in 0..16 {
+            let entry = self.kv.get(&event.incident_key).await.map_err(Self::store_error)?;
+            let previous: Option<Record> = match &entry {
+                Some(entry) => {
+                    Some(serde_json::from_slice(&entry.value).map_err(|e| VerifyError::Store(e.to_string()))?)
+                }
+                None => None,
+            };
+            let from = previous.as_ref().map(|r| r.state.as_str());
+            if !allowed(from, to) {
+                return Ok(from.unwrap_or(to).to_string());
+            }
+            let mut record = Record {
+                incident: event.incident_key.clone(),
+                state: to.into(),
+                subject_service: subject_service.into(),
+                merged_at: String::new(),
+                verify_by: String::new(),
+                updated_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+                event: event.encode_to_vec(),
+            };
+            if to == "merged" {
+                let window = chrono::Duration::from_std(self.window_for(selfheal_proto::names::action(event.action())))
+                    .unwrap_or_else(|_| chrono::Duration::minutes(15));
+                record.merged_at = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+                record.verify_by = (now + window).to_rfc3339_opts(SecondsFormat::Millis, true);
+            }
+            let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
+            let written = match &entry {
+                None => self.kv.create(&event.incident_key, value.into()).await,
+                Some(entry) => self.kv.update(&event.incident_key, value.into(), entry.revision).await,
+            };
+            match written {
+                Ok(_) => return Ok(to.to_string()),
+                Err(KvError::Exists(_) | KvError::Conflict { .. }) => continue,
+                Err(error) => return Err(Self::store_error(error)),
+            }
+        }
+        Err(VerifyError::Store(format!(
+            "remediation {} kept changing; retry",
+            event.incident_key
+        )))
+    }
+
     /// Notes a merged remediation (once; a redelivery finds it recorded).
     pub async fn record_merged(
         &self,
@@ -94,21 +199,7 @@ impl Verifier {
         subject_service: &str,
         now: DateTime<Utc>,
     ) -> Result<(), VerifyError> {
-        let window = chrono::Duration::from_std(self.window_for(selfheal_proto::names::action(event.action())))
-            .unwrap_or_else(|_| chrono::Duration::minutes(15));
-        let record = Record {
-            incident: event.incident_key.clone(),
-            state: "merged".into(),
-            subject_service: subject_service.into(),
-            merged_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
-            verify_by: (now + window).to_rfc3339_opts(SecondsFormat::Millis, true),
-            merged_event: event.encode_to_vec(),
-        };
-        let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
-        match self.kv.create(&event.incident_key, value.into()).await {
-            Ok(_) | Err(KvError::Exists(_)) => Ok(()),
-            Err(error) => Err(Self::store_error(error)),
-        }
+        self.record(event, subject_service, now).await.map(|_| ())
     }
 
     /// Moves the record for `incident` from `merged` to `state`, building the event with `finish`;
@@ -128,11 +219,12 @@ impl Verifier {
             if record.state != "merged" {
                 return Ok(None);
             }
-            let mut event = RemediationEvent::decode(record.merged_event.as_slice())
-                .map_err(|e| VerifyError::Store(e.to_string()))?;
+            let mut event = record.event()?;
             event.set_state(state);
             finish(&record, &mut event);
             record.state = selfheal_proto::names::state(state).into();
+            record.updated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+            record.event = event.encode_to_vec();
             let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
             match self.kv.update(incident, value.into(), entry.revision).await {
                 Ok(_) => return Ok(Some((record.subject_service, event))),
@@ -197,7 +289,7 @@ impl Verifier {
             if record.state != "merged" || parse(&record.verify_by).is_none_or(|by| by > now) {
                 continue;
             }
-            if let Ok(event) = RemediationEvent::decode(record.merged_event.as_slice()) {
+            if let Ok(event) = record.event() {
                 overdue.push((key, event));
             }
         }
