@@ -47,6 +47,11 @@ pub struct PrControllerConfig {
     /// GitHub as the forge (pull requests) instead of the local `repository`, when
     /// `github.repository` is set.
     pub github: crate::github::GitHubConfig,
+    /// On a rollback, hold Flux image automation off the rolled-back line (its `$imagepolicy`
+    /// marker is renamed), so the bad tag is not written back. See ARCHITECTURE.md.
+    pub hold_image_automation: bool,
+    /// After a merge, ask Argo CD or Flux to apply it now (both off by default).
+    pub sync: crate::sync::SyncConfig,
 }
 
 /// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
@@ -93,6 +98,8 @@ impl Default for PrControllerConfig {
             max_replicas: 10,
             history_depth: 200,
             github: Default::default(),
+            sync: Default::default(),
+            hold_image_automation: true,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod github;
 pub mod grpc;
 pub mod reconcile;
 pub mod repo;
+pub mod sync;
 pub mod verify;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -47,6 +48,7 @@ pub struct RemediationHandler {
     reconciler: Arc<Reconciler<dyn Repository>>,
     bus: SharedBus,
     verifier: Option<verify::Verifier>,
+    sync: Option<Arc<sync::SyncNow>>,
 }
 
 impl RemediationHandler {
@@ -55,7 +57,14 @@ impl RemediationHandler {
             reconciler: Arc::new(Reconciler { repo, config }),
             bus,
             verifier: None,
+            sync: None,
         }
+    }
+
+    /// Asks Argo CD or Flux to apply each merge at once.
+    pub fn with_sync(mut self, sync: sync::SyncNow) -> Self {
+        self.sync = (!sync.is_empty()).then(|| Arc::new(sync));
+        self
     }
 
     /// Records merged remediations for verification.
@@ -159,6 +168,9 @@ impl RemediationHandler {
                 tracing::info!(state = %now_in, event = names::state(event.state()), "remediation state kept");
                 return Ok(None);
             }
+        }
+        if let (Some(sync), RemediationState::Merged) = (&self.sync, event.state()) {
+            sync.after_merge(&event, &span).await;
         }
         span.record("remediation.state", names::state(event.state()));
         if let (Some(decided), RemediationState::Merged | RemediationState::Opened) =
@@ -377,7 +389,12 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("verify_windows.{action}: {e} (use e.g. \"5m\")"))?;
         verifier = verifier.with_window(action, window);
     }
-    let handler = Arc::new(RemediationHandler::new(repo, config, bus.clone()).with_verifier(verifier.clone()));
+    let sync = sync::SyncNow::from_config(&config.sync)?;
+    let handler = Arc::new(
+        RemediationHandler::new(repo, config, bus.clone())
+            .with_verifier(verifier.clone())
+            .with_sync(sync),
+    );
     let reconciler = handler.reconciler.clone();
     let grpc_handler = handler.clone();
     let consumer_task = tokio::spawn(consumer::run(

@@ -42,6 +42,8 @@ impl ReconcileError {
 const TRAILER_FROM: &str = "Selfheal-From";
 const TRAILER_TO: &str = "Selfheal-To";
 const TRAILER_ROLLBACK_FROM: &str = "Selfheal-Rollback-From";
+/// The Flux image policy whose marker selfheal held on the rolled-back line.
+const TRAILER_HELD_POLICY: &str = "Selfheal-Held-Image-Policy";
 
 pub use selfheal_proto::names::is_dns1123_label;
 
@@ -440,6 +442,15 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         if !diff.is_empty() {
             body.push_str(&format!("\n```diff\n{diff}```\n"));
         }
+        let made = versions.first().map(|v| trailers(&v.message)).unwrap_or_default();
+        if let Some(policy) = made.get(TRAILER_HELD_POLICY) {
+            body.push_str(&format!(
+                "\n**Image automation is held** on this line: the Flux marker `$imagepolicy` ({policy}) is renamed \
+                 `$imagepolicy-held-by-selfheal`, so ImageUpdateAutomation does not write `{}` back. Rename it back \
+                 once a fixed release exists.\n",
+                event.from_value
+            ));
+        }
         let links: Vec<String> = [
             ("Alert source", alert.map(|a| a.generator_url.as_str()).unwrap_or("")),
             (
@@ -501,9 +512,15 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                 if target == current {
                     return Err(ReconcileError::Refused(format!("{service} already runs {current}")));
                 }
-                let content = edit::set_tag(self.config.target.kind, path, &text, service, image, &target)?;
+                let mut content = edit::set_tag(self.config.target.kind, path, &text, service, image, &target)?;
                 let subject = format!("selfheal: roll back {service} from {current} to {target}");
-                let extra = format!("{TRAILER_ROLLBACK_FROM}: {current}\n");
+                let mut extra = format!("{TRAILER_ROLLBACK_FROM}: {current}\n");
+                if self.config.hold_image_automation
+                    && let Some((held, policy)) = edit::hold_flux_marker(&text, &content)
+                {
+                    content = held;
+                    extra.push_str(&format!("{TRAILER_HELD_POLICY}: {policy}\n"));
+                }
                 (content, current, target, subject, extra)
             }
             Action::Scale => {
@@ -692,7 +709,7 @@ mod tests {
     use selfheal_proto::v1::{Alert, AlertEvent, DecisionParams};
 
     use super::*;
-    use crate::repo::LocalRepository;
+    use crate::repo::{Author, LocalRepository};
 
     const PATH: &str = "apps/checkout/kustomization.yaml";
 
@@ -803,6 +820,58 @@ mod tests {
 
     fn main_tag(bare: &Path) -> String {
         git(bare, &["show", &format!("main:{PATH}")])
+    }
+
+    #[test]
+    fn a_rollback_holds_flux_image_automation_on_its_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("gitops.git");
+        let marked = |tag: &str| {
+            format!("images:\n- name: checkout\n  newTag: {tag} # {{\"$imagepolicy\": \"flux-system:checkout:tag\"}}\n")
+        };
+        let (v1, v2) = (marked("v1"), marked("v2"));
+        let author = Author {
+            name: "dev".into(),
+            email: "dev@example.com".into(),
+        };
+        LocalRepository::init_bare_with_commits(
+            &bare,
+            "main",
+            &[("v1", vec![(PATH, v1.as_str())]), ("v2", vec![(PATH, v2.as_str())])],
+            &author,
+        )
+        .expect("repo");
+        let held = reconciler(&bare);
+        let event = held
+            .reconcile(&decision("held1", Action::Rollback, Approval::Auto), "t")
+            .expect("reconcile");
+        assert_eq!(event.state(), RemediationState::Merged);
+        assert_eq!(
+            main_tag(&bare),
+            "images:\n- name: checkout\n  newTag: v1 # {\"$imagepolicy-held-by-selfheal\": \"flux-system:checkout:tag\"}"
+        );
+        let message = git(&bare, &["log", "-1", "--format=%B", "main"]);
+        assert!(
+            message.contains("Selfheal-Held-Image-Policy: flux-system:checkout:tag"),
+            "{message}"
+        );
+        // Off by configuration: the marker stays.
+        let mut off = reconciler(&bare);
+        off.config.hold_image_automation = false;
+        let back = off
+            .reconcile(
+                &Decision {
+                    params: Some(DecisionParams {
+                        target_tag: "v2".into(),
+                        replicas: None,
+                    }),
+                    ..decision("held2", Action::Rollback, Approval::Auto)
+                },
+                "t",
+            )
+            .expect("reconcile");
+        assert_eq!(back.to_value, "v2");
+        assert!(main_tag(&bare).contains("newTag: v2 # {\"$imagepolicy-held-by-selfheal\""));
     }
 
     #[test]

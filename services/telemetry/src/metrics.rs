@@ -42,6 +42,8 @@ pub const HOP_DECISION_TO_CHANGE: &str = "selfheal_hop_decision_to_change_second
 pub const HOP_MERGE_TO_RESOLVED: &str = "selfheal_hop_merge_to_resolved_seconds";
 /// Requests to the forge (GitHub) retried, by reason (`server_error`, `rate_limit`, `transport`).
 pub const FORGE_RETRIES: &str = "selfheal_pr_controller_forge_retries_total";
+/// Sync-now requests to Argo CD or Flux after a merge, by result (`ok`, `error`).
+pub const SYNC_REQUESTS: &str = "selfheal_pr_controller_sync_requests_total";
 
 /// Every metric selfheal exports (the Grafana dashboard's test checks its queries against it).
 pub const ALL: &[&str] = &[
@@ -63,6 +65,7 @@ pub const ALL: &[&str] = &[
     HOP_DECISION_TO_CHANGE,
     HOP_MERGE_TO_RESOLVED,
     FORGE_RETRIES,
+    SYNC_REQUESTS,
 ];
 
 /// Histogram buckets, seconds: request latencies at the low end, MTTR at the high end.

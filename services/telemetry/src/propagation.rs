@@ -69,6 +69,34 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &Headers) {
     set_parent(span, parent);
 }
 
+struct HttpInjector<'a>(&'a mut http::HeaderMap);
+impl Injector for HttpInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Writes `span`'s context into the headers of an outgoing HTTP request (`traceparent`,
+/// `tracestate`): Prometheus, OPA, Slack, webhooks, Argo CD and Flux see the incident's trace.
+pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HttpInjector(headers));
+    });
+}
+
+/// The trace context of `span` as HTTP headers, for a request builder's `.headers(...)`.
+pub fn http_headers(span: &tracing::Span) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    inject_http(span, &mut headers);
+    headers
+}
+
 /// Writes `span`'s context into gRPC metadata.
 pub fn inject_metadata(span: &tracing::Span, metadata: &mut tonic::metadata::MetadataMap) {
     let context = span.context();
