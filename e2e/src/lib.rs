@@ -3,6 +3,8 @@
 //! The service binaries must be built first (`cargo build --workspace --bins`, which the README's
 //! test command does); `nats-server` is found through `$NATS_SERVER` or `PATH`.
 
+pub mod fake_github;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

@@ -21,6 +21,10 @@ pub struct PrControllerConfig {
     pub nats_url: String,
     /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
     pub repository: PathBuf,
+    /// How long a decision may be in work before JetStream delivers it again (to this or another
+    /// replica): after a crash, the decision comes back this long after it was taken.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: std::time::Duration,
     /// The branch Argo CD or Flux deploys from; auto-approved changes are merged into it.
     pub main_branch: String,
     /// Where a service's manifests live.
@@ -88,6 +92,7 @@ impl Default for PrControllerConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),
+            ack_wait: std::time::Duration::from_secs(30),
             target: TargetConfig::default(),
             author_name: "selfheal".into(),
             author_email: "selfheal@localhost".into(),

@@ -378,8 +378,12 @@ pub async fn run(
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
         .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
-    let (verify_window, verify_interval, auto_revert) =
-        (config.verify_window, config.verify_interval, config.auto_revert);
+    let (verify_window, verify_interval, auto_revert, ack_wait) = (
+        config.verify_window,
+        config.verify_interval,
+        config.auto_revert,
+        config.ack_wait,
+    );
     let remediations = bus
         .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
         .await?;
@@ -397,9 +401,11 @@ pub async fn run(
     );
     let reconciler = handler.reconciler.clone();
     let grpc_handler = handler.clone();
+    let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
+    decisions.ack_wait = ack_wait;
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
-        ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]),
+        decisions,
         handler,
         cancel.clone().cancelled_owned(),
     ));

@@ -1,13 +1,13 @@
-//! The GitHub forge against a local server that answers as GitHub's REST API does: the documented
-//! shapes of refs, git data (commits, trees), contents, commits, compare, pulls, labels and merge.
-//! It keeps real state (commits, trees, refs, pull requests), checks the token on every request,
-//! and injects the faults a test asks for (a status, with headers, for the next N matching calls).
+//! A local server that answers as GitHub's REST API does — the documented shapes of refs, git
+//! data (commits, trees), contents, commits, compare, pulls, labels and merge — for tests of the
+//! GitHub forge (GitHub cannot run here). It keeps real state (commits, trees, refs, pull
+//! requests), checks the token on every request, and injects the faults a test asks for: a status
+//! with headers for the next N matching calls, or a request held unanswered (a crash window).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use axum::{
@@ -20,55 +20,60 @@ use base64::Engine as _;
 use selfheal_pr_controller::{
     PrControllerConfig,
     github::{GitHubConfig, GitHubRepository},
-    reconcile::{ReconcileError, Reconciler},
+    reconcile::Reconciler,
     repo::Repository,
 };
-use selfheal_proto::v1::{Action, Alert, AlertEvent, Approval, Decision, RemediationEvent, RemediationState};
+use selfheal_proto::v1::{Action, Alert, AlertEvent, Approval, Decision};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "ghp_test-token-0123456789";
-const PATH: &str = "apps/checkout/kustomization.yaml";
+/// The token the fake accepts.
+pub const TOKEN: &str = "ghp_test-token-0123456789";
+/// The file the fake's repository keeps checkout's image tag in.
+pub const PATH: &str = "apps/checkout/kustomization.yaml";
 
 #[derive(Clone, Debug)]
-struct Commit {
-    tree: BTreeMap<String, String>,
-    parents: Vec<String>,
-    message: String,
+pub struct Commit {
+    pub tree: BTreeMap<String, String>,
+    pub parents: Vec<String>,
+    pub message: String,
 }
 
 #[derive(Clone, Debug)]
-struct Pull {
-    number: u64,
-    head: String,
-    head_sha: String,
-    base: String,
-    title: String,
-    body: String,
-    state: &'static str,
-    merge_commit: Option<String>,
-    labels: Vec<String>,
+pub struct Pull {
+    pub number: u64,
+    pub head: String,
+    pub head_sha: String,
+    pub base: String,
+    pub title: String,
+    pub body: String,
+    pub state: &'static str,
+    pub merge_commit: Option<String>,
+    pub labels: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
-struct Fault {
-    method: Method,
-    path_ends: &'static str,
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    remaining: u32,
+pub struct Fault {
+    pub method: Method,
+    pub path_ends: &'static str,
+    /// 0: hold the request unanswered until [`FakeGitHub::release`].
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub remaining: u32,
 }
 
 #[derive(Default)]
-struct Hub {
+pub struct Hub {
     next: u64,
-    commits: HashMap<String, Commit>,
+    pub commits: HashMap<String, Commit>,
     trees: HashMap<String, BTreeMap<String, String>>,
-    refs: BTreeMap<String, String>,
-    pulls: Vec<Pull>,
-    faults: Vec<Fault>,
+    pub refs: BTreeMap<String, String>,
+    pub pulls: Vec<Pull>,
+    pub faults: Vec<Fault>,
     /// "METHOD /path" of every request, faulted or not.
-    log: Vec<String>,
-    unauthorized: usize,
+    pub log: Vec<String>,
+    pub unauthorized: usize,
+    /// Requests held (status 0 faults) so far.
+    pub held: usize,
 }
 
 impl Hub {
@@ -147,23 +152,52 @@ fn not_found() -> Response {
     )
 }
 
-async fn github(State(hub): State<(Shared, SocketAddr)>, request: Request) -> Response {
-    let (hub, addr) = hub;
-    let base = format!("http://{addr}");
+async fn github(
+    State((hub, addr, release)): State<(Shared, SocketAddr, Arc<tokio::sync::Semaphore>)>,
+    request: Request,
+) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query: HashMap<String, String> = request
         .uri()
         .query()
-        .map(|q| serde_urlencoded::from_str(q).expect("query"))
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default();
     let authorized = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == format!("Bearer {TOKEN}"));
-    let bytes: Bytes = axum::body::to_bytes(request.into_body(), 1 << 20).await.expect("body");
+    let bytes: Bytes = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let response = respond(&hub, addr, method, &path, &query, authorized, &body);
+    if response.extensions().get::<Hold>().is_some() {
+        // A permit, once added, stays: a release before this line is not lost.
+        if let Ok(permit) = release.acquire().await {
+            permit.forget();
+        }
+        return answer(502, json!({"message": "held, then released"}));
+    }
+    response
+}
+
+/// Marks a response that must not be sent until [`FakeGitHub::release`].
+#[derive(Clone, Copy)]
+struct Hold;
+
+/// The answer to one request (marked [`Hold`] to hold it).
+fn respond(
+    hub: &Shared,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    authorized: bool,
+    body: &Value,
+) -> Response {
+    let base = format!("http://{addr}");
     let mut hub = hub.lock().expect("lock");
     hub.log.push(format!("{method} {path}"));
     if !authorized {
@@ -176,6 +210,12 @@ async fn github(State(hub): State<(Shared, SocketAddr)>, request: Request) -> Re
         .find(|f| f.remaining > 0 && f.method == method && path.ends_with(f.path_ends))
     {
         fault.remaining -= 1;
+        if fault.status == 0 {
+            hub.held += 1;
+            let mut held = answer(502, json!({}));
+            held.extensions_mut().insert(Hold);
+            return held;
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &fault.headers {
             headers.insert(*name, value.parse().expect("header"));
@@ -437,14 +477,15 @@ async fn github(State(hub): State<(Shared, SocketAddr)>, request: Request) -> Re
     }
 }
 
-struct FakeGitHub {
+pub struct FakeGitHub {
     hub: Shared,
-    url: String,
+    release: Arc<tokio::sync::Semaphore>,
+    pub url: String,
 }
 
 impl FakeGitHub {
     /// A repository acme/gitops whose main branch set checkout's tag to each of `tags` in turn.
-    async fn start(tags: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(tags: &[&str]) -> anyhow::Result<Self> {
         let hub: Shared = Arc::default();
         {
             let mut h = hub.lock().expect("lock");
@@ -467,15 +508,25 @@ impl FakeGitHub {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let app = axum::Router::new().fallback(github).with_state((hub.clone(), addr));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let app = axum::Router::new()
+            .fallback(github)
+            .with_state((hub.clone(), addr, release.clone()));
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Self {
             hub,
+            release,
             url: format!("http://{addr}"),
         })
     }
 
-    fn fault(
+    /// Answers released held requests (with a 502; their callers are gone).
+    pub fn release(&self) {
+        let held = self.with(|h| h.held);
+        self.release.add_permits(held);
+    }
+
+    pub fn fault(
         &self,
         method: Method,
         path_ends: &'static str,
@@ -492,19 +543,19 @@ impl FakeGitHub {
         });
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Hub) -> T) -> T {
+    pub fn with<T>(&self, f: impl FnOnce(&Hub) -> T) -> T {
         f(&self.hub.lock().expect("lock"))
     }
 
-    fn main_file(&self) -> String {
+    pub fn main_file(&self) -> String {
         self.with(|h| h.commits[&h.refs["main"]].tree[PATH].clone())
     }
 
-    fn count(&self, request: &str) -> usize {
+    pub fn count(&self, request: &str) -> usize {
         self.with(|h| h.log.iter().filter(|l| l.as_str() == request).count())
     }
 
-    fn reconciler(&self, token: &str) -> anyhow::Result<Arc<Reconciler<dyn Repository>>> {
+    pub fn reconciler(&self, token: &str) -> anyhow::Result<Arc<Reconciler<dyn Repository>>> {
         let repo = GitHubRepository::new(
             GitHubConfig {
                 repository: "acme/gitops".into(),
@@ -524,7 +575,8 @@ impl FakeGitHub {
     }
 }
 
-fn decision(incident: &str, approval: Approval) -> Decision {
+/// A critical HighErrorRate rollback decision for checkout in cluster prod.
+pub fn decision(incident: &str, approval: Approval) -> Decision {
     let labels = [
         ("alertname", "HighErrorRate"),
         ("service", "checkout"),
@@ -555,161 +607,4 @@ fn decision(incident: &str, approval: Approval) -> Decision {
     decision.set_action(Action::Rollback);
     decision.set_approval(approval);
     decision
-}
-
-async fn reconcile(
-    reconciler: &Arc<Reconciler<dyn Repository>>,
-    decision: &Decision,
-) -> Result<RemediationEvent, ReconcileError> {
-    let (reconciler, decision) = (reconciler.clone(), decision.clone());
-    tokio::task::spawn_blocking(move || reconciler.reconcile(&decision, "4bf92f3577b34da6a3ce929d0e0e4736"))
-        .await
-        .expect("join")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_pull_request_per_incident_across_redeliveries_a_crash_and_faults() -> anyhow::Result<()> {
-    let github = FakeGitHub::start(&["v1.0.0", "v1.1.0", "v1.2.0"]).await?;
-    let reconciler = github.reconciler(TOKEN)?;
-    // The first delivery dies between the commit and the pull request: every attempt to open
-    // it fails (3 attempts), so the delivery ends, unacked, with the branch made and no PR —
-    // what a crash at that point leaves behind.
-    github.fault(Method::POST, "/pulls", 502, &[], 3);
-    // One 502 on reading a ref, later on: retried in place.
-    let held = decision("inc1", Approval::Required);
-    let first = reconcile(&reconciler, &held).await;
-    let error = first.expect_err("the pull request could not be opened");
-    assert!(error.is_transient(), "a 502 is worth retrying: {error}");
-    assert!(!error.to_string().contains(TOKEN));
-    assert!(
-        github.with(|h| h.refs.contains_key("selfheal/inc1")),
-        "the commit is on the branch"
-    );
-    assert_eq!(github.with(|h| h.pulls.len()), 0);
-    assert_eq!(github.count("POST /repos/acme/gitops/pulls"), 3, "three attempts");
-
-    // Three redeliveries: one pull request, found again each time. A 502 on the ref read and a
-    // 502 on the pull request list are retried without the caller seeing them.
-    github.fault(Method::GET, "/git/ref/heads/main", 502, &[], 1);
-    github.fault(Method::GET, "/repos/acme/gitops/pulls", 502, &[], 1);
-    let mut urls = vec![];
-    for _ in 0..3 {
-        let event = reconcile(&reconciler, &held).await?;
-        assert_eq!(event.state(), RemediationState::Opened, "{}", event.message);
-        assert_eq!(event.from_value, "v1.2.0");
-        assert_eq!(event.to_value, "v1.1.0");
-        urls.push(event.pull_request_url);
-    }
-    assert_eq!(urls, vec!["https://github.com/acme/gitops/pull/1"; 3]);
-    let pull = github.with(|h| h.pulls.clone());
-    assert_eq!(pull.len(), 1, "exactly one pull request");
-    let pull = &pull[0];
-    assert_eq!(pull.title, "fix(prod): roll back checkout to v1.1.0");
-    assert_eq!(pull.labels, ["selfheal", "auto-remediation"]);
-    for expected in [
-        "rolls **checkout** back from `v1.2.0` to `v1.1.0`",
-        "-    newTag: v1.2.0 # the release\n+    newTag: v1.1.0 # the release",
-        "| error\\_rate | 0.12 |",
-        "`4bf92f3577b34da6a3ce929d0e0e4736`",
-        "[Alert source](http://prometheus:9090/graph?g0.expr=x)",
-        "HighErrorRate (critical)",
-    ] {
-        assert!(pull.body.contains(expected), "{expected:?} not in\n{}", pull.body);
-    }
-    // The reason is the policy's text about an untrusted alert: inert in Markdown.
-    assert!(pull.body.contains(r"\| \`rm -rf\` &lt;script&gt;"), "{}", pull.body);
-    assert!(!pull.body.contains("<script>"), "{}", pull.body);
-    assert!(
-        github.with(|h| h.faults.iter().all(|f| f.remaining == 0)),
-        "every fault was hit"
-    );
-    assert!(github.main_file().contains("v1.2.0"), "nothing merged without approval");
-
-    // Approved: merged through the pull request, after a 403 rate limit with Retry-After.
-    github.fault(
-        Method::PUT,
-        "/merge",
-        403,
-        &[("retry-after", "1"), ("x-ratelimit-remaining", "0")],
-        1,
-    );
-    let approved = decision("inc1", Approval::Auto);
-    let started = std::time::Instant::now();
-    let merged = reconcile(&reconciler, &approved).await?;
-    assert_eq!(merged.state(), RemediationState::Merged, "{}", merged.message);
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
-    assert_eq!(
-        github.count("PUT /repos/acme/gitops/pulls/1/merge"),
-        2,
-        "403 then merged"
-    );
-    let main_file = github.main_file();
-    assert!(main_file.contains("    newTag: v1.1.0 # the release\n"), "{main_file}");
-    assert!(main_file.starts_with("# checkout, production\n"), "comments stay");
-    assert_eq!(
-        merged.commit,
-        github.with(|h| h.refs["main"].clone()),
-        "the squash commit on main"
-    );
-
-    // Redelivered after the merge: nothing new.
-    let again = reconcile(&reconciler, &approved).await?;
-    assert_eq!(again.state(), RemediationState::Merged);
-    assert_eq!(github.with(|h| h.pulls.len()), 1);
-    assert_eq!(github.count("PUT /repos/acme/gitops/pulls/1/merge"), 2);
-
-    // v1.1.0 fails too: the next incident's rollback skips what was rolled back from (v1.2.0,
-    // recorded in the squash commit's trailers) and goes to v1.0.0.
-    let next = reconcile(&reconciler, &decision("inc2", Approval::Auto)).await?;
-    assert_eq!(next.state(), RemediationState::Merged, "{}", next.message);
-    assert_eq!((next.from_value.as_str(), next.to_value.as_str()), ("v1.1.0", "v1.0.0"));
-    assert!(github.main_file().contains("newTag: v1.0.0"));
-    assert_eq!(github.with(|h| h.pulls.len()), 2, "one pull request per incident");
-    assert_eq!(github.with(|h| h.unauthorized), 0);
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_end_the_remediation_and_errors_carry_no_token() -> anyhow::Result<()> {
-    let github = FakeGitHub::start(&["v1.0.0", "v1.1.0"]).await?;
-    // A wrong token: 401, final, not retried.
-    let wrong = github.reconciler("ghp_wrong-token")?;
-    let error = reconcile(&wrong, &decision("inc3", Approval::Auto))
-        .await
-        .expect_err("bad credentials");
-    assert!(!error.is_transient(), "{error}");
-    assert!(error.to_string().contains("401 Bad credentials"), "{error}");
-    assert!(!error.to_string().contains("ghp_wrong-token"), "{error}");
-    assert_eq!(github.with(|h| h.log.len()), 1, "a 401 is not retried");
-
-    // A rate limit longer than max_wait: the decision comes back later instead of blocking.
-    let reconciler = github.reconciler(TOKEN)?;
-    github.fault(Method::GET, "/git/ref/heads/main", 429, &[("retry-after", "3600")], 1);
-    let error = reconcile(&reconciler, &decision("inc3", Approval::Auto))
-        .await
-        .expect_err("rate limited");
-    assert!(error.is_transient(), "{error}");
-    assert!(error.to_string().contains("rate limited for 3600s"), "{error}");
-
-    // 502 on every attempt: transient, after exactly `attempts` requests.
-    github.fault(Method::GET, "/git/ref/heads/main", 502, &[], 3);
-    let before = github.count("GET /repos/acme/gitops/git/ref/heads/main");
-    let error = reconcile(&reconciler, &decision("inc3", Approval::Auto))
-        .await
-        .expect_err("502");
-    assert!(
-        error.is_transient() && error.to_string().contains("after 3 attempts"),
-        "{error}"
-    );
-    assert_eq!(github.count("GET /repos/acme/gitops/git/ref/heads/main") - before, 3);
-    assert!(
-        !github.with(|h| h.refs.contains_key("selfheal/inc3")),
-        "nothing written"
-    );
-
-    // And with GitHub answering again, the same decision goes through once.
-    let event = reconcile(&reconciler, &decision("inc3", Approval::Auto)).await?;
-    assert_eq!(event.state(), RemediationState::Merged, "{}", event.message);
-    assert_eq!(github.with(|h| h.pulls.len()), 1);
-    Ok(())
 }
