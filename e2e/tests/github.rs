@@ -225,6 +225,10 @@ async fn a_crash_between_the_commit_and_the_pull_request_still_gives_one_pull_re
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", first.output()))?;
     first.kill().await?;
+    // The decision is in nobody's hands now, and the bus says so: the consumer's lag.
+    let bus = selfheal_bus::nats::NatsBus::connect(selfheal_bus::nats::NatsOptions::new(nats.url(), "e2e")).await?;
+    assert_eq!(selfheal_bus::Bus::pending(&bus, "pr-controller").await?, 1);
+    assert_eq!(selfheal_bus::Bus::pending(&bus, "no-such-consumer").await?, 0);
     assert!(
         github.with(|h| h.refs.contains_key("selfheal/crash1")),
         "the commit was made"
@@ -263,6 +267,23 @@ async fn a_crash_between_the_commit_and_the_pull_request_still_gives_one_pull_re
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", second.output()))?;
+
+    // The lag gauge comes back to zero on /metrics (sampled every 5 s).
+    let client = reqwest::Client::new();
+    wait_for(Duration::from_secs(15), "a zero consumer lag on /metrics", || async {
+        let text = client
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "selfheal_consumer_pending_messages{consumer=\"pr-controller\"} 0")
+            .then_some(())
+    })
+    .await?;
 
     let pulls = github.with(|h| h.pulls.clone());
     assert_eq!(pulls.len(), 1, "exactly one pull request for the incident");

@@ -129,15 +129,20 @@ async fn start_sink() -> anyhow::Result<(Sink, u16)> {
     let store = sink.clone();
     let app = axum::Router::new().route(
         "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let store = store.clone();
-            async move {
-                if let Ok(mut all) = store.0.lock() {
-                    all.push(body);
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(mut body): axum::Json<Value>| {
+                let store = store.clone();
+                async move {
+                    // The request's trace context, kept beside the body for the test to check.
+                    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    body["_traceparent"] = Value::from(traceparent);
+                    if let Ok(mut all) = store.0.lock() {
+                        all.push(body);
+                    }
+                    "ok"
                 }
-                "ok"
-            }
-        }),
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -409,6 +414,11 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     assert_eq!(row_trace, &trace_id);
     assert!(rows.iter().all(|r| r.4 == trace_id), "{rows:?}");
     assert_eq!(notifications[0]["trace_id"], trace_id.as_str());
+    let traceparent = notifications[0]["_traceparent"].as_str().unwrap_or_default();
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")),
+        "the webhook request carries the incident's trace context: {traceparent:?}"
+    );
     assert_eq!(notifications[0]["incident"], incident.as_str());
     assert_eq!(notifications[0]["to"], "v1.4.1");
     assert!(git(&repo, &["log", "-1", "--format=%B", "main"])?.contains(&format!("Trace-Id: {trace_id}")));

@@ -236,6 +236,9 @@ pub trait Bus: Send + Sync + 'static {
     /// The key-value bucket `bucket`, created if missing (entries expire after `max_age`; zero
     /// keeps them).
     async fn key_value(&self, bucket: &str, max_age: Duration) -> Result<kv::SharedKeyValue, BusError>;
+    /// Messages the durable consumer `durable` has not acked yet — waiting to be delivered, or
+    /// delivered and in work: its lag. Zero for a consumer that does not exist yet.
+    async fn pending(&self, durable: &str) -> Result<u64, BusError>;
 }
 
 /// A bus shared by the parts of a service.

@@ -190,6 +190,10 @@ impl Bus for MemoryBus {
         Ok(Box::pin(stream))
     }
 
+    async fn pending(&self, durable: &str) -> Result<u64, BusError> {
+        Ok(self.outstanding(durable) as u64)
+    }
+
     async fn ready(&self) -> Result<(), BusError> {
         Ok(())
     }

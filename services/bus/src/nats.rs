@@ -196,6 +196,33 @@ impl Bus for NatsBus {
         Ok(Box::pin(deliveries))
     }
 
+    async fn pending(&self, durable: &str) -> Result<u64, BusError> {
+        let error = |e: &dyn std::fmt::Display| BusError::Consumer {
+            durable: durable.to_string(),
+            reason: e.to_string(),
+        };
+        let stream = self.js.get_stream(STREAM).await.map_err(|e| error(&e))?;
+        match stream.consumer_info(durable).await {
+            Ok(info) => Ok(info.num_pending + info.num_ack_pending as u64),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::ConsumerInfoErrorKind::NotFound
+                        | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::ConsumerInfoErrorKind::JetStream(ref inner)
+                if inner.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(error(&e)),
+        }
+    }
+
     async fn key_value(&self, bucket: &str, max_age: Duration) -> Result<crate::kv::SharedKeyValue, BusError> {
         let store = crate::kv::NatsKeyValue::open(&self.js, bucket, max_age)
             .await

@@ -111,7 +111,7 @@ impl Gateway for GatewayService {
         let results = futures::future::join_all(
             events
                 .into_iter()
-                .map(|event| crate::ingest(&self.state, event, &caller)),
+                .map(|event| crate::ingest(&self.state, event, &caller, crate::Ingress::Grpc)),
         )
         .await;
         let mut alerts = Vec::with_capacity(results.len());

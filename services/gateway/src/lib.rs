@@ -202,7 +202,12 @@ async fn alertmanager(
             caller.insert(name, value);
         }
     }
-    let published = futures::future::join_all(events.into_iter().map(|event| ingest(&state, event, &caller))).await;
+    let published = futures::future::join_all(
+        events
+            .into_iter()
+            .map(|event| ingest(&state, event, &caller, Ingress::Http)),
+    )
+    .await;
     let mut incidents = Vec::with_capacity(published.len());
     for result in published {
         incidents.push(result?);
@@ -216,9 +221,21 @@ async fn alertmanager(
     }))
 }
 
+/// How an alert arrived, for the span's attributes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ingress {
+    Http,
+    Grpc,
+}
+
 /// Records one alert. `caller` is the W3C context the request came with (an Alertmanager or a
 /// proxy may send `traceparent`), if any.
-pub(crate) async fn ingest(state: &AppState, event: AlertEvent, caller: &Headers) -> Result<IncidentRef, RequestError> {
+pub(crate) async fn ingest(
+    state: &AppState,
+    event: AlertEvent,
+    caller: &Headers,
+    ingress: Ingress,
+) -> Result<IncidentRef, RequestError> {
     let alert = event.alert.clone().unwrap_or_default();
     let service = alert
         .labels
@@ -227,16 +244,41 @@ pub(crate) async fn ingest(state: &AppState, event: AlertEvent, caller: &Headers
         .unwrap_or_else(|| webhook::NO_SERVICE.to_string());
     let alertname = alert.labels.get("alertname").cloned().unwrap_or_default();
     // A root span: each incident is its own trace.
+    // Attributes follow OpenTelemetry's semantic conventions (messaging: the alert is published
+    // to NATS; http or rpc: how it arrived), plus selfheal's own under `selfheal.`.
+    let subject = subjects::alert(&alert.status, &service);
     let span = tracing::info_span!(
         parent: None,
         "gateway.ingest",
-        incident.key = %event.incident_key,
-        alert.name = %alertname,
-        alert.status = %alert.status,
-        alert.fingerprint = %alert.fingerprint,
-        service.label = %service,
-        incident.outcome = tracing::field::Empty,
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %format!("alert.{}.{}", alert.status, event.incident_key),
+        http.request.method = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
+        selfheal.incident.key = %event.incident_key,
+        selfheal.alert.name = %alertname,
+        selfheal.alert.status = %alert.status,
+        selfheal.alert.fingerprint = %alert.fingerprint,
+        selfheal.service = %service,
+        selfheal.incident.outcome = tracing::field::Empty,
     );
+    match ingress {
+        Ingress::Http => {
+            span.record("http.request.method", "POST");
+            span.record("http.route", "/v1/alerts/alertmanager");
+        }
+        Ingress::Grpc => {
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", "selfheal.v1.Gateway");
+            span.record("rpc.method", "Ingest");
+        }
+    }
     // A resolution continues the trace its incident started: one incident, one trace. Otherwise
     // a caller's trace context, when it sent one, is the parent.
     let incident_trace = if alert.status == "resolved"
@@ -260,7 +302,7 @@ pub(crate) async fn ingest(state: &AppState, event: AlertEvent, caller: &Headers
     selfheal_telemetry::propagation::inject_headers(&span, &mut headers);
     let traceparent = headers.get("traceparent").unwrap_or_default().to_string();
     let message = Outgoing {
-        subject: subjects::alert(&alert.status, &service),
+        subject,
         msg_id: format!("alert.{}.{}", alert.status, event.incident_key),
         headers,
         payload: event.encode_to_vec().into(),
@@ -301,7 +343,7 @@ pub(crate) async fn ingest(state: &AppState, event: AlertEvent, caller: &Headers
         incidents::Outcome::Resolved => "resolved",
         incidents::Outcome::Duplicate => "duplicate",
     };
-    span.record("incident.outcome", outcome_name);
+    span.record("selfheal.incident.outcome", outcome_name);
     metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_RECEIVED, "status" => alert.status.clone())
         .increment(1);
     let duplicate = outcome == incidents::Outcome::Duplicate;

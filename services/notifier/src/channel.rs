@@ -81,6 +81,7 @@ async fn post(
 ) -> Result<(), ChannelError> {
     let mut request = client
         .post(url.expose())
+        .headers(selfheal_telemetry::propagation::http_headers(&tracing::Span::current()))
         .header("content-type", "application/json")
         .body(body);
     if let Some(signature) = signature {

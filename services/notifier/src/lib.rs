@@ -261,9 +261,14 @@ impl Handler for NotifyHandler {
     async fn handle(&self, delivery: &Delivery) -> Disposition {
         let span = tracing::info_span!(
             "notifier.record",
-            incident.key = tracing::field::Empty,
-            event.kind = tracing::field::Empty,
-            delivery.attempt = delivery.delivered,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %delivery.subject,
+            messaging.consumer.group.name = CONSUMER,
+            messaging.message.delivery_count = delivery.delivered,
+            selfheal.incident.key = tracing::field::Empty,
+            selfheal.event.kind = tracing::field::Empty,
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
@@ -284,8 +289,8 @@ impl Handler for NotifyHandler {
         } else {
             return Disposition::Ack;
         };
-        span.record("incident.key", event.entry.incident.as_str());
-        span.record("event.kind", event.entry.kind.as_str());
+        span.record("selfheal.incident.key", event.entry.incident.as_str());
+        span.record("selfheal.event.kind", event.entry.kind.as_str());
         self.process(event, delivery.delivered).instrument(span).await
     }
 }
@@ -315,6 +320,12 @@ pub async fn run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]),
         handler,
+        cancel.clone().cancelled_owned(),
+    ));
+    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+        bus.clone(),
+        vec![CONSUMER.to_string()],
+        Duration::from_secs(5),
         cancel.clone().cancelled_owned(),
     ));
     let ready: selfheal_telemetry::health::ReadinessCheck = Arc::new(move || {

@@ -43,7 +43,14 @@ pub fn server(
 #[tonic::async_trait]
 impl Policy for PolicyService {
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
-        let span = tracing::info_span!("policy.evaluate", incident.key = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "policy.evaluate",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "selfheal.v1.Policy",
+            rpc.method = "Evaluate",
+            selfheal.incident.key = tracing::field::Empty
+        );
         selfheal_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
         let request = request.into_inner();
         let alert = request

@@ -75,9 +75,14 @@ impl Handler for DecisionHandler {
         };
         let span = tracing::info_span!(
             "policy.decide",
-            incident.key = %event.incident_key,
-            delivery.attempt = delivery.delivered,
-            decision.action = tracing::field::Empty,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %delivery.subject,
+            messaging.consumer.group.name = CONSUMER,
+            messaging.message.delivery_count = delivery.delivered,
+            selfheal.incident.key = %event.incident_key,
+            selfheal.action = tracing::field::Empty,
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let service = delivery.subject.rsplit('.').next().unwrap_or("_none").to_string();
@@ -136,7 +141,7 @@ impl DecisionHandler {
         }
         metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS).record(started.elapsed().as_secs_f64());
         let action = decide::action_name(decision.action());
-        span.record("decision.action", action);
+        span.record("selfheal.action", action);
         if let Some(received) = event.received_at.as_ref() {
             let received = received.seconds as f64 + f64::from(received.nanos) / 1e9;
             let decided = now.timestamp() as f64 + f64::from(now.timestamp_subsec_nanos()) / 1e9;
@@ -206,6 +211,12 @@ pub async fn run(
         bus.clone(),
         ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]),
         handler,
+        cancel.clone().cancelled_owned(),
+    ));
+    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+        bus.clone(),
+        vec![CONSUMER.to_string()],
+        Duration::from_secs(5),
         cancel.clone().cancelled_owned(),
     ));
 

@@ -56,6 +56,7 @@ impl PolicyEngine for OpaEngine {
         let response = self
             .client
             .post(&url)
+            .headers(selfheal_telemetry::propagation::http_headers(&tracing::Span::current()))
             .json(&json!({ "input": input }))
             .send()
             .await

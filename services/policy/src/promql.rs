@@ -81,6 +81,7 @@ impl MetricsSource for Prometheus {
         let response = self
             .client
             .get(url)
+            .headers(selfheal_telemetry::propagation::http_headers(&tracing::Span::current()))
             .send()
             .await
             .map_err(|e| MetricsError::Unavailable(e.without_url().to_string()))?;

@@ -97,8 +97,13 @@ impl RemediationsService {
         if let Some(approval) = approval {
             decision.set_approval(approval);
         }
-        let span =
-            tracing::info_span!("pr_controller.operator", incident.key = %record.incident, operator.note = %note);
+        let span = tracing::info_span!(
+            "pr_controller.operator",
+            rpc.system = "grpc",
+            rpc.service = "selfheal.v1.Remediations",
+            selfheal.incident.key = %record.incident,
+            selfheal.operator.note = %note
+        );
         let done = self
             .handler
             .carry_out(decision, record.subject_service.clone(), Some(&note), span)
@@ -249,7 +254,13 @@ impl Remediations for RemediationsService {
                 event.message = format!("{}; the pull request could not be closed: {error}", event.message);
             }
         }
-        let span = tracing::info_span!("pr_controller.operator", incident.key = %record.incident);
+        let span = tracing::info_span!(
+            "pr_controller.operator",
+            rpc.system = "grpc",
+            rpc.service = "selfheal.v1.Remediations",
+            rpc.method = "Reject",
+            selfheal.incident.key = %record.incident
+        );
         self.handler
             .publish(&record.subject_service, &event, &span)
             .await

@@ -83,10 +83,15 @@ impl Handler for RemediationHandler {
         };
         let span = tracing::info_span!(
             "pr_controller.reconcile",
-            incident.key = %decision.incident_key,
-            decision.action = names::action(decision.action()),
-            delivery.attempt = delivery.delivered,
-            remediation.state = tracing::field::Empty,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %delivery.subject,
+            messaging.consumer.group.name = CONSUMER,
+            messaging.message.delivery_count = delivery.delivered,
+            selfheal.incident.key = %decision.incident_key,
+            selfheal.action = names::action(decision.action()),
+            selfheal.remediation.state = tracing::field::Empty,
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let service = delivery.subject.rsplit('.').next().unwrap_or("_none").to_string();
@@ -172,7 +177,7 @@ impl RemediationHandler {
         if let (Some(sync), RemediationState::Merged) = (&self.sync, event.state()) {
             sync.after_merge(&event, &span).await;
         }
-        span.record("remediation.state", names::state(event.state()));
+        span.record("selfheal.remediation.state", names::state(event.state()));
         if let (Some(decided), RemediationState::Merged | RemediationState::Opened) =
             (decision.decided_at.as_ref(), event.state())
         {
@@ -260,7 +265,15 @@ impl Handler for VerifyHandler {
             Ok(alert) => alert,
             Err(error) => return Disposition::Reject(format!("undecodable AlertEvent: {error}")),
         };
-        let span = tracing::info_span!("pr_controller.verify", incident.key = %alert.incident_key);
+        let span = tracing::info_span!(
+            "pr_controller.verify",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %delivery.subject,
+            messaging.consumer.group.name = VERIFY_CONSUMER,
+            selfheal.incident.key = %alert.incident_key,
+        );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
         let verified = match self.verifier.resolve(&alert, chrono::Utc::now()).await {
             Ok(verified) => verified,
@@ -296,7 +309,7 @@ pub async fn sweep_once(
 ) -> Result<usize, verify::VerifyError> {
     let mut escalated = 0;
     for (incident, merged) in verifier.overdue(now).await? {
-        let span = tracing::info_span!("pr_controller.escalate", incident.key = %incident);
+        let span = tracing::info_span!("pr_controller.escalate", selfheal.incident.key = %incident);
         let mut note = String::new();
         if let Some(reconciler) = revert_with {
             let (reconciler, to_revert) = (reconciler.clone(), merged.clone());
@@ -407,6 +420,12 @@ pub async fn run(
         bus.clone(),
         decisions,
         handler,
+        cancel.clone().cancelled_owned(),
+    ));
+    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+        bus.clone(),
+        vec![CONSUMER.to_string(), VERIFY_CONSUMER.to_string()],
+        Duration::from_secs(5),
         cancel.clone().cancelled_owned(),
     ));
     let verify_task = tokio::spawn(consumer::run(

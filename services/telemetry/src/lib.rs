@@ -2,8 +2,11 @@
 //!
 //! * [`init`]: structured logs (`SELFHEAL_LOG_FORMAT=json` for JSON lines; `RUST_LOG` filters) and
 //!   OpenTelemetry tracing. Spans always carry W3C trace ids (so audit rows and notifications can
-//!   name the trace); they are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` or
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (standard `OTEL_*` variables apply).
+//!   name the trace); they are exported in batches over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//!   or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set: gRPC by default, HTTP with
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` (or `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`).
+//!   `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS` and the
+//!   other standard variables apply; `OTEL_TRACES_EXPORTER=none` turns export off.
 //! * [`propagation`]: W3C `traceparent`/`tracestate` through bus headers and gRPC metadata.
 //! * [`metrics`]: the Prometheus recorder and the metric names, in one place.
 //! * [`health`]: `/healthz`, `/readyz` and `/metrics`.
@@ -45,6 +48,28 @@ pub fn otlp_requested() -> bool {
             .unwrap_or(true)
 }
 
+/// How spans travel to the collector.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    Unsupported(String),
+}
+
+/// The OTLP protocol the environment asks for: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
+pub fn otlp_protocol() -> Protocol {
+    let chosen = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .filter_map(|key| std::env::var(key).ok())
+        .find(|v| !v.trim().is_empty());
+    match chosen.as_deref().map(str::trim) {
+        None | Some("grpc") => Protocol::Grpc,
+        Some("http/protobuf") => Protocol::HttpProtobuf,
+        Some(other) => Protocol::Unsupported(other.to_string()),
+    }
+}
+
 /// Sets up logging and tracing for `service_name` (overridden by `OTEL_SERVICE_NAME`).
 /// Call once per process; later calls return a guard that does nothing.
 pub fn init(service_name: &str) -> TelemetryGuard {
@@ -60,7 +85,14 @@ pub fn init(service_name: &str) -> TelemetryGuard {
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     let mut export_error = None;
     if otlp_requested() {
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        let exporter = match otlp_protocol() {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder().with_http().build(),
+            Protocol::Unsupported(name) => Err(opentelemetry_otlp::ExporterBuildError::InvalidConfiguration(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={name} is not supported (grpc or http/protobuf)"
+            ))),
+        };
+        match exporter {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(e) => export_error = Some(e.to_string()),
         }

@@ -44,6 +44,8 @@ pub const HOP_MERGE_TO_RESOLVED: &str = "selfheal_hop_merge_to_resolved_seconds"
 pub const FORGE_RETRIES: &str = "selfheal_pr_controller_forge_retries_total";
 /// Sync-now requests to Argo CD or Flux after a merge, by result (`ok`, `error`).
 pub const SYNC_REQUESTS: &str = "selfheal_pr_controller_sync_requests_total";
+/// Messages a durable consumer has not acked yet (waiting or in work), by `consumer`: the lag.
+pub const CONSUMER_PENDING: &str = "selfheal_consumer_pending_messages";
 
 /// Every metric selfheal exports (the Grafana dashboard's test checks its queries against it).
 pub const ALL: &[&str] = &[
@@ -66,7 +68,36 @@ pub const ALL: &[&str] = &[
     HOP_MERGE_TO_RESOLVED,
     FORGE_RETRIES,
     SYNC_REQUESTS,
+    CONSUMER_PENDING,
 ];
+
+/// Samples, every `interval` until `shutdown`, how many messages each of `durables` has not
+/// acked yet, into the gauge [`CONSUMER_PENDING`]`{consumer}`. A failed sample leaves the last
+/// value and is logged at debug level (the bus being down shows on `/readyz`).
+pub async fn sample_consumer_lag(
+    bus: selfheal_bus::SharedBus,
+    durables: Vec<String>,
+    interval: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        for durable in &durables {
+            match bus.pending(durable).await {
+                Ok(pending) => {
+                    metrics::gauge!(CONSUMER_PENDING, "consumer" => durable.clone()).set(pending as f64);
+                }
+                Err(error) => tracing::debug!(consumer = %durable, error = %error, "consumer lag not sampled"),
+            }
+        }
+    }
+}
 
 /// Histogram buckets, seconds: request latencies at the low end, MTTR at the high end.
 const BUCKETS: &[f64] = &[
