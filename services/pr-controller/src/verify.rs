@@ -169,6 +169,16 @@ impl Verifier {
                 updated_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
                 event: event.encode_to_vec(),
             };
+            if to == "merged"
+                && let Some(opened) = previous
+                    .as_ref()
+                    .filter(|p| p.state == "opened")
+                    .and_then(|p| parse(&p.updated_at))
+            {
+                // It waited for approval: how long, from the commit on its branch to the merge.
+                metrics::histogram!(selfheal_telemetry::metrics::HOP_COMMIT_TO_MERGE)
+                    .record((now - opened).num_milliseconds().max(0) as f64 / 1000.0);
+            }
             if to == "merged" {
                 let window = chrono::Duration::from_std(self.window_for(selfheal_proto::names::action(event.action())))
                     .unwrap_or_else(|_| chrono::Duration::minutes(15));

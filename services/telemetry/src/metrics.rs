@@ -38,6 +38,8 @@ pub const REMEDIATION_SECONDS: &str = "selfheal_remediation_duration_seconds";
 pub const HOP_WEBHOOK_TO_DECISION: &str = "selfheal_hop_webhook_to_decision_seconds";
 /// Hop latency: the decision → its change on a branch or main.
 pub const HOP_DECISION_TO_CHANGE: &str = "selfheal_hop_decision_to_change_seconds";
+/// Hop latency: a change waiting for approval (opened) → its merge.
+pub const HOP_COMMIT_TO_MERGE: &str = "selfheal_hop_commit_to_merge_seconds";
 /// Hop latency: the merge → the alert's resolution.
 pub const HOP_MERGE_TO_RESOLVED: &str = "selfheal_hop_merge_to_resolved_seconds";
 /// Requests to the forge (GitHub) retried, by reason (`server_error`, `rate_limit`, `transport`).
@@ -65,6 +67,7 @@ pub const ALL: &[&str] = &[
     REMEDIATION_SECONDS,
     HOP_WEBHOOK_TO_DECISION,
     HOP_DECISION_TO_CHANGE,
+    HOP_COMMIT_TO_MERGE,
     HOP_MERGE_TO_RESOLVED,
     FORGE_RETRIES,
     SYNC_REQUESTS,
