@@ -13,6 +13,10 @@ struct Args {
     /// TOML config file; SELFHEAL_GATEWAY_* environment variables override it.
     #[arg(long, env = "SELFHEAL_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the health endpoint at URL and exit 0 if it answers 200, for container health
+    /// checks (`--probe http://127.0.0.1:PORT/readyz`); starts nothing.
+    #[arg(long, value_name = "URL")]
+    probe: Option<String>,
 }
 
 /// mimalloc: the webhook path allocates per request, and glibc's malloc was a fifth of its CPU.
@@ -22,6 +26,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(url) = &args.probe {
+        return selfheal_telemetry::health::probe(url);
+    }
     let _telemetry = selfheal_telemetry::init("selfheal-gateway");
     let config: GatewayConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_GATEWAY_") {
         Ok(config) => config,

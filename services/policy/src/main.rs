@@ -17,11 +17,18 @@ struct Args {
     /// TOML config file; SELFHEAL_POLICY_* environment variables override it.
     #[arg(long, env = "SELFHEAL_POLICY_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the health endpoint at URL and exit 0 if it answers 200, for container health
+    /// checks (`--probe http://127.0.0.1:PORT/readyz`); starts nothing.
+    #[arg(long, value_name = "URL")]
+    probe: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(url) = &args.probe {
+        return selfheal_telemetry::health::probe(url);
+    }
     let _telemetry = selfheal_telemetry::init("selfheal-policy");
     let config: PolicyConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_POLICY_") {
         Ok(config) => config,

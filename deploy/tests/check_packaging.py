@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Checks selfheal's packaging, as CI runs it (scripts/test):
+
+1. docker-compose (Debian's) accepts docker-compose.yml, with every profile.
+2. Each Helm chart lints clean (strict, Kubernetes 1.30) and renders — with its default values and
+   with ci/full-values.yaml — through Helm's own engine (helm-python-sdk), and every rendered
+   manifest validates against the Kubernetes 1.30 schemas (kubernetes-validate, strict).
+3. Every rendered Deployment runs as non-root with a read-only root filesystem, has a liveness
+   probe on /healthz and a readiness probe on /readyz on its http port, and sets CPU and memory
+   requests and limits.
+4. The README's compose instructions name only profiles, services and ports the compose file has,
+   and each chart's README documents the values its values.yaml has.
+
+Exit status 0 when everything holds; otherwise each failure is printed and the status is 1.
+"""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHARTS = ["gateway", "policy", "pr-controller", "notifier"]
+KUBE = "1.30.0"
+failures: list[str] = []
+
+
+def fail(message: str) -> None:
+    failures.append(message)
+    print(f"FAIL {message}")
+
+
+def check_compose() -> dict:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    profiles = sorted({p for s in compose["services"].values() for p in s.get("profiles", [])})
+    args = ["docker-compose", "-f", str(ROOT / "docker-compose.yml")]
+    for profile in profiles:
+        args += ["--profile", profile]
+    result = subprocess.run(args + ["config", "-q"], capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"docker-compose config -q: {result.stderr.strip()}")
+    else:
+        print(f"ok   docker-compose config -q (profiles: {', '.join(profiles)})")
+    return compose
+
+
+def check_deployment(where: str, doc: dict, http_port: int) -> None:
+    spec = doc["spec"]["template"]["spec"]
+    if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
+        fail(f"{where}: pod securityContext.runAsNonRoot is not true")
+    for container in spec["containers"]:
+        name = f"{where} container {container['name']}"
+        security = container.get("securityContext", {})
+        if security.get("readOnlyRootFilesystem") is not True:
+            fail(f"{name}: readOnlyRootFilesystem is not true")
+        if security.get("runAsNonRoot") is not True:
+            fail(f"{name}: runAsNonRoot is not true")
+        if security.get("allowPrivilegeEscalation") is not False:
+            fail(f"{name}: allowPrivilegeEscalation is not false")
+        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        if ports.get("http") != http_port:
+            fail(f"{name}: the http port is {ports.get('http')}, not {http_port}")
+        for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+            get = container.get(probe, {}).get("httpGet", {})
+            if get.get("path") != path or get.get("port") not in ("http", http_port):
+                fail(f"{name}: {probe} is not GET {path} on the http port: {get}")
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if not resources.get(kind, {}).get(resource):
+                    fail(f"{name}: no {kind}.{resource}")
+
+
+def check_chart(name: str) -> None:
+    chart_dir = ROOT / "deploy" / "helm" / name
+    helm_python.dependency_build(str(chart_dir))
+    defaults = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    full = yaml.safe_load((chart_dir / "ci" / "full-values.yaml").read_text())
+    http_port = defaults["service"]["httpPort"]
+    for label, values in [("default values", None), ("ci/full-values.yaml", full)]:
+        where = f"chart {name} ({label})"
+        report = helm_python.lint(str(chart_dir), values, strict=True, kube_version=f"v{KUBE}")
+        problems = report.get("errors", []) + [
+            f"{m['path']}: {m['error']}" for m in report.get("messages", []) if m.get("severity", 0) >= 2
+        ]
+        for problem in problems:
+            fail(f"{where}: lint: {problem}")
+        chart = helm_python.Chart.load(str(chart_dir))
+        rendered = chart.render(values, name="selfheal", namespace="selfheal")
+        kinds = []
+        for template, text in sorted(rendered.items()):
+            if not template.endswith((".yaml", ".yml")):
+                continue
+            for doc in yaml.safe_load_all(text):
+                if not doc:
+                    continue
+                kinds.append(doc["kind"])
+                if doc["apiVersion"] == "monitoring.coreos.com/v1":
+                    # A CRD: no schema in Kubernetes' own; check what the operator needs.
+                    if not doc["spec"].get("endpoints") or not doc["spec"].get("selector"):
+                        fail(f"{where}: {template}: ServiceMonitor without endpoints or selector")
+                    continue
+                try:
+                    kubernetes_validate.validate(doc, KUBE, strict=True)
+                except kubernetes_validate.ValidationError as error:
+                    fail(f"{where}: {template}: {doc['kind']} is not valid Kubernetes {KUBE}: {error.message}")
+                if doc["kind"] == "Deployment":
+                    check_deployment(f"{where} {template}", doc, http_port)
+        if "Deployment" not in kinds:
+            fail(f"{where}: renders no Deployment")
+        print(f"ok   {where}: lint clean, {len(kinds)} manifests valid for Kubernetes {KUBE}: {', '.join(sorted(kinds))}")
+        chart.close()
+
+
+def check_readme(compose: dict) -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Deploy\n(.*?)(?=^## )", readme, re.S | re.M)
+    if not match:
+        fail("README.md has no '## Deploy' section")
+        return
+    section = match.group(1)
+    services = compose["services"]
+    profiles = {p for s in services.values() for p in s.get("profiles", [])}
+    published = {
+        int(str(port).split(":")[0]) for s in services.values() for port in s.get("ports", [])
+    }
+    commands = re.findall(r"^.*?(docker compose .*)$", section, re.M)
+    if not commands:
+        fail("README's Deploy section has no docker compose command")
+    for command in commands:
+        logs = re.match(r"docker compose logs(?: -f)? (.*)$", command)
+        for service in logs.group(1).split() if logs else []:
+            if service not in services:
+                fail(f"README: `{command}` names the service {service}, which docker-compose.yml lacks")
+        for profile in re.findall(r"--profile\s+(\S+)", command):
+            if profile not in profiles:
+                fail(f"README: `{command}` names the profile {profile}, which docker-compose.yml lacks")
+    for port in {int(p) for p in re.findall(r"localhost:(\d+)", section)}:
+        if port not in published:
+            fail(f"README: localhost:{port} is not a port docker-compose.yml publishes")
+    for service in re.findall(r"`compose:([a-z-]+)`", section):
+        if service not in services:
+            fail(f"README: the compose service {service} does not exist")
+    print(f"ok   README's Deploy section: {len(commands)} compose commands checked against docker-compose.yml")
+
+
+def check_chart_readmes() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "helm" / "readme.py"), "--check"], capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"chart READMEs: {result.stdout.strip()}")
+    else:
+        print("ok   chart READMEs match their values.yaml")
+
+
+def main() -> int:
+    check_chart_readmes()
+    compose = check_compose()
+    for name in CHARTS:
+        check_chart(name)
+    check_readme(compose)
+    if failures:
+        print(f"\n{len(failures)} packaging check(s) failed")
+        return 1
+    print("\nall packaging checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
