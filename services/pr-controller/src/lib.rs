@@ -165,6 +165,14 @@ impl RemediationHandler {
         if let Some(note) = note {
             event.message = format!("{note}: {}", event.message);
         }
+        if event.at.is_none() {
+            // When the change was made (or refused): the hop "decision → change" ends here.
+            let now = chrono::Utc::now();
+            event.at = Some(Timestamp {
+                seconds: now.timestamp(),
+                nanos: now.timestamp_subsec_nanos() as i32,
+            });
+        }
         if let Some(verifier) = &self.verifier {
             // The change is made; on a store error, the redelivery finds it and records it then.
             let now_in = verifier.record(&event, &service, chrono::Utc::now()).await?;
