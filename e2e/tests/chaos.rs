@@ -92,6 +92,9 @@ const RULES: &str = r#"groups:
         annotations: {summary: "{{ $labels.service }} is CPU-bound"}
 "#;
 
+/// A demo service: its name, its releases in git (tag, replicas; oldest first), its CPU demand.
+type Demo<'a> = (&'a str, &'a [(&'a str, u32)], f64);
+
 /// Everything, started and ready.
 struct Stack {
     _nats: Nats,
@@ -118,7 +121,7 @@ impl Stack {
             .join("\n")
     }
 
-    async fn start(dir: &Path, demos: &[(&str, &[(&str, u32)], f64)]) -> anyhow::Result<Self> {
+    async fn start(dir: &Path, demos: &[Demo<'_>]) -> anyhow::Result<Self> {
         let nats = Nats::start().await?;
         let services: Vec<(&str, &[(&str, u32)])> = demos.iter().map(|(s, r, _)| (*s, *r)).collect();
         let repo = gitops_repo(dir, &services)?;
