@@ -95,19 +95,50 @@ const RULES: &str = r#"groups:
 /// A demo service: its name, its releases in git (tag, replicas; oldest first), its CPU demand.
 type Demo<'a> = (&'a str, &'a [(&'a str, u32)], f64);
 
+/// How to (re)start one process of the stack.
+#[derive(Clone)]
+struct Spec {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// A URL that answers 200 once it is ready.
+    ready: String,
+}
+
 /// Everything, started and ready.
 struct Stack {
-    _nats: Nats,
+    nats: Nats,
+    dir: PathBuf,
     repo: PathBuf,
     nats_url: String,
-    processes: Vec<Process>,
+    specs: BTreeMap<String, Spec>,
+    processes: BTreeMap<String, Process>,
+    starts: usize,
     demo_ports: BTreeMap<String, u16>,
+    prometheus: String,
 }
 
 impl Stack {
+    /// Starts (or starts again) the process `name` and waits until it is ready.
+    async fn launch(&mut self, name: &str) -> anyhow::Result<()> {
+        let spec = self.specs.get(name).context("no such process")?.clone();
+        self.starts += 1;
+        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+        let log_name = format!("{name}.{}", self.starts);
+        let mut process = Process::start(&log_name, &spec.program, &args, &spec.env, &self.dir)?;
+        wait_ready(&spec.ready, &mut process).await?;
+        self.processes.insert(name.to_string(), process);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        self.processes.get_mut(name).context("not running")?.kill().await
+    }
+
     fn dump(&self) -> String {
         self.processes
-            .iter()
+            .values()
             .map(|p| {
                 let out = p.output();
                 let tail: Vec<&str> = out.lines().rev().take(30).collect();
@@ -121,14 +152,24 @@ impl Stack {
             .join("\n")
     }
 
-    async fn start(dir: &Path, demos: &[Demo<'_>]) -> anyhow::Result<Self> {
+    async fn start(dir: &Path, demos: &[Demo<'_>], extra_env: &[(&'static str, String)]) -> anyhow::Result<Self> {
         let nats = Nats::start().await?;
         let services: Vec<(&str, &[(&str, u32)])> = demos.iter().map(|(s, r, _)| (*s, *r)).collect();
         let repo = gitops_repo(dir, &services)?;
-        let mut processes = Vec::new();
+        let mut stack = Stack {
+            nats_url: nats.url(),
+            nats,
+            dir: dir.to_path_buf(),
+            repo: repo.clone(),
+            specs: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            starts: 0,
+            demo_ports: BTreeMap::new(),
+            prometheus: String::new(),
+        };
+        let nats_url = stack.nats_url.clone();
 
         // The demo apps (they apply main themselves: the sync stand-in).
-        let mut demo_ports = BTreeMap::new();
         for (service, _, cpu_load) in demos {
             let port = free_port()?;
             let args = [
@@ -147,11 +188,18 @@ impl Stack {
                 "--cpu-load".into(),
                 cpu_load.to_string(),
             ];
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut demo = Process::start(&format!("demo-{service}"), &binary("demo-app")?, &args, &[], dir)?;
-            wait_ready(&format!("http://127.0.0.1:{port}/healthz"), &mut demo).await?;
-            processes.push(demo);
-            demo_ports.insert(service.to_string(), port);
+            let name = format!("demo-{service}");
+            stack.specs.insert(
+                name.clone(),
+                Spec {
+                    program: binary("demo-app")?,
+                    args: args.to_vec(),
+                    env: vec![],
+                    ready: format!("http://127.0.0.1:{port}/healthz"),
+                },
+            );
+            stack.launch(&name).await?;
+            stack.demo_ports.insert(service.to_string(), port);
         }
 
         // selfheal.
@@ -175,7 +223,7 @@ impl Stack {
                 vec![
                     ("SELFHEAL_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}")),
                     ("SELFHEAL_GATEWAY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-                    ("SELFHEAL_GATEWAY_NATS_URL", nats.url()),
+                    ("SELFHEAL_GATEWAY_NATS_URL", nats_url.clone()),
                     ("SELFHEAL_GATEWAY_TOKEN", TOKEN.into()),
                 ],
                 gateway_port,
@@ -186,7 +234,7 @@ impl Stack {
                     ("SELFHEAL_POLICY_CONFIG", policy_config.display().to_string()),
                     ("SELFHEAL_POLICY_LISTEN", format!("127.0.0.1:{policy_port}")),
                     ("SELFHEAL_POLICY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-                    ("SELFHEAL_POLICY_NATS_URL", nats.url()),
+                    ("SELFHEAL_POLICY_NATS_URL", nats_url.clone()),
                     (
                         "SELFHEAL_POLICY_POLICY_DIR",
                         workspace_root().join("deploy/policies").display().to_string(),
@@ -202,7 +250,7 @@ impl Stack {
                 vec![
                     ("SELFHEAL_PR_CONTROLLER_LISTEN", format!("127.0.0.1:{pr_port}")),
                     ("SELFHEAL_PR_CONTROLLER_GRPC_LISTEN", format!("127.0.0.1:{pr_grpc}")),
-                    ("SELFHEAL_PR_CONTROLLER_NATS_URL", nats.url()),
+                    ("SELFHEAL_PR_CONTROLLER_NATS_URL", nats_url.clone()),
                     ("SELFHEAL_PR_CONTROLLER_REPOSITORY", repo.display().to_string()),
                     ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", TOKEN.into()),
                     ("SELFHEAL_PR_CONTROLLER_VERIFY_WINDOW", "2m".into()),
@@ -215,7 +263,7 @@ impl Stack {
                 vec![
                     ("SELFHEAL_NOTIFIER_LISTEN", format!("127.0.0.1:{notifier_port}")),
                     ("SELFHEAL_NOTIFIER_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-                    ("SELFHEAL_NOTIFIER_NATS_URL", nats.url()),
+                    ("SELFHEAL_NOTIFIER_NATS_URL", nats_url.clone()),
                     (
                         "SELFHEAL_NOTIFIER_DATABASE_URL",
                         format!("sqlite://{}?mode=rwc", dir.join("audit.db").display()),
@@ -225,14 +273,27 @@ impl Stack {
                 notifier_port,
             ),
         ];
-        for (name, env, port) in services {
-            let mut process = Process::start(name, &binary(&format!("selfheal-{name}"))?, &[], &env, dir)?;
-            wait_ready(&format!("http://127.0.0.1:{port}/readyz"), &mut process).await?;
-            processes.push(process);
+        for (name, mut env, port) in services {
+            let prefix = format!("SELFHEAL_{}_", name.to_uppercase().replace('-', "_"));
+            env.extend(extra_env.iter().filter(|(k, _)| k.starts_with(&prefix)).cloned());
+            stack.specs.insert(
+                name.to_string(),
+                Spec {
+                    program: binary(&format!("selfheal-{name}"))?,
+                    args: vec![],
+                    env,
+                    ready: format!("http://127.0.0.1:{port}/readyz"),
+                },
+            );
+            stack.launch(name).await?;
         }
 
         // Prometheus scrapes the demo apps every second and alerts through Alertmanager.
-        let targets: Vec<String> = demo_ports.values().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let targets: Vec<String> = stack
+            .demo_ports
+            .values()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
         std::fs::write(dir.join("rules.yml"), RULES)?;
         std::fs::write(
             dir.join("prometheus.yml"),
@@ -262,16 +323,18 @@ impl Stack {
             format!("--web.listen-address=127.0.0.1:{alertmanager_port}"),
             "--cluster.listen-address=".into(),
         ];
-        let am_args: Vec<&str> = am_args.iter().map(String::as_str).collect();
-        let mut alertmanager = Process::start("alertmanager", &alertmanager_program, &am_args, &[], dir).context(
+        stack.specs.insert(
+            "alertmanager".into(),
+            Spec {
+                program: alertmanager_program,
+                args: am_args.to_vec(),
+                env: vec![],
+                ready: format!("http://127.0.0.1:{alertmanager_port}/-/ready"),
+            },
+        );
+        stack.launch("alertmanager").await.context(
             "alertmanager must be installed (apt-get install prometheus-alertmanager) or named by $ALERTMANAGER",
         )?;
-        wait_ready(
-            &format!("http://127.0.0.1:{alertmanager_port}/-/ready"),
-            &mut alertmanager,
-        )
-        .await?;
-        processes.push(alertmanager);
         let prometheus_program = std::env::var_os("PROMETHEUS")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("prometheus"));
@@ -280,18 +343,21 @@ impl Stack {
             format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
             format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
         ];
-        let prom_args: Vec<&str> = prom_args.iter().map(String::as_str).collect();
-        let mut prometheus = Process::start("prometheus", &prometheus_program, &prom_args, &[], dir)
+        stack.specs.insert(
+            "prometheus".into(),
+            Spec {
+                program: prometheus_program,
+                args: prom_args.to_vec(),
+                env: vec![],
+                ready: format!("http://127.0.0.1:{prometheus_port}/-/ready"),
+            },
+        );
+        stack
+            .launch("prometheus")
+            .await
             .context("prometheus must be installed (apt-get install prometheus) or named by $PROMETHEUS")?;
-        wait_ready(&format!("http://127.0.0.1:{prometheus_port}/-/ready"), &mut prometheus).await?;
-        processes.push(prometheus);
-        Ok(Self {
-            nats_url: nats.url(),
-            _nats: nats,
-            repo,
-            processes,
-            demo_ports,
-        })
+        stack.prometheus = format!("http://127.0.0.1:{prometheus_port}");
+        Ok(stack)
     }
 
     fn main_file(&self, service: &str) -> anyhow::Result<String> {
@@ -406,6 +472,7 @@ async fn error_rate_and_cpu_incidents_heal_on_real_prometheus_and_alertmanager()
             ("shop", &[("v1.4.1", 2), ("v1.5.0", 2)], 0.3),
             ("search", &[("v2.0.0", 1)], 1.6),
         ],
+        &[],
     )
     .await?;
     // The faults are live from here: Prometheus scrapes them.
@@ -467,7 +534,7 @@ async fn error_rate_and_cpu_incidents_heal_on_real_prometheus_and_alertmanager()
         assert_eq!(merged, 1, "{service}: one remediation");
         shares.push(breakdown(title, injected, acted[0], &events, applied[service]));
     }
-    for process in &stack.processes {
+    for process in stack.processes.values() {
         ensure!(
             process.output().lines().all(|l| !l.contains("panicked")),
             "{} panicked",
@@ -475,5 +542,256 @@ async fn error_rate_and_cpu_incidents_heal_on_real_prometheus_and_alertmanager()
         );
     }
     assert!(shares.iter().all(|s| s.is_finite() && *s > 0.0), "{shares:?}");
+    Ok(())
+}
+
+impl Stack {
+    /// Deploys `tag` of `service`: a release commit on main, as a release pipeline would push.
+    fn deploy(&self, service: &str, tag: &str) -> anyhow::Result<()> {
+        let work = self.dir.join("gitops-work");
+        git(&work, &["fetch", "-q", "origin"])?;
+        git(&work, &["reset", "-q", "--hard", "origin/main"])?;
+        std::fs::write(
+            work.join(format!("apps/{service}/kustomization.yaml")),
+            kustomization(service, tag, 1),
+        )?;
+        git(&work, &["commit", "-q", "-am", &format!("{service}: release {tag}")])?;
+        git(&work, &["push", "-q", "origin", "HEAD:main"])?;
+        Ok(())
+    }
+
+    /// Whether the stream holds a message on `subject`.
+    async fn on_bus(&self, subject: &str) -> bool {
+        let Ok(client) = async_nats::connect(&self.nats_url).await else {
+            return false;
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(stream) = js.get_stream("SELFHEAL").await else {
+            return false;
+        };
+        stream.get_last_raw_message_by_subject(subject).await.is_ok()
+    }
+
+    /// Whether Prometheus has `alertname` firing for `service`.
+    async fn firing(&self, client: &reqwest::Client, alertname: &str, service: &str) -> bool {
+        let Ok(response) = client.get(format!("{}/api/v1/alerts", self.prometheus)).send().await else {
+            return false;
+        };
+        let Ok(body) = response.json::<serde_json::Value>().await else {
+            return false;
+        };
+        body["data"]["alerts"].as_array().is_some_and(|alerts| {
+            alerts.iter().any(|a| {
+                a["state"] == "firing" && a["labels"]["alertname"] == alertname && a["labels"]["service"] == service
+            })
+        })
+    }
+}
+
+/// The faults the seeds name, each once, each in the middle of its own incident.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL the gateway before the alert fires; Alertmanager retries until it is back.
+    Gateway,
+    /// SIGKILL the policy once the alert is on the bus.
+    Policy,
+    /// SIGKILL the pr-controller once the decision is on the bus.
+    PrController,
+    /// SIGKILL the notifier once the remediation is on the bus.
+    Notifier,
+    /// SIGKILL nats-server once the alert is on the bus, and start it again.
+    Nats,
+    /// The GitOps repository refuses ref updates (a stale lock on main) for a few seconds.
+    Forge,
+}
+
+async fn until(what: &str, stack: &Stack, probe: impl AsyncFn() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !probe().await {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            stack.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let faults = [
+        ("fgateway", Fault::Gateway),
+        ("fpolicy", Fault::Policy),
+        ("fcontroller", Fault::PrController),
+        ("fnotifier", Fault::Notifier),
+        ("fnats", Fault::Nats),
+        ("fforge", Fault::Forge),
+    ];
+    let demos: Vec<Demo<'_>> = faults.iter().map(|(s, _)| (*s, &[("v1.4.1", 1u32)][..], 0.2)).collect();
+    // Redelivery after a crash comes this long after the work was taken.
+    let ack_wait = [
+        ("SELFHEAL_POLICY_ACK_WAIT", "3s".to_string()),
+        ("SELFHEAL_PR_CONTROLLER_ACK_WAIT", "3s".to_string()),
+        ("SELFHEAL_NOTIFIER_ACK_WAIT", "3s".to_string()),
+    ];
+    let mut stack = Stack::start(temp.path(), &demos, &ack_wait).await?;
+    let client = reqwest::Client::new();
+
+    for (service, fault) in faults {
+        let started = tokio::time::Instant::now();
+        stack.deploy(service, "v1.5.0")?;
+        let alert = format!("selfheal.alerts.firing.{service}");
+        match fault {
+            Fault::Gateway => {
+                stack.kill("gateway").await?;
+                until("the alert firing", &stack, async || {
+                    stack.firing(&client, "HighErrorRate", service).await
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                stack.launch("gateway").await?;
+            }
+            Fault::Policy => {
+                until("the alert on the bus", &stack, async || stack.on_bus(&alert).await).await?;
+                stack.kill("policy").await?;
+                stack.launch("policy").await?;
+            }
+            Fault::PrController => {
+                let decision = format!("selfheal.decisions.{service}");
+                until("the decision on the bus", &stack, async || {
+                    stack.on_bus(&decision).await
+                })
+                .await?;
+                stack.kill("pr-controller").await?;
+                stack.launch("pr-controller").await?;
+            }
+            Fault::Notifier => {
+                let remediation = format!("selfheal.remediations.{service}");
+                until("the remediation on the bus", &stack, async || {
+                    stack.on_bus(&remediation).await
+                })
+                .await?;
+                stack.kill("notifier").await?;
+                stack.launch("notifier").await?;
+            }
+            Fault::Nats => {
+                until("the alert on the bus", &stack, async || stack.on_bus(&alert).await).await?;
+                stack.nats.crash_and_restart().await?;
+            }
+            Fault::Forge => {
+                let lock = stack.repo.join("refs/heads/main.lock");
+                until("the alert firing", &stack, async || {
+                    stack.firing(&client, "HighErrorRate", service).await
+                })
+                .await?;
+                std::fs::write(&lock, "")?;
+                let decision = format!("selfheal.decisions.{service}");
+                until("the decision on the bus", &stack, async || {
+                    stack.on_bus(&decision).await
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                std::fs::remove_file(&lock)?;
+            }
+        }
+
+        // The incident ends verified, with exactly one remediation.
+        let (decisions, events) = wait_for(
+            Duration::from_secs(120),
+            &format!("{service} verified after {fault:?}"),
+            || async {
+                let (decisions, events) = events(&stack.nats_url, service).await.ok()?;
+                events
+                    .iter()
+                    .any(|e| matches!(e.state(), RemediationState::Verified | RemediationState::Escalated))
+                    .then_some((decisions, events))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.dump()))?;
+        let rollbacks: Vec<&Decision> = decisions
+            .iter()
+            .filter(|d| d.action() == selfheal_proto::v1::Action::Rollback)
+            .collect();
+        assert_eq!(rollbacks.len(), 1, "{fault:?}: one decision: {decisions:?}");
+        let incident = &rollbacks[0].incident_key;
+        let merged = events.iter().filter(|e| e.state() == RemediationState::Merged).count();
+        let ended = events
+            .iter()
+            .filter(|e| matches!(e.state(), RemediationState::Verified | RemediationState::Escalated))
+            .count();
+        assert_eq!(
+            (merged, ended),
+            (1, 1),
+            "{fault:?}: one remediation, one ending: {events:?}"
+        );
+        let selfheal_commits = git(
+            &stack.repo,
+            &[
+                "log",
+                "--format=%s",
+                "main",
+                "--",
+                &format!("apps/{service}/kustomization.yaml"),
+            ],
+        )?
+        .lines()
+        .filter(|s| s.starts_with("selfheal:"))
+        .count();
+        assert_eq!(selfheal_commits, 1, "{fault:?}: one commit on main");
+        let branches = git(
+            &stack.repo,
+            &[
+                "for-each-ref",
+                "--format=%(refname)",
+                &format!("refs/heads/selfheal/{incident}"),
+            ],
+        )?;
+        assert_eq!(branches.lines().count(), 1, "{fault:?}: one branch");
+        // The fault did bite.
+        match fault {
+            Fault::Forge => ensure!(
+                stack.processes["pr-controller"]
+                    .output()
+                    .contains("remediation not finished; retrying"),
+                "the locked repository never made the pr-controller retry"
+            ),
+            Fault::Gateway => ensure!(
+                stack.processes["alertmanager"]
+                    .output()
+                    .to_lowercase()
+                    .contains("connection refused"),
+                "Alertmanager never failed to reach the gateway"
+            ),
+            _ => {}
+        }
+        let verified = events.iter().any(|e| e.state() == RemediationState::Verified);
+        let _ = std::io::stderr().write_all(
+            format!(
+                "fault {fault:?}: incident {incident} {} in {:.1} s, 1 decision, 1 commit, 1 remediation\n",
+                if verified { "verified" } else { "escalated" },
+                started.elapsed().as_secs_f64()
+            )
+            .as_bytes(),
+        );
+    }
+
+    // The notifier, killed mid-incident, still recorded every ending in the audit log.
+    let db = format!("sqlite://{}?mode=ro", temp.path().join("audit.db").display());
+    let rows: Vec<(String,)> = wait_for(Duration::from_secs(30), "every ending in the audit log", || async {
+        let pool = sqlx::SqlitePool::connect(&db).await.ok()?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT service FROM audit_log WHERE kind = 'remediation' AND state IN ('verified', 'escalated')",
+        )
+        .fetch_all(&pool)
+        .await
+        .ok()?;
+        pool.close().await;
+        (rows.len() >= faults.len()).then_some(rows)
+    })
+    .await?;
+    assert_eq!(rows.len(), faults.len(), "one ending per incident: {rows:?}");
     Ok(())
 }

@@ -165,7 +165,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn(selfheal_notifier::run(
         Arc::new(store),
         routes,
-        notifier_config.retry_base,
+        selfheal_notifier::Pacing::from_config(&notifier_config),
         token.clone(),
         bus.clone(),
         selfheal_notifier::Listeners {

@@ -35,6 +35,10 @@ pub struct NotifierConfig {
     /// First retry delay of a failed notification; it doubles per attempt, up to a minute.
     #[serde(with = "humantime_serde")]
     pub retry_base: Duration,
+    /// How long an event may be in work before JetStream delivers it again (after a crash, the
+    /// event comes back this long after it was taken).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
     /// How long one webhook POST may take.
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
@@ -55,6 +59,7 @@ impl Default for NotifierConfig {
             commit_url_template: None,
             routes: Vec::new(),
             retry_base: Duration::from_secs(2),
+            ack_wait: Duration::from_secs(30),
             webhook_timeout: Duration::from_secs(10),
         }
     }

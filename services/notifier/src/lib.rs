@@ -304,21 +304,41 @@ pub struct Listeners {
     pub grpc: TcpListener,
 }
 
+/// How the notifier paces its work.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// First retry delay of a failed notification (doubling per attempt).
+    pub retry_base: Duration,
+    /// How long an event may be in work before JetStream delivers it again.
+    pub ack_wait: Duration,
+}
+
+impl Pacing {
+    pub fn from_config(config: &NotifierConfig) -> Self {
+        Self {
+            retry_base: config.retry_base,
+            ack_wait: config.ack_wait,
+        }
+    }
+}
+
 pub async fn run(
     store: Arc<dyn AuditStore>,
     routes: Vec<channel::Route>,
-    retry_base: Duration,
+    pacing: Pacing,
     token: selfheal_config::Secret,
     bus: SharedBus,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let handler = Arc::new(NotifyHandler::new(store.clone(), routes, retry_base));
+    let handler = Arc::new(NotifyHandler::new(store.clone(), routes, pacing.retry_base));
     let grpc_store = store.clone();
+    let mut events = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]);
+    events.ack_wait = pacing.ack_wait;
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
-        ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]),
+        events,
         handler,
         cancel.clone().cancelled_owned(),
     ));

@@ -55,7 +55,7 @@ async fn serve(config: NotifierConfig) -> anyhow::Result<()> {
     selfheal_notifier::run(
         Arc::new(store),
         routes,
-        config.retry_base,
+        selfheal_notifier::Pacing::from_config(&config),
         token,
         Arc::new(bus),
         listeners,

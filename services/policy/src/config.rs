@@ -34,6 +34,10 @@ pub struct PolicyConfig {
     /// How often to look for changed policy files (zero: never; gRPC Reload still works).
     #[serde(with = "humantime_serde")]
     pub reload_interval: std::time::Duration,
+    /// How long an alert may be in work before JetStream delivers it again (after a crash, the
+    /// alert comes back this long after it was taken).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: std::time::Duration,
     /// Where `input.target` comes from.
     pub target: crate::target::TargetConfig,
     /// Metrics read for the policy input.
@@ -56,6 +60,7 @@ impl Default for PolicyConfig {
             grpc_token_file: None,
             dry_run: false,
             reload_interval: std::time::Duration::from_secs(2),
+            ack_wait: std::time::Duration::from_secs(30),
             target: crate::target::TargetConfig::default(),
             metrics: crate::promql::MetricsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),

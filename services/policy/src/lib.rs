@@ -207,9 +207,11 @@ pub async fn run(
         metric_reader.clone(),
         target_reader.clone(),
     ));
+    let mut alerts = ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]);
+    alerts.ack_wait = config.ack_wait;
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
-        ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]),
+        alerts,
         handler,
         cancel.clone().cancelled_owned(),
     ));
