@@ -8,6 +8,12 @@
 //! * Scenario 2 (CPU): `search` runs at 160 % of one replica → HighCPU → scale 1 → 2 replicas →
 //!   applied → recovery → resolved → verified.
 //!
+//! * Faults: SIGKILL of each selfheal service once in the middle of an incident (then a restart),
+//!   nats-server killed and restarted, the GitOps repository refusing ref updates for a while —
+//!   every incident still ends verified, with one decision, one commit and one remediation.
+//! * Burst: 200 incidents over 50 services at once — every one decided, the per-service limit
+//!   held, no duplicate commit; selfheal's own latency (webhook received → commit on main) printed.
+//!
 //! Short scrape (1 s) and evaluation intervals keep it fast. Each incident's MTTR and where its
 //! seconds went is printed (to stderr, past the test harness's capture).
 
@@ -152,9 +158,17 @@ impl Stack {
             .join("\n")
     }
 
-    async fn start(dir: &Path, demos: &[Demo<'_>], extra_env: &[(&'static str, String)]) -> anyhow::Result<Self> {
+    /// Starts NATS, a GitOps repository holding `demos` and `more` services, a demo app per demo,
+    /// selfheal with `extra_env`, and — when there are demos — Prometheus and Alertmanager.
+    async fn start(
+        dir: &Path,
+        demos: &[Demo<'_>],
+        more: &[(&str, &[(&str, u32)])],
+        extra_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         let nats = Nats::start().await?;
-        let services: Vec<(&str, &[(&str, u32)])> = demos.iter().map(|(s, r, _)| (*s, *r)).collect();
+        let mut services: Vec<(&str, &[(&str, u32)])> = demos.iter().map(|(s, r, _)| (*s, *r)).collect();
+        services.extend_from_slice(more);
         let repo = gitops_repo(dir, &services)?;
         let mut stack = Stack {
             nats_url: nats.url(),
@@ -211,11 +225,15 @@ impl Stack {
         let policy_config = dir.join("policy.toml");
         std::fs::write(
             &policy_config,
-            format!(
-                "[metrics]\nprometheus_url = \"http://127.0.0.1:{prometheus_port}\"\ntimeout = \"2s\"\n\
+            if demos.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "[metrics]\nprometheus_url = \"http://127.0.0.1:{prometheus_port}\"\ntimeout = \"2s\"\n\
                  [metrics.queries.HighErrorRate]\nerror_rate = 'sum(rate(http_requests_total{{service=\"{{{{service}}}}\",status=\"500\"}}[5s])) / sum(rate(http_requests_total{{service=\"{{{{service}}}}\"}}[5s]))'\n\
                  [metrics.queries.HighCPU]\ncpu = 'max(demo_cpu_utilization{{service=\"{{{{service}}}}\"}})'\n"
-            ),
+                )
+            },
         )?;
         let services = [
             (
@@ -288,6 +306,9 @@ impl Stack {
             stack.launch(name).await?;
         }
 
+        if demos.is_empty() {
+            return Ok(stack);
+        }
         // Prometheus scrapes the demo apps every second and alerts through Alertmanager.
         let targets: Vec<String> = stack
             .demo_ports
@@ -473,6 +494,7 @@ async fn error_rate_and_cpu_incidents_heal_on_real_prometheus_and_alertmanager()
             ("search", &[("v2.0.0", 1)], 1.6),
         ],
         &[],
+        &[],
     )
     .await?;
     // The faults are live from here: Prometheus scrapes them.
@@ -636,7 +658,7 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
         ("SELFHEAL_PR_CONTROLLER_ACK_WAIT", "3s".to_string()),
         ("SELFHEAL_NOTIFIER_ACK_WAIT", "3s".to_string()),
     ];
-    let mut stack = Stack::start(temp.path(), &demos, &ack_wait).await?;
+    let mut stack = Stack::start(temp.path(), &demos, &[], &ack_wait).await?;
     let client = reqwest::Client::new();
 
     for (service, fault) in faults {
@@ -793,5 +815,160 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
     })
     .await?;
     assert_eq!(rows.len(), faults.len(), "one ending per incident: {rows:?}");
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// 200 incidents over 50 services at once, straight from "Alertmanager" to the gateway: every one
+/// decided, the per-service limit held (2 actions each, the rest escalated naming the limit), one
+/// commit per action and none twice; selfheal's own latency (webhook received → commit on main)
+/// printed as p50/p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_200_incidents_is_decided_within_limits_without_duplicates() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let names: Vec<String> = (0..50).map(|i| format!("burst{i:02}")).collect();
+    let releases: &[(&str, u32)] = &[("v1.3.0", 1), ("v1.4.1", 1), ("v1.5.0", 1)];
+    let more: Vec<(&str, &[(&str, u32)])> = names.iter().map(|n| (n.as_str(), releases)).collect();
+    let limits = [
+        ("SELFHEAL_POLICY_LIMITS__PER_SERVICE_MAX", "2".to_string()),
+        ("SELFHEAL_POLICY_LIMITS__COOLDOWN", "0s".to_string()),
+        ("SELFHEAL_POLICY_LIMITS__GLOBAL_MAX", "100".to_string()),
+    ];
+    let stack = Stack::start(temp.path(), &[], &more, &limits).await?;
+    let gateway = stack.specs["gateway"].ready.trim_end_matches("/readyz").to_string();
+
+    // Four incidents per service (distinct start times), all at once.
+    let client = reqwest::Client::new();
+    let bodies: Vec<Vec<u8>> = names
+        .iter()
+        .flat_map(|service| {
+            (0..4).map(move |n| {
+                let labels = serde_json::json!({
+                    "alertname": "HighErrorRate", "service": service, "severity": "critical", "auto_heal": "true",
+                });
+                selfheal_e2e::webhook_body(labels, &format!("2026-11-28T10:00:0{n}Z"), &format!("{service}{n}"))
+            })
+        })
+        .collect();
+    let posts = bodies
+        .into_iter()
+        .map(|body| selfheal_e2e::post_alerts(&client, &gateway, body));
+    let answers = futures::future::join_all(posts).await;
+    let accepted = answers
+        .into_iter()
+        .filter(|a| a.as_ref().is_ok_and(|r| r.status().is_success()))
+        .count();
+    assert_eq!(accepted, 200, "every alert accepted");
+
+    // Every incident decided; the actions carried out.
+    let mut all_decisions = Vec::new();
+    let mut all_events = Vec::new();
+    for service in &names {
+        let (decisions, events) = wait_for(
+            Duration::from_secs(120),
+            &format!("{service} decided and done"),
+            || async {
+                let (decisions, events) = events(&stack.nats_url, service).await.ok()?;
+                let acted = decisions
+                    .iter()
+                    .filter(|d| d.action() == selfheal_proto::v1::Action::Rollback)
+                    .count();
+                let merged = events.iter().filter(|e| e.state() == RemediationState::Merged).count();
+                (decisions.len() == 4 && merged == acted).then_some((decisions, events))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.dump()))?;
+        let acted: Vec<&Decision> = decisions
+            .iter()
+            .filter(|d| d.action() == selfheal_proto::v1::Action::Rollback)
+            .collect();
+        assert_eq!(acted.len(), 2, "{service}: the per-service limit of 2: {decisions:?}");
+        for refused in decisions
+            .iter()
+            .filter(|d| d.action() != selfheal_proto::v1::Action::Rollback)
+        {
+            assert_eq!(refused.action(), selfheal_proto::v1::Action::Escalate);
+            assert!(
+                refused.reason.contains("limit") || refused.reason.contains("rolled back"),
+                "{service}: an escalation names its limit: {}",
+                refused.reason
+            );
+        }
+        let commits = git(
+            &stack.repo,
+            &[
+                "log",
+                "--format=%s",
+                "main",
+                "--",
+                &format!("apps/{service}/kustomization.yaml"),
+            ],
+        )?
+        .lines()
+        .filter(|s| s.starts_with("selfheal:"))
+        .count();
+        assert_eq!(commits, 2, "{service}: one commit per action, none twice");
+        all_decisions.extend(decisions);
+        all_events.extend(events);
+    }
+    let keys: std::collections::BTreeSet<&str> = all_decisions.iter().map(|d| d.incident_key.as_str()).collect();
+    assert_eq!(keys.len(), 200, "200 incidents, each decided once");
+
+    // selfheal's own share per acted incident: the gateway received the webhook → commit on main.
+    let received: BTreeMap<&str, f64> = all_decisions
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d.incident_key.as_str(),
+                seconds(d.alert.as_ref()?.received_at.as_ref())?,
+            ))
+        })
+        .collect();
+    let mut latencies: Vec<f64> = all_events
+        .iter()
+        .filter(|e| e.state() == RemediationState::Merged)
+        .filter_map(|e| Some((seconds(e.at.as_ref())? - received.get(e.incident_key.as_str())?) * 1000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    assert_eq!(latencies.len(), 100);
+    // Where it went: webhook → decision (policy, every incident), decision → commit (pr-controller).
+    let decided: BTreeMap<&str, f64> = all_decisions
+        .iter()
+        .filter_map(|d| Some((d.incident_key.as_str(), seconds(d.decided_at.as_ref())?)))
+        .collect();
+    let mut to_decision: Vec<f64> = all_decisions
+        .iter()
+        .filter_map(|d| Some((decided.get(d.incident_key.as_str())? - received.get(d.incident_key.as_str())?) * 1000.0))
+        .collect();
+    to_decision.sort_by(f64::total_cmp);
+    let mut to_commit: Vec<f64> = all_events
+        .iter()
+        .filter(|e| e.state() == RemediationState::Merged)
+        .filter_map(|e| Some((seconds(e.at.as_ref())? - decided.get(e.incident_key.as_str())?) * 1000.0))
+        .collect();
+    to_commit.sort_by(f64::total_cmp);
+    let report = format!(
+        "\nBurst: 200 incidents over 50 services → 100 rollbacks, 100 escalations (per-service limit). \
+         selfheal's share (webhook received → commit on main), ms: p50 {:.0}, p90 {:.0}, p99 {:.0}, max {:.0}\n",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 90.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    ) + &format!(
+        "  webhook → decision (200): p50 {:.0}, p99 {:.0}; decision → commit (100): p50 {:.0}, p99 {:.0}\n",
+        percentile(&to_decision, 50.0),
+        percentile(&to_decision, 99.0),
+        percentile(&to_commit, 50.0),
+        percentile(&to_commit, 99.0)
+    );
+    let _ = std::io::stderr().write_all(report.as_bytes());
     Ok(())
 }
