@@ -51,11 +51,28 @@ pub async fn run(
                 }
             },
         };
+        // Up to `spec.concurrency` deliveries in work at once, each settled when its handler
+        // returns. On shutdown no new one is taken and those in work are finished.
+        let slots = Arc::new(tokio::sync::Semaphore::new(spec.concurrency.max(1)));
+        let mut in_work = tokio::task::JoinSet::new();
         loop {
+            let slot = tokio::select! {
+                () = &mut shutdown => {
+                    while in_work.join_next().await.is_some() {}
+                    return Ok(());
+                }
+                slot = slots.clone().acquire_owned() => slot,
+            };
+            let Ok(slot) = slot else { break };
             let next = tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => {
+                    while in_work.join_next().await.is_some() {}
+                    return Ok(());
+                }
                 next = deliveries.next() => next,
             };
+            // Reap finished work so the set does not grow.
+            while in_work.try_join_next().is_some() {}
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => {
@@ -64,26 +81,35 @@ pub async fn run(
                 }
                 None => break,
             };
-            let disposition = handler.handle(&delivery).await;
-            let settled = match &disposition {
-                Disposition::Ack => delivery.ack().await,
-                Disposition::Retry(delay) => delivery.nak(*delay).await,
-                Disposition::Reject(reason) => {
-                    tracing::error!(consumer = %spec.durable, subject = %delivery.subject, reason = %reason, "message rejected");
-                    delivery.term().await
-                }
-            };
-            let result = match disposition {
-                Disposition::Ack => "ack",
-                Disposition::Retry(_) => "retry",
-                Disposition::Reject(_) => "reject",
-            };
-            tracing::debug!(consumer = %spec.durable, sequence = delivery.sequence, result, "delivery settled");
-            if let Err(error) = settled {
-                // The message comes back after ack_wait; handlers are idempotent.
-                tracing::warn!(consumer = %spec.durable, error = %error, "settling a delivery failed");
-            }
+            let (handler, durable) = (handler.clone(), spec.durable.clone());
+            in_work.spawn(async move {
+                settle(&durable, &delivery, handler.handle(&delivery).await).await;
+                drop(slot);
+            });
         }
+        while in_work.join_next().await.is_some() {}
         tracing::warn!(consumer = %spec.durable, "subscription ended; subscribing again");
+    }
+}
+
+/// Acks, naks or terminates `delivery` as `disposition` says.
+async fn settle(durable: &str, delivery: &Delivery, disposition: Disposition) {
+    let settled = match &disposition {
+        Disposition::Ack => delivery.ack().await,
+        Disposition::Retry(delay) => delivery.nak(*delay).await,
+        Disposition::Reject(reason) => {
+            tracing::error!(consumer = %durable, subject = %delivery.subject, reason = %reason, "message rejected");
+            delivery.term().await
+        }
+    };
+    let result = match disposition {
+        Disposition::Ack => "ack",
+        Disposition::Retry(_) => "retry",
+        Disposition::Reject(_) => "reject",
+    };
+    tracing::debug!(consumer = %durable, sequence = delivery.sequence, result, "delivery settled");
+    if let Err(error) = settled {
+        // The message comes back after ack_wait; handlers are idempotent.
+        tracing::warn!(consumer = %durable, error = %error, "settling a delivery failed");
     }
 }

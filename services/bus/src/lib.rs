@@ -126,6 +126,8 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// How many times a message is delivered before the bus gives up on it.
     pub max_deliver: i64,
+    /// How many deliveries one subscriber handles at once (1: one after the other).
+    pub concurrency: usize,
 }
 
 impl ConsumerSpec {
@@ -136,6 +138,7 @@ impl ConsumerSpec {
             filter_subjects: filter_subjects.iter().map(|s| s.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: 10,
+            concurrency: 1,
         }
     }
 }

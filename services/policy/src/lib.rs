@@ -209,6 +209,7 @@ pub async fn run(
     ));
     let mut alerts = ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]);
     alerts.ack_wait = config.ack_wait;
+    alerts.concurrency = config.concurrency;
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         alerts,

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 use gix::bstr::{BString, ByteSlice};
+use std::collections::HashMap;
+
 use gix::objs::tree::EntryKind;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
@@ -211,7 +213,22 @@ pub enum MergeOutcome {
 /// `Send` nor `Sync`, so none can be kept in a type that is. Opening costs a few config-file reads.
 pub struct LocalRepository {
     path: PathBuf,
+    /// File histories already walked, by (branch, path): a later call walks only the commits
+    /// added since, so finding a rollback target does not grow with the repository's age.
+    histories: std::sync::Mutex<HashMap<(String, String), CachedHistory>>,
 }
+
+/// A file's versions along a branch, as of `tip`.
+#[derive(Clone)]
+struct CachedHistory {
+    tip: ObjectId,
+    versions: Vec<FileVersion>,
+    /// Whether `versions` reaches back to the file's first version (the walk was not cut short).
+    complete: bool,
+}
+
+/// At most this many histories are kept (remediation branches come and go).
+const CACHED_HISTORIES: usize = 512;
 
 impl std::fmt::Debug for LocalRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,6 +248,7 @@ impl LocalRepository {
     pub fn open(path: &Path) -> Result<Self, RepoError> {
         let this = Self {
             path: path.to_path_buf(),
+            histories: Default::default(),
         };
         this.local()?;
         Ok(this)
@@ -365,45 +383,60 @@ impl Repository for LocalRepository {
         let name = branch_ref_name(branch)?;
         let mut repo = self.local()?;
         repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
-        let mut versions = Vec::new();
         if limit == 0 {
-            return Ok(versions);
+            return Ok(Vec::new());
         }
         let Some(tip) = current_tip(&repo, &name)? else {
-            return Ok(versions);
+            return Ok(Vec::new());
         };
-
-        // Walk tip, parent, grandparent... (first parents only). A commit `c` with blob `b` at
-        // `path` is reported iff its first parent's blob differs, which we only learn one step later:
-        // `pending` holds the previous (child) commit and its blob until then.
-        let walk = repo
-            .rev_walk([tip])
-            .first_parent_only()
-            .all()
-            .map_err(git_err(format!("cannot walk the history of {branch}")))?;
-        let mut pending: Option<(gix::Commit<'_>, ObjectId)> = None;
-        for info in walk {
-            let info = info.map_err(git_err(format!("cannot walk the history of {branch}")))?;
-            let commit = info
-                .object()
-                .map_err(git_err(format!("cannot read commit {}", info.id)))?;
-            let blob = blob_at(&commit, &components)?;
-            if let Some((child, child_blob)) = pending.take()
-                && blob != Some(child_blob)
-            {
-                versions.push(file_version(&repo, &child, child_blob, path)?);
-                if versions.len() >= limit {
-                    return Ok(versions);
+        let key = (branch.to_string(), path.to_string());
+        let cached = self.histories.lock().ok().and_then(|h| h.get(&key).cloned());
+        let history = match cached {
+            Some(cached) if cached.tip == tip && (cached.complete || cached.versions.len() >= limit) => cached,
+            Some(cached) => {
+                // Only the commits since the cached tip, when it is still on the branch.
+                let walked = walk_history(&repo, tip, Some(cached.tip), &components, path, limit, branch)?;
+                if walked.reached_stop {
+                    let mut versions = walked.versions;
+                    versions.extend(cached.versions);
+                    CachedHistory {
+                        tip,
+                        versions,
+                        complete: cached.complete,
+                    }
+                } else {
+                    let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
+                    CachedHistory {
+                        tip,
+                        complete: walked.complete,
+                        versions: walked.versions,
+                    }
                 }
             }
-            pending = blob.map(|b| (commit, b));
+            None => {
+                let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
+                CachedHistory {
+                    tip,
+                    complete: walked.complete,
+                    versions: walked.versions,
+                }
+            }
+        };
+        if history.complete || history.versions.len() >= limit {
+            let mut versions = history.versions.clone();
+            versions.truncate(limit);
+            if let Ok(mut histories) = self.histories.lock() {
+                if histories.len() >= CACHED_HISTORIES {
+                    histories.clear();
+                }
+                histories.insert(key, history);
+            }
+            return Ok(versions);
         }
-        // The oldest commit reached (root, or shallow boundary) has no parent to compare with:
-        // if it has the file, it added it.
-        if let Some((child, child_blob)) = pending {
-            versions.push(file_version(&repo, &child, child_blob, path)?);
-        }
-        Ok(versions)
+        // The incremental walk stopped at the limit before reaching the cached part: cannot
+        // happen (it stops early only once `limit` versions are found), but stay correct.
+        let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
+        Ok(walked.versions)
     }
 
     fn commit_file(
@@ -611,6 +644,74 @@ fn kind_name(kind: EntryKind) -> &'static str {
 }
 
 /// Where `name` points now (peeled to an object), or None if it does not exist.
+/// What one history walk found.
+struct Walked {
+    versions: Vec<FileVersion>,
+    /// Reached `stop_at` (its version, if any, is not in `versions`).
+    reached_stop: bool,
+    /// Reached the oldest commit: `versions` holds every version.
+    complete: bool,
+}
+
+/// Walks `tip`, parent, grandparent... (first parents only) until `limit` versions of `path` are
+/// found, `stop_at` is reached, or the history ends. A commit `c` with blob `b` at `path` is a
+/// version iff its first parent's blob differs, which is only learnt one step later: `pending`
+/// holds the previous (child) commit and its blob until then.
+fn walk_history(
+    repo: &gix::Repository,
+    tip: ObjectId,
+    stop_at: Option<ObjectId>,
+    components: &[&str],
+    path: &str,
+    limit: usize,
+    branch: &str,
+) -> Result<Walked, RepoError> {
+    let mut versions = Vec::new();
+    let walk = repo
+        .rev_walk([tip])
+        .first_parent_only()
+        .all()
+        .map_err(git_err(format!("cannot walk the history of {branch}")))?;
+    let mut pending: Option<(gix::Commit<'_>, ObjectId)> = None;
+    for info in walk {
+        let info = info.map_err(git_err(format!("cannot walk the history of {branch}")))?;
+        let commit = info
+            .object()
+            .map_err(git_err(format!("cannot read commit {}", info.id)))?;
+        let blob = blob_at(&commit, components)?;
+        if let Some((child, child_blob)) = pending.take()
+            && blob != Some(child_blob)
+        {
+            versions.push(file_version(repo, &child, child_blob, path)?);
+            if versions.len() >= limit {
+                return Ok(Walked {
+                    versions,
+                    reached_stop: false,
+                    complete: false,
+                });
+            }
+        }
+        if Some(info.id) == stop_at {
+            return Ok(Walked {
+                versions,
+                reached_stop: true,
+                complete: false,
+            });
+        }
+        pending = blob.map(|b| (commit, b));
+    }
+    // The oldest commit reached (root, or shallow boundary) has no parent to compare with: if it
+    // has the file, it added it.
+    if let Some((child, child_blob)) = pending {
+        versions.push(file_version(repo, &child, child_blob, path)?);
+    }
+    Ok(Walked {
+        versions,
+        reached_stop: false,
+        complete: true,
+    })
+}
+
 fn current_tip(repo: &gix::Repository, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
     let what = || format!("cannot read {}", name.as_bstr());
     let Some(reference) = repo.try_find_reference(name.as_ref()).map_err(git_err(what()))? else {
@@ -954,6 +1055,49 @@ mod tests {
         let repo = LocalRepository::open(work).unwrap();
         let err = repo.read_file(&c, "bin.dat").unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_cached_history_walks_only_the_new_commits_and_agrees_with_a_fresh_walk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).expect("mkdir");
+        git(&work, &["init", "-q"]);
+        let f = "apps/demo/values.yaml";
+        for tag in ["v1", "v2", "v3"] {
+            write(&work, f, &format!("tag: {tag}\n"));
+            commit_all(&work, &format!("release {tag}"));
+            write(&work, "README.md", &format!("readme {tag}\n"));
+            commit_all(&work, "unrelated");
+        }
+        let cached = LocalRepository::open(&work).expect("open");
+        assert_eq!(cached.file_history("main", f, 100).expect("history").len(), 3);
+        // New commits, some changing the file, one of them changing it back.
+        for (tag, touch) in [("v4", true), ("", false), ("v2", true)] {
+            if touch {
+                write(&work, f, &format!("tag: {tag}\n"));
+            } else {
+                write(&work, "README.md", "readme again\n");
+            }
+            commit_all(&work, &format!("later {tag}"));
+        }
+        let fresh = LocalRepository::open(&work).expect("open");
+        for limit in [1, 2, 5, 100] {
+            assert_eq!(
+                cached.file_history("main", f, limit).expect("cached"),
+                fresh.file_history("main", f, limit).expect("fresh"),
+                "limit {limit}"
+            );
+        }
+        // History rewritten (the cached tip is gone from the branch): a full walk again.
+        git(&work, &["reset", "-q", "--hard", "HEAD~2"]);
+        write(&work, f, "tag: v9\n");
+        commit_all(&work, "rewritten");
+        let fresh = LocalRepository::open(&work).expect("open");
+        assert_eq!(
+            cached.file_history("main", f, 100).expect("cached"),
+            fresh.file_history("main", f, 100).expect("fresh")
+        );
     }
 
     #[test]
