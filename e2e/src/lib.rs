@@ -259,3 +259,18 @@ pub async fn post_alerts(client: &reqwest::Client, base: &str, body: Vec<u8>) ->
         .send()
         .await
 }
+
+/// Runs `git args` in `dir` as the test's committer (dev@example.com); its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

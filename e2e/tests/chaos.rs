@@ -21,29 +21,14 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context, ensure};
 use futures::StreamExt;
 use prost::Message as _;
-use selfheal_e2e::{Nats, Process, TOKEN, binary, free_port, wait_for, wait_ready, workspace_root};
+use selfheal_e2e::{Nats, Process, TOKEN, binary, free_port, git, wait_for, wait_ready, workspace_root};
 use selfheal_proto::v1::{Decision, RemediationEvent, RemediationState};
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 fn kustomization(service: &str, tag: &str, replicas: u32) -> String {
     format!(

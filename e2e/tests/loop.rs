@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
-use selfheal_e2e::{Nats, Process, binary, free_port, wait_for, wait_ready, workspace_root};
+use selfheal_e2e::{Nats, Process, binary, free_port, git, wait_for, wait_ready, workspace_root};
 use serde_json::Value;
 
 const TOKEN: &str = "s3cr3t-token";
@@ -23,20 +23,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 fn fixture(name: &str) -> Vec<u8> {
     let path = workspace_root().join("../shared/fixtures/alertmanager-0.25").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-}
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn kustomization(tag: &str) -> String {

@@ -259,14 +259,10 @@ impl NotifyHandler {
 #[async_trait]
 impl Handler for NotifyHandler {
     async fn handle(&self, delivery: &Delivery) -> Disposition {
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::consumer_span!(
             "notifier.record",
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %delivery.subject,
-            messaging.consumer.group.name = CONSUMER,
-            messaging.message.delivery_count = delivery.delivered,
+            delivery,
+            CONSUMER,
             selfheal.incident.key = tracing::field::Empty,
             selfheal.event.kind = tracing::field::Empty,
         );

@@ -73,14 +73,10 @@ impl Handler for DecisionHandler {
             Ok(event) => event,
             Err(error) => return Disposition::Reject(format!("undecodable AlertEvent: {error}")),
         };
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::consumer_span!(
             "policy.decide",
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %delivery.subject,
-            messaging.consumer.group.name = CONSUMER,
-            messaging.message.delivery_count = delivery.delivered,
+            delivery,
+            CONSUMER,
             selfheal.incident.key = %event.incident_key,
             selfheal.action = tracing::field::Empty,
         );

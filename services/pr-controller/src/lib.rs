@@ -81,14 +81,10 @@ impl Handler for RemediationHandler {
             Ok(decision) => decision,
             Err(error) => return Disposition::Reject(format!("undecodable Decision: {error}")),
         };
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::consumer_span!(
             "pr_controller.reconcile",
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %delivery.subject,
-            messaging.consumer.group.name = CONSUMER,
-            messaging.message.delivery_count = delivery.delivered,
+            delivery,
+            CONSUMER,
             selfheal.incident.key = %decision.incident_key,
             selfheal.action = names::action(decision.action()),
             selfheal.remediation.state = tracing::field::Empty,
@@ -273,13 +269,10 @@ impl Handler for VerifyHandler {
             Ok(alert) => alert,
             Err(error) => return Disposition::Reject(format!("undecodable AlertEvent: {error}")),
         };
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::consumer_span!(
             "pr_controller.verify",
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %delivery.subject,
-            messaging.consumer.group.name = VERIFY_CONSUMER,
+            delivery,
+            VERIFY_CONSUMER,
             selfheal.incident.key = %alert.incident_key,
         );
         selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);

@@ -15,6 +15,26 @@ pub mod health;
 pub mod metrics;
 pub mod propagation;
 
+/// The span of a consumer handling one delivery, with OpenTelemetry's messaging attributes (NATS,
+/// `process`, the subject, the durable, the delivery count) and then `$fields`, selfheal's own:
+/// `consumer_span!("policy.decide", delivery, CONSUMER, selfheal.incident.key = %key)`. The
+/// caller then parents it on the delivery's trace context.
+#[macro_export]
+macro_rules! consumer_span {
+    ($name:expr, $delivery:expr, $durable:expr, $($fields:tt)*) => {
+        ::tracing::info_span!(
+            $name,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %$delivery.subject,
+            messaging.consumer.group.name = $durable,
+            messaging.message.delivery_count = $delivery.delivered,
+            $($fields)*
+        )
+    };
+}
+
 use std::sync::OnceLock;
 
 use opentelemetry::trace::TracerProvider as _;
