@@ -251,10 +251,14 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                 .branch_tip(main)?
                 .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
             // 1. The branch: found (done before: a redelivery, or another replica) or made now.
-            let (tip, message) = match self.repo.branch_tip(&branch)? {
+            let (tip, message, fresh) = match self.repo.branch_tip(&branch)? {
                 Some(tip) => {
                     let made = self.repo.file_history(&branch, &path, 1)?;
-                    (tip, made.into_iter().next().map(|v| v.message).unwrap_or_default())
+                    (
+                        tip,
+                        made.into_iter().next().map(|v| v.message).unwrap_or_default(),
+                        false,
+                    )
                 }
                 None => {
                     let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
@@ -267,7 +271,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                         &change.message,
                         &self.author(),
                     ) {
-                        Ok(commit) => (commit, change.message),
+                        Ok(commit) => (commit, change.message, true),
                         Err(RepoError::Conflict { .. }) => continue,
                         Err(error) => return Err(error.into()),
                     }
@@ -314,7 +318,9 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                     }
                     ChangeRequestState::Open => false,
                 },
-                None => self.repo.is_ancestor(&tip, &main_tip)?,
+                // A commit made just now on top of main is not in main; asking would walk all of
+                // main's history looking for it.
+                None => !fresh && self.repo.is_ancestor(&tip, &main_tip)?,
             };
             if merged {
                 event.set_state(RemediationState::Merged);
