@@ -274,3 +274,13 @@ pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// A bare repository `gitops.git` with branch main (unborn) in `dir`, and a clone of it,
+/// `gitops-work`, to commit and push from: (bare, work).
+pub fn bare_repository_and_clone(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (bare, work) = (dir.join("gitops.git"), dir.join("gitops-work"));
+    let utf8 = |p: &Path| p.to_str().map(str::to_string).context("a path that is not UTF-8");
+    git(dir, &["init", "-q", "--bare", "-b", "main", &utf8(&bare)?])?;
+    git(dir, &["clone", "-q", &utf8(&bare)?, &utf8(&work)?])?;
+    Ok((bare, work))
+}

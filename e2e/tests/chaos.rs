@@ -38,21 +38,7 @@ fn kustomization(service: &str, tag: &str, replicas: u32) -> String {
 
 /// A bare repository; each service's history is `releases` (tag, replicas), oldest first.
 fn gitops_repo(dir: &Path, services: &[(&str, &[(&str, u32)])]) -> anyhow::Result<PathBuf> {
-    let bare = dir.join("gitops.git");
-    let work = dir.join("gitops-work");
-    git(
-        dir,
-        &["init", "-q", "--bare", "-b", "main", bare.to_str().context("utf-8")?],
-    )?;
-    git(
-        dir,
-        &[
-            "clone",
-            "-q",
-            bare.to_str().context("utf-8")?,
-            work.to_str().context("utf-8")?,
-        ],
-    )?;
+    let (bare, work) = selfheal_e2e::bare_repository_and_clone(dir)?;
     for (service, releases) in services {
         std::fs::create_dir_all(work.join(format!("apps/{service}")))?;
         for (tag, replicas) in *releases {
@@ -579,6 +565,16 @@ impl Stack {
         stream.get_last_raw_message_by_subject(subject).await.is_ok()
     }
 
+    /// Once a message is on `subject`, SIGKILLs `process` and starts it again.
+    async fn crash_once_on_bus(&mut self, subject: &str, process: &str) -> anyhow::Result<()> {
+        until(&format!("a message on {subject}"), self, async || {
+            self.on_bus(subject).await
+        })
+        .await?;
+        self.kill(process).await?;
+        self.launch(process).await
+    }
+
     /// Whether Prometheus has `alertname` firing for `service`.
     async fn firing(&self, client: &reqwest::Client, alertname: &str, service: &str) -> bool {
         let Ok(response) = client.get(format!("{}/api/v1/alerts", self.prometheus)).send().await else {
@@ -660,28 +656,16 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 stack.launch("gateway").await?;
             }
-            Fault::Policy => {
-                until("the alert on the bus", &stack, async || stack.on_bus(&alert).await).await?;
-                stack.kill("policy").await?;
-                stack.launch("policy").await?;
-            }
+            Fault::Policy => stack.crash_once_on_bus(&alert, "policy").await?,
             Fault::PrController => {
-                let decision = format!("selfheal.decisions.{service}");
-                until("the decision on the bus", &stack, async || {
-                    stack.on_bus(&decision).await
-                })
-                .await?;
-                stack.kill("pr-controller").await?;
-                stack.launch("pr-controller").await?;
+                stack
+                    .crash_once_on_bus(&format!("selfheal.decisions.{service}"), "pr-controller")
+                    .await?;
             }
             Fault::Notifier => {
-                let remediation = format!("selfheal.remediations.{service}");
-                until("the remediation on the bus", &stack, async || {
-                    stack.on_bus(&remediation).await
-                })
-                .await?;
-                stack.kill("notifier").await?;
-                stack.launch("notifier").await?;
+                stack
+                    .crash_once_on_bus(&format!("selfheal.remediations.{service}"), "notifier")
+                    .await?;
             }
             Fault::Nats => {
                 until("the alert on the bus", &stack, async || stack.on_bus(&alert).await).await?;

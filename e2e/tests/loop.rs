@@ -33,21 +33,7 @@ fn kustomization(tag: &str) -> String {
 
 /// A bare GitOps repository whose main set checkout to v1.4.1, then v1.5.0 (the bad release).
 fn gitops_repo(dir: &Path) -> anyhow::Result<PathBuf> {
-    let bare = dir.join("gitops.git");
-    let work = dir.join("gitops-work");
-    git(
-        dir,
-        &["init", "-q", "--bare", "-b", "main", bare.to_str().context("utf-8")?],
-    )?;
-    git(
-        dir,
-        &[
-            "clone",
-            "-q",
-            bare.to_str().context("utf-8")?,
-            work.to_str().context("utf-8")?,
-        ],
-    )?;
+    let (bare, work) = selfheal_e2e::bare_repository_and_clone(dir)?;
     std::fs::create_dir_all(work.join("apps/checkout"))?;
     std::fs::write(work.join("apps/checkout/deployment.yaml"), "kind: Deployment\n")?;
     for tag in ["v1.4.1", "v1.5.0"] {

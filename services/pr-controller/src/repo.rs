@@ -390,9 +390,17 @@ impl Repository for LocalRepository {
             return Ok(Vec::new());
         };
         let key = (branch.to_string(), path.to_string());
-        let cached = self.histories.lock().ok().and_then(|h| h.get(&key).cloned());
+        let cached = match self.histories.lock() {
+            Ok(histories) => match histories.get(&key) {
+                // Nothing new since: answer from the cache, copying only what is asked for.
+                Some(hit) if hit.tip == tip && (hit.complete || hit.versions.len() >= limit) => {
+                    return Ok(hit.versions.iter().take(limit).cloned().collect());
+                }
+                other => other.cloned(),
+            },
+            Err(_) => None,
+        };
         let history = match cached {
-            Some(cached) if cached.tip == tip && (cached.complete || cached.versions.len() >= limit) => cached,
             Some(cached) => {
                 // Only the commits since the cached tip, when it is still on the branch.
                 let walked = walk_history(&repo, tip, Some(cached.tip), &components, path, limit, branch)?;
@@ -433,8 +441,8 @@ impl Repository for LocalRepository {
             }
             return Ok(versions);
         }
-        // The incremental walk stopped at the limit before reaching the cached part: cannot
-        // happen (it stops early only once `limit` versions are found), but stay correct.
+        // The new versions and the cached ones (itself cut short at an earlier, smaller limit)
+        // are fewer than asked for: walk the whole history.
         let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
         Ok(walked.versions)
     }
