@@ -118,6 +118,17 @@ impl Process {
         Ok(())
     }
 
+    /// CPU time the process has used so far (user and system, from `/proc/<pid>/stat`), or None
+    /// when it has exited or this is not Linux.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()?)).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports these in USER_HZ, 100 per second on every architecture it runs on.
+        Some(ticks as f64 / 100.0)
+    }
+
     /// Kills the process and waits for it.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;

@@ -208,27 +208,40 @@ pub enum MergeOutcome {
 /// **not** touched: selfheal treats the repository like a remote, only writing objects and refs.
 /// Bare repositories are recommended.
 ///
-/// The repository is re-opened for every call: without gix's `parallel` feature (which this
-/// workspace does not enable, to keep the build small), gix's repository handles are neither
-/// `Send` nor `Sync`, so none can be kept in a type that is. Opening costs a few config-file reads.
+/// The repository is opened once; every call takes a thread-local handle of it (refs are read
+/// from disk on every call, and objects written by other processes are found).
 pub struct LocalRepository {
     path: PathBuf,
-    /// File histories already walked, by (branch, path): a later call walks only the commits
-    /// added since, so finding a rollback target does not grow with the repository's age.
-    histories: std::sync::Mutex<HashMap<(String, String), CachedHistory>>,
+    shared: gix::ThreadSafeRepository,
+    /// What is known of each branch's first-parent history, by branch name.
+    histories: std::sync::Mutex<HashMap<String, BranchIndex>>,
 }
 
-/// A file's versions along a branch, as of `tip`.
-#[derive(Clone)]
-struct CachedHistory {
+/// The first-parent history of a branch from its tip down to `next`, as the versions of every
+/// regular file changed on the way. Walked lazily (a query walks only as deep as it needs) and
+/// brought forward when the branch moves (the new commits are walked once, for every file), so a
+/// query costs nothing like a walk of the repository's age, nor does it grow with the number of
+/// files asked about.
+struct BranchIndex {
     tip: ObjectId,
-    versions: Vec<FileVersion>,
-    /// Whether `versions` reaches back to the file's first version (the walk was not cut short).
-    complete: bool,
+    /// The next commit to walk; None when the walk reached the oldest commit.
+    next: Option<ObjectId>,
+    /// Each file's versions found so far, newest first.
+    files: HashMap<String, Vec<IndexedVersion>>,
+    /// Versions held, over all files (bounds the memory).
+    entries: usize,
 }
 
-/// At most this many histories are kept (remediation branches come and go).
-const CACHED_HISTORIES: usize = 512;
+/// One version of a file: the commit that made it and the blob it has there; its text and the
+/// commit's message once read.
+struct IndexedVersion {
+    commit: ObjectId,
+    blob: ObjectId,
+    loaded: Option<FileVersion>,
+}
+
+/// At most this many versions are kept over all branches; past it, the indexes start afresh.
+const INDEXED_VERSIONS: usize = 1 << 20;
 
 impl std::fmt::Debug for LocalRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -246,12 +259,17 @@ impl LocalRepository {
     /// Opens the repository at `path`: a bare repository's directory, a work tree containing `.git`,
     /// or a `.git` directory. No discovery upwards is done.
     pub fn open(path: &Path) -> Result<Self, RepoError> {
-        let this = Self {
+        let shared = gix::open(path)
+            .map_err(|e| RepoError::Open {
+                path: path.display().to_string(),
+                reason: describe(&e),
+            })?
+            .into_sync();
+        Ok(Self {
             path: path.to_path_buf(),
+            shared,
             histories: Default::default(),
-        };
-        this.local()?;
-        Ok(this)
+        })
     }
 
     /// Creates a new bare repository at `path` whose `branch` holds one commit per entry of `commits`:
@@ -339,12 +357,11 @@ impl LocalRepository {
         Ok(this)
     }
 
-    /// A fresh handle on the repository.
+    /// A handle on the repository for this thread, with an object cache for history walks.
     fn local(&self) -> Result<gix::Repository, RepoError> {
-        gix::open(&self.path).map_err(|e| RepoError::Open {
-            path: self.path.display().to_string(),
-            reason: describe(&e),
-        })
+        let mut repo = self.shared.to_thread_local();
+        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+        Ok(repo)
     }
 }
 
@@ -379,72 +396,43 @@ impl Repository for LocalRepository {
     }
 
     fn file_history(&self, branch: &str, path: &str, limit: usize) -> Result<Vec<FileVersion>, RepoError> {
-        let components = path_components(path)?;
+        path_components(path)?;
         let name = branch_ref_name(branch)?;
-        let mut repo = self.local()?;
-        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+        let repo = self.local()?;
         if limit == 0 {
             return Ok(Vec::new());
         }
         let Some(tip) = current_tip(&repo, &name)? else {
             return Ok(Vec::new());
         };
-        let key = (branch.to_string(), path.to_string());
-        let cached = match self.histories.lock() {
-            Ok(histories) => match histories.get(&key) {
-                // Nothing new since: answer from the cache, copying only what is asked for.
-                Some(hit) if hit.tip == tip && (hit.complete || hit.versions.len() >= limit) => {
-                    return Ok(hit.versions.iter().take(limit).cloned().collect());
-                }
-                other => other.cloned(),
-            },
-            Err(_) => None,
-        };
-        let history = match cached {
-            Some(cached) => {
-                // Only the commits since the cached tip, when it is still on the branch.
-                let walked = walk_history(&repo, tip, Some(cached.tip), &components, path, limit, branch)?;
-                if walked.reached_stop {
-                    let mut versions = walked.versions;
-                    versions.extend(cached.versions);
-                    CachedHistory {
-                        tip,
-                        versions,
-                        complete: cached.complete,
-                    }
-                } else {
-                    let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
-                    CachedHistory {
-                        tip,
-                        complete: walked.complete,
-                        versions: walked.versions,
-                    }
-                }
-            }
-            None => {
-                let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
-                CachedHistory {
-                    tip,
-                    complete: walked.complete,
-                    versions: walked.versions,
-                }
-            }
-        };
-        if history.complete || history.versions.len() >= limit {
-            let mut versions = history.versions.clone();
-            versions.truncate(limit);
-            if let Ok(mut histories) = self.histories.lock() {
-                if histories.len() >= CACHED_HISTORIES {
-                    histories.clear();
-                }
-                histories.insert(key, history);
-            }
-            return Ok(versions);
+        // One caller at a time walks a branch; the others then find the walk done. A poisoned
+        // lock only means a panic mid-walk: start the indexes afresh.
+        let mut histories = self.histories.lock().unwrap_or_else(|poisoned| {
+            let mut histories = poisoned.into_inner();
+            histories.clear();
+            histories
+        });
+        if histories.values().map(|index| index.entries).sum::<usize>() > INDEXED_VERSIONS {
+            histories.clear();
         }
-        // The new versions and the cached ones (itself cut short at an earlier, smaller limit)
-        // are fewer than asked for: walk the whole history.
-        let walked = walk_history(&repo, tip, None, &components, path, limit, branch)?;
-        Ok(walked.versions)
+        let index = histories
+            .entry(branch.to_string())
+            .or_insert_with(|| BranchIndex::new(tip));
+        if index.tip != tip && !index.advance(&repo, tip, branch)? {
+            // The old tip is no longer on the branch (history rewritten): start afresh.
+            *index = BranchIndex::new(tip);
+        }
+        while index.files.get(path).map_or(0, Vec::len) < limit && index.next.is_some() {
+            index.walk_one(&repo)?;
+        }
+        let Some(versions) = index.files.get_mut(path) else {
+            return Ok(Vec::new());
+        };
+        versions
+            .iter_mut()
+            .take(limit)
+            .map(|version| version.load(&repo, path))
+            .collect()
     }
 
     fn commit_file(
@@ -651,75 +639,204 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// Where `name` points now (peeled to an object), or None if it does not exist.
-/// What one history walk found.
-struct Walked {
-    versions: Vec<FileVersion>,
-    /// Reached `stop_at` (its version, if any, is not in `versions`).
-    reached_stop: bool,
-    /// Reached the oldest commit: `versions` holds every version.
-    complete: bool,
-}
+impl BranchIndex {
+    fn new(tip: ObjectId) -> Self {
+        Self {
+            tip,
+            next: Some(tip),
+            files: HashMap::new(),
+            entries: 0,
+        }
+    }
 
-/// Walks `tip`, parent, grandparent... (first parents only) until `limit` versions of `path` are
-/// found, `stop_at` is reached, or the history ends. A commit `c` with blob `b` at `path` is a
-/// version iff its first parent's blob differs, which is only learnt one step later: `pending`
-/// holds the previous (child) commit and its blob until then.
-fn walk_history(
-    repo: &gix::Repository,
-    tip: ObjectId,
-    stop_at: Option<ObjectId>,
-    components: &[&str],
-    path: &str,
-    limit: usize,
-    branch: &str,
-) -> Result<Walked, RepoError> {
-    let mut versions = Vec::new();
-    let walk = repo
-        .rev_walk([tip])
-        .first_parent_only()
-        .all()
-        .map_err(git_err(format!("cannot walk the history of {branch}")))?;
-    let mut pending: Option<(gix::Commit<'_>, ObjectId)> = None;
-    for info in walk {
-        let info = info.map_err(git_err(format!("cannot walk the history of {branch}")))?;
-        let commit = info
-            .object()
-            .map_err(git_err(format!("cannot read commit {}", info.id)))?;
-        let blob = blob_at(&commit, components)?;
-        if let Some((child, child_blob)) = pending.take()
-            && blob != Some(child_blob)
-        {
-            versions.push(file_version(repo, &child, child_blob, path)?);
-            if versions.len() >= limit {
-                return Ok(Walked {
-                    versions,
-                    reached_stop: false,
-                    complete: false,
+    /// Walks the next commit down: its changes become the oldest versions known.
+    fn walk_one(&mut self, repo: &gix::Repository) -> Result<(), RepoError> {
+        let Some(id) = self.next else { return Ok(()) };
+        let (changed, parent) = changes(repo, id)?;
+        for (path, blob) in changed {
+            self.files.entry(path).or_default().push(IndexedVersion {
+                commit: id,
+                blob,
+                loaded: None,
+            });
+            self.entries += 1;
+        }
+        self.next = parent;
+        Ok(())
+    }
+
+    /// Brings the index forward to `tip`: walks the first-parent commits from `tip` back to the
+    /// known tip and puts their versions in front. False (and nothing changed) when the known tip
+    /// is not on the branch any more.
+    fn advance(&mut self, repo: &gix::Repository, tip: ObjectId, branch: &str) -> Result<bool, RepoError> {
+        let walk = repo
+            .rev_walk([tip])
+            .first_parent_only()
+            .all()
+            .map_err(git_err(format!("cannot walk the history of {branch}")))?;
+        let mut added: HashMap<String, Vec<IndexedVersion>> = HashMap::new();
+        let mut count = 0;
+        let mut reached = false;
+        for info in walk {
+            let info = info.map_err(git_err(format!("cannot walk the history of {branch}")))?;
+            if info.id == self.tip {
+                reached = true;
+                break;
+            }
+            for (path, blob) in changes(repo, info.id)?.0 {
+                added.entry(path).or_default().push(IndexedVersion {
+                    commit: info.id,
+                    blob,
+                    loaded: None,
                 });
+                count += 1;
             }
         }
-        if Some(info.id) == stop_at {
-            return Ok(Walked {
-                versions,
-                reached_stop: true,
-                complete: false,
-            });
+        if !reached {
+            return Ok(false);
         }
-        pending = blob.map(|b| (commit, b));
+        for (path, mut versions) in added {
+            let known = self.files.entry(path).or_default();
+            versions.append(known);
+            *known = versions;
+        }
+        self.entries += count;
+        self.tip = tip;
+        Ok(true)
     }
-    // The oldest commit reached (root, or shallow boundary) has no parent to compare with: if it
-    // has the file, it added it.
-    if let Some((child, child_blob)) = pending {
-        versions.push(file_version(repo, &child, child_blob, path)?);
-    }
-    Ok(Walked {
-        versions,
-        reached_stop: false,
-        complete: true,
-    })
 }
 
+impl IndexedVersion {
+    /// The version with its text and message (read once).
+    fn load(&mut self, repo: &gix::Repository, path: &str) -> Result<FileVersion, RepoError> {
+        if let Some(loaded) = &self.loaded {
+            return Ok(loaded.clone());
+        }
+        let commit = repo
+            .find_commit(self.commit)
+            .map_err(git_err(format!("cannot find commit {}", self.commit)))?;
+        let version = file_version(repo, &commit, self.blob, path)?;
+        self.loaded = Some(version.clone());
+        Ok(version)
+    }
+}
+
+/// What commit `id` changed against its first parent (the regular files whose blob is new there,
+/// by path), and that parent: None for a root commit, or a shallow clone's boundary (whose parent
+/// is absent), where every file counts as added.
+fn changes(repo: &gix::Repository, id: ObjectId) -> Result<(HashMap<String, ObjectId>, Option<ObjectId>), RepoError> {
+    let commit = repo
+        .find_commit(id)
+        .map_err(git_err(format!("cannot find commit {id}")))?;
+    let tree = commit
+        .tree_id()
+        .map_err(git_err(format!("cannot read the tree of commit {id}")))?
+        .detach();
+    let parent = match commit.parent_ids().next().map(gix::Id::detach) {
+        Some(parent) => match repo
+            .try_find_object(parent)
+            .map_err(git_err(format!("cannot look for commit {parent}")))?
+        {
+            Some(object) => {
+                let tree = object
+                    .try_into_commit()
+                    .map_err(|e| RepoError::Git(format!("the parent {parent} of {id} is not a commit: {e}")))?
+                    .tree_id()
+                    .map_err(git_err(format!("cannot read the tree of commit {parent}")))?
+                    .detach();
+                Some((parent, tree))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let mut changed = HashMap::new();
+    changed_files(
+        repo,
+        tree,
+        parent.map(|(_, tree)| tree),
+        &mut String::new(),
+        &mut changed,
+    )?;
+    Ok((changed, parent.map(|(parent, _)| parent)))
+}
+
+/// The regular files under `tree` (at `prefix`) whose blob differs from the one at the same path
+/// under `parent` (None: an empty tree), by path. Both trees' entries are in git's order, so one
+/// pass over them pairs the entries; only subtrees that differ are read.
+fn changed_files(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    parent: Option<ObjectId>,
+    prefix: &mut String,
+    changed: &mut HashMap<String, ObjectId>,
+) -> Result<(), RepoError> {
+    if Some(tree) == parent {
+        return Ok(());
+    }
+    let read = |id: ObjectId| repo.find_tree(id).map_err(git_err(format!("cannot read tree {id}")));
+    let new_tree = read(tree)?;
+    let old_tree = parent.map(read).transpose()?;
+    let mut old_entries = old_tree.iter().flat_map(|t| t.iter()).peekable();
+    let regular = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
+    for entry in new_tree.iter() {
+        let entry = entry
+            .map_err(|e| RepoError::Git(format!("cannot decode tree {tree}: {e}")))?
+            .inner;
+        // Skip the parent's entries that sort before this one (removed here).
+        let mut old = None;
+        while let Some(next) = old_entries.peek() {
+            let next = match next {
+                Ok(next) => next.inner,
+                Err(_) => {
+                    let error = old_entries.next().and_then(Result::err);
+                    return Err(RepoError::Git(format!(
+                        "cannot decode tree {}: {}",
+                        parent.unwrap_or(tree),
+                        error.map(|e| e.to_string()).unwrap_or_default()
+                    )));
+                }
+            };
+            match next.cmp(&entry) {
+                std::cmp::Ordering::Less => {
+                    old_entries.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    old = Some(next);
+                    old_entries.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        let kind = entry.mode.kind();
+        // Unchanged: the same object as the same sort of entry (a mode change alone, such as the
+        // executable bit, is not a new version of a file).
+        if old.is_some_and(|old| old.oid == entry.oid && regular(old.mode.kind()) == regular(kind)) {
+            continue;
+        }
+        let length = prefix.len();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(&String::from_utf8_lossy(entry.filename));
+        match kind {
+            EntryKind::Tree => {
+                // Equal names in git's order are both trees or both not.
+                let old = old.map(|old| old.oid.to_owned());
+                changed_files(repo, entry.oid.to_owned(), old, prefix, changed)?;
+            }
+            EntryKind::Blob | EntryKind::BlobExecutable => {
+                changed.insert(prefix.clone(), entry.oid.to_owned());
+            }
+            EntryKind::Link | EntryKind::Commit => {}
+        }
+        prefix.truncate(length);
+    }
+    Ok(())
+}
+
+/// Where `name` points now (peeled to an object), or None if it does not exist.
 fn current_tip(repo: &gix::Repository, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
     let what = || format!("cannot read {}", name.as_bstr());
     let Some(reference) = repo.try_find_reference(name.as_ref()).map_err(git_err(what()))? else {
@@ -737,18 +854,6 @@ fn commit_tree(repo: &gix::Repository, id: ObjectId) -> Result<gix::Tree<'_>, Re
     commit
         .tree()
         .map_err(git_err(format!("cannot read the tree of commit {id}")))
-}
-
-/// The blob id of the regular file at `components` in `commit`'s tree; None if absent or not a
-/// regular file (a directory, symlink or submodule counts as "no version of the file").
-fn blob_at(commit: &gix::Commit<'_>, components: &[&str]) -> Result<Option<ObjectId>, RepoError> {
-    let tree = commit
-        .tree()
-        .map_err(git_err(format!("cannot read the tree of commit {}", commit.id)))?;
-    let entry = tree
-        .lookup_entry(components.iter().copied())
-        .map_err(git_err(format!("cannot look up a file in commit {}", commit.id)))?;
-    Ok(entry.and_then(|e| e.mode().is_blob().then(|| e.object_id())))
 }
 
 fn read_text(repo: &gix::Repository, blob: ObjectId, path: &str, commit: &str) -> Result<String, RepoError> {
@@ -1080,7 +1185,10 @@ mod tests {
         }
         let cached = LocalRepository::open(&work).expect("open");
         assert_eq!(cached.file_history("main", f, 100).expect("history").len(), 3);
-        // New commits, some changing the file, one of them changing it back.
+        // Another file kept, cut short at a limit.
+        assert_eq!(cached.file_history("main", "README.md", 2).expect("history").len(), 2);
+        // New commits, some changing the file, one of them changing it back, one changing both
+        // files, one only the executable bit (not a new version).
         for (tag, touch) in [("v4", true), ("", false), ("v2", true)] {
             if touch {
                 write(&work, f, &format!("tag: {tag}\n"));
@@ -1089,14 +1197,22 @@ mod tests {
             }
             commit_all(&work, &format!("later {tag}"));
         }
+        write(&work, f, "tag: v5\n");
+        write(&work, "README.md", "readme for v5\n");
+        commit_all(&work, "both");
+        git(&work, &["update-index", "--chmod=+x", f]);
+        git(&work, &["commit", "-q", "-m", "executable"]);
         let fresh = LocalRepository::open(&work).expect("open");
         for limit in [1, 2, 5, 100] {
-            assert_eq!(
-                cached.file_history("main", f, limit).expect("cached"),
-                fresh.file_history("main", f, limit).expect("fresh"),
-                "limit {limit}"
-            );
+            for file in [f, "README.md"] {
+                assert_eq!(
+                    cached.file_history("main", file, limit).expect("cached"),
+                    fresh.file_history("main", file, limit).expect("fresh"),
+                    "{file}, limit {limit}"
+                );
+            }
         }
+        assert_eq!(cached.file_history("main", f, 100).expect("history").len(), 6);
         // History rewritten (the cached tip is gone from the branch): a full walk again.
         git(&work, &["reset", "-q", "--hard", "HEAD~2"]);
         write(&work, f, "tag: v9\n");
