@@ -38,7 +38,8 @@ pub struct PolicyConfig {
     /// alert comes back this long after it was taken).
     #[serde(with = "humantime_serde")]
     pub ack_wait: std::time::Duration,
-    /// Alerts decided at once by this replica (limits hold across them: compare-and-set).
+    /// Alerts decided at once by this replica (the reservations of those deciding at once are
+    /// taken together; across replicas, limits hold by compare-and-set).
     pub concurrency: usize,
     /// Where `input.target` comes from.
     pub target: crate::target::TargetConfig,
@@ -63,7 +64,7 @@ impl Default for PolicyConfig {
             dry_run: false,
             reload_interval: std::time::Duration::from_secs(2),
             ack_wait: std::time::Duration::from_secs(30),
-            concurrency: 8,
+            concurrency: 64,
             target: crate::target::TargetConfig::default(),
             metrics: crate::promql::MetricsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),

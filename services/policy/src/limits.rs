@@ -10,7 +10,7 @@
 //! once never exceed a limit between them. A reservation is keyed by incident, so a redelivered
 //! alert finds its reservation instead of taking a second one.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use selfheal_bus::kv::{KvError, SharedKeyValue};
@@ -124,10 +124,37 @@ fn human(duration: Duration) -> String {
 }
 
 /// Enforces [`LimitsConfig`] over a shared bucket.
+///
+/// Reservations made at once on one replica are taken together: the first caller to find none
+/// in work takes every one queued, reads each key once, decides them in the order they came and
+/// writes each key once (compare-and-set). Without that, concurrent reservations would race for
+/// the global key and lose most compare-and-sets to each other.
 #[derive(Clone)]
 pub struct Limiter {
     kv: SharedKeyValue,
     config: LimitsConfig,
+    queue: std::sync::Arc<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: std::sync::Mutex<Vec<Request>>,
+    /// Held by the caller taking the queued reservations.
+    taking: tokio::sync::Mutex<()>,
+}
+
+/// One reservation asked for, and where its verdict goes.
+struct Request {
+    record: ActionRecord,
+    now: DateTime<Utc>,
+    verdict: tokio::sync::oneshot::Sender<Result<Verdict, LimitError>>,
+}
+
+/// What one key held when read, and what the batch makes of it.
+struct Held {
+    records: Vec<ActionRecord>,
+    revision: Option<u64>,
+    changed: bool,
 }
 
 enum Scope<'a> {
@@ -137,7 +164,11 @@ enum Scope<'a> {
 
 impl Limiter {
     pub fn new(kv: SharedKeyValue, config: LimitsConfig) -> Self {
-        Self { kv, config }
+        Self {
+            kv,
+            config,
+            queue: Default::default(),
+        }
     }
 
     fn key(scope: &Scope<'_>) -> String {
@@ -188,97 +219,168 @@ impl Limiter {
         action: &str,
         now: DateTime<Utc>,
     ) -> Result<Verdict, LimitError> {
-        if self.config.kill_switch || kill_switch_on(&self.kv).await? {
-            return Ok(Verdict::Refused(
-                "the kill switch is on: selfheal takes no automatic action".into(),
-            ));
-        }
+        let (verdict, answer) = tokio::sync::oneshot::channel();
         let record = ActionRecord {
             incident: incident.into(),
             service: service.into(),
             action: action.into(),
             at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        if let Verdict::Refused(reason) = self.take(&Scope::Service(service), &record, now).await? {
-            return Ok(Verdict::Refused(reason));
-        }
-        match self.take(&Scope::Global, &record, now).await? {
-            Verdict::Allowed => Ok(Verdict::Allowed),
-            Verdict::Refused(reason) => {
-                // Give the service's slot back; if that fails the count errs on the safe side.
-                self.release(&Scope::Service(service), incident).await?;
-                Ok(Verdict::Refused(reason))
+        self.queue
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Request { record, now, verdict });
+        let mut answer = answer;
+        loop {
+            let taking = self.queue.taking.lock().await;
+            // Taken meanwhile by the caller before us?
+            match answer.try_recv() {
+                Ok(verdict) => return verdict,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(LimitError::Store("the reservation was dropped; retry".into()));
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
             }
+            let requests = std::mem::take(
+                &mut *self
+                    .queue
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if requests.is_empty() {
+                // Ours is in the hands of a caller that has not answered yet.
+                drop(taking);
+                return answer
+                    .await
+                    .map_err(|_| LimitError::Store("the reservation was dropped; retry".into()))?;
+            }
+            let records: Vec<(ActionRecord, DateTime<Utc>)> =
+                requests.iter().map(|r| (r.record.clone(), r.now)).collect();
+            let verdicts = self.reserve_all(&records).await;
+            for (index, request) in requests.into_iter().enumerate() {
+                let verdict = match &verdicts {
+                    Ok(verdicts) => Ok(verdicts[index].clone()),
+                    Err(error) => Err(LimitError::Store(error.to_string())),
+                };
+                let _ = request.verdict.send(verdict);
+            }
+            drop(taking);
         }
     }
 
-    async fn take(&self, scope: &Scope<'_>, record: &ActionRecord, now: DateTime<Utc>) -> Result<Verdict, LimitError> {
+    /// Decides `requests` in order against the bucket, each key read and written once;
+    /// everything again when another replica wrote a key meanwhile.
+    async fn reserve_all(&self, requests: &[(ActionRecord, DateTime<Utc>)]) -> Result<Vec<Verdict>, LimitError> {
+        // Bounded: each lost compare-and-set means another replica made progress.
+        for _ in 0..64 {
+            if self.config.kill_switch || kill_switch_on(&self.kv).await? {
+                let off = "the kill switch is on: selfheal takes no automatic action";
+                return Ok(requests.iter().map(|_| Verdict::Refused(off.into())).collect());
+            }
+            let mut held: BTreeMap<String, Held> = BTreeMap::new();
+            let mut verdicts = Vec::with_capacity(requests.len());
+            for (record, now) in requests {
+                for scope in [Scope::Service(&record.service), Scope::Global] {
+                    let key = Self::key(&scope);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = held.entry(key) {
+                        let (records, revision) = self.read(slot.key()).await?;
+                        slot.insert(Held {
+                            records,
+                            revision,
+                            changed: false,
+                        });
+                    }
+                }
+                let service_key = Self::key(&Scope::Service(&record.service));
+                let verdict = match self.take(&Scope::Service(&record.service), &mut held, record, *now) {
+                    Verdict::Allowed => {
+                        let verdict = self.take(&Scope::Global, &mut held, record, *now);
+                        if verdict != Verdict::Allowed {
+                            // Give the service's slot back.
+                            if let Some(service) = held.get_mut(&service_key) {
+                                let before = service.records.len();
+                                service.records.retain(|r| r.incident != record.incident);
+                                service.changed |= service.records.len() != before;
+                            }
+                        }
+                        verdict
+                    }
+                    refused => refused,
+                };
+                verdicts.push(verdict);
+            }
+            let mut lost = false;
+            for (key, held) in &held {
+                if held.changed && !self.write(key, &held.records, held.revision).await? {
+                    lost = true;
+                    break;
+                }
+            }
+            if !lost {
+                return Ok(verdicts);
+            }
+        }
+        Err(LimitError::Store("the action counts kept changing; retry".into()))
+    }
+
+    /// Takes a slot in `scope` for `record`, in `held`, or says which limit refuses it.
+    fn take(
+        &self,
+        scope: &Scope<'_>,
+        held: &mut BTreeMap<String, Held>,
+        record: &ActionRecord,
+        now: DateTime<Utc>,
+    ) -> Verdict {
         let key = Self::key(scope);
         let (max, window) = match scope {
             Scope::Service(_) => (self.config.per_service_max, self.config.per_service_window),
             Scope::Global => (self.config.global_max, self.config.global_window),
         };
-        // Bounded: each lost compare-and-set means another replica made progress.
-        for _ in 0..64 {
-            let (records, revision) = self.read(&key).await?;
-            let mut records = prune(records, now, window.max(self.config.cooldown));
-            if records.iter().any(|r| r.incident == record.incident) {
-                return Ok(Verdict::Allowed);
-            }
-            let in_window: Vec<&ActionRecord> = records
-                .iter()
-                .filter(|r| {
-                    r.time()
-                        .is_some_and(|t| (now - t).to_std().unwrap_or_default() < window)
-                })
-                .collect();
-            if in_window.len() >= max {
-                let reason = match scope {
-                    Scope::Service(service) => format!(
-                        "rate limit: {service} already had {} automatic actions in the last {} (limit {max} per {})",
-                        in_window.len(),
-                        human(window),
-                        human(window)
-                    ),
-                    Scope::Global => format!(
-                        "global budget: {} automatic actions in the last {} (limit {max} per {})",
-                        in_window.len(),
-                        human(window),
-                        human(window)
-                    ),
-                };
-                return Ok(Verdict::Refused(reason));
-            }
-            if let (Scope::Service(service), Some(last)) = (scope, records.iter().filter_map(ActionRecord::time).max())
-            {
-                let since = (now - last).to_std().unwrap_or_default();
-                if since < self.config.cooldown {
-                    return Ok(Verdict::Refused(format!(
-                        "cooldown: {service}'s last automatic action was {} ago (cooldown {})",
-                        human(since),
-                        human(self.config.cooldown)
-                    )));
-                }
-            }
-            records.push(record.clone());
-            if self.write(&key, &records, revision).await? {
-                return Ok(Verdict::Allowed);
+        let Some(held) = held.get_mut(&key) else {
+            return Verdict::Refused(format!("{key} was not read"));
+        };
+        // Entries past every window are dropped whenever the key is written anyway.
+        held.records = prune(std::mem::take(&mut held.records), now, window.max(self.config.cooldown));
+        let records = &mut held.records;
+        if records.iter().any(|r| r.incident == record.incident) {
+            return Verdict::Allowed;
+        }
+        let in_window = records
+            .iter()
+            .filter(|r| {
+                r.time()
+                    .is_some_and(|t| (now - t).to_std().unwrap_or_default() < window)
+            })
+            .count();
+        if in_window >= max {
+            return Verdict::Refused(match scope {
+                Scope::Service(service) => format!(
+                    "rate limit: {service} already had {in_window} automatic actions in the last {} (limit {max} per {})",
+                    human(window),
+                    human(window)
+                ),
+                Scope::Global => format!(
+                    "global budget: {in_window} automatic actions in the last {} (limit {max} per {})",
+                    human(window),
+                    human(window)
+                ),
+            });
+        }
+        if let (Scope::Service(service), Some(last)) = (scope, records.iter().filter_map(ActionRecord::time).max()) {
+            let since = (now - last).to_std().unwrap_or_default();
+            if since < self.config.cooldown {
+                return Verdict::Refused(format!(
+                    "cooldown: {service}'s last automatic action was {} ago (cooldown {})",
+                    human(since),
+                    human(self.config.cooldown)
+                ));
             }
         }
-        Err(LimitError::Store(format!("{key} kept changing; retry")))
-    }
-
-    async fn release(&self, scope: &Scope<'_>, incident: &str) -> Result<(), LimitError> {
-        let key = Self::key(scope);
-        for _ in 0..64 {
-            let (mut records, revision) = self.read(&key).await?;
-            let before = records.len();
-            records.retain(|r| r.incident != incident);
-            if records.len() == before || self.write(&key, &records, revision).await? {
-                return Ok(());
-            }
-        }
-        Err(LimitError::Store(format!("{key} kept changing; retry")))
+        records.push(record.clone());
+        held.changed = true;
+        Verdict::Allowed
     }
 }
 
@@ -334,6 +436,51 @@ mod tests {
             Verdict::Allowed
         );
         assert_eq!(limiter.history("checkout", later).await?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reservations_made_at_once_are_taken_together_within_every_limit() -> Result<(), LimitError> {
+        let limiter = limiter(LimitsConfig {
+            global_max: 10,
+            ..LimitsConfig::default()
+        });
+        let now = Utc::now();
+        let asks: Vec<(String, String)> = (0..60)
+            .map(|i| (format!("svc{}", i % 6), format!("incident{i}")))
+            .collect();
+        let verdicts = futures::future::join_all(asks.iter().map(|(service, incident)| {
+            let limiter = limiter.clone();
+            async move { limiter.reserve(service, incident, "rollback", now).await }
+        }))
+        .await;
+        let mut allowed = Vec::new();
+        for ((service, incident), verdict) in asks.iter().zip(verdicts) {
+            match verdict? {
+                Verdict::Allowed => allowed.push((service.clone(), incident.clone())),
+                Verdict::Refused(reason) => assert!(
+                    reason.contains("rate limit") || reason.contains("global budget"),
+                    "{reason}"
+                ),
+            }
+        }
+        assert_eq!(allowed.len(), 10, "the global budget: {allowed:?}");
+        for service in (0..6).map(|i| format!("svc{i}")) {
+            let taken = allowed.iter().filter(|(s, _)| *s == service).count();
+            assert!(taken <= 2, "{service} took {taken}");
+            // What the bucket says agrees with the verdicts.
+            assert_eq!(limiter.history(&service, now).await?.len(), taken, "{service}");
+        }
+        // Asked again, an allowed incident keeps its slot and takes no other.
+        let (service, incident) = &allowed[0];
+        assert_eq!(
+            limiter.reserve(service, incident, "rollback", now).await?,
+            Verdict::Allowed
+        );
+        assert_eq!(
+            limiter.history(service, now).await?.len(),
+            allowed.iter().filter(|(s, _)| s == service).count()
+        );
         Ok(())
     }
 

@@ -25,6 +25,10 @@ pub struct PrControllerConfig {
     /// replica): after a crash, the decision comes back this long after it was taken.
     #[serde(with = "humantime_serde")]
     pub ack_wait: std::time::Duration,
+    /// Decisions in work at once. On a local repository they are carried out together, in
+    /// batches written at once (one pack, one ref transaction); on a forge, one at a time
+    /// whatever this says, as GitHub asks of content-creating requests.
+    pub concurrency: usize,
     /// The branch Argo CD or Flux deploys from; auto-approved changes are merged into it.
     pub main_branch: String,
     /// Where a service's manifests live.
@@ -93,6 +97,7 @@ impl Default for PrControllerConfig {
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),
             ack_wait: std::time::Duration::from_secs(30),
+            concurrency: 64,
             target: TargetConfig::default(),
             author_name: "selfheal".into(),
             author_email: "selfheal@localhost".into(),

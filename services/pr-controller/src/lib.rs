@@ -49,16 +49,67 @@ pub struct RemediationHandler {
     bus: SharedBus,
     verifier: Option<verify::Verifier>,
     sync: Option<Arc<sync::SyncNow>>,
+    /// On a repository that batches: where decisions queue to be carried out together.
+    batches: Option<tokio::sync::mpsc::UnboundedSender<BatchJob>>,
 }
+
+/// A decision waiting for the next batch, and where its outcome goes.
+struct BatchJob {
+    decision: Decision,
+    trace_id: String,
+    outcome: tokio::sync::oneshot::Sender<Result<RemediationEvent, ReconcileError>>,
+}
+
+/// At most this many decisions are carried out in one batch.
+const BATCH_MAX: usize = 64;
 
 impl RemediationHandler {
     pub fn new(repo: Arc<dyn Repository>, config: PrControllerConfig, bus: SharedBus) -> Self {
+        let batches = repo.start_batch().is_some().then(|| {
+            let (queue, jobs) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(run_batches(repo.clone(), config.clone(), jobs));
+            queue
+        });
         Self {
             reconciler: Arc::new(Reconciler { repo, config }),
             bus,
             verifier: None,
             sync: None,
+            batches,
         }
+    }
+
+    /// Whether decisions are carried out in batches (and so several may be in work at once).
+    pub fn batches(&self) -> bool {
+        self.batches.is_some()
+    }
+
+    /// Makes the change `decision` asks for: in the next batch when the repository batches,
+    /// otherwise on its own.
+    async fn reconcile(
+        &self,
+        decision: &Decision,
+        trace_id: String,
+    ) -> Result<Result<RemediationEvent, ReconcileError>, CarryOutError> {
+        if let Some(batches) = &self.batches {
+            let (outcome, receive) = tokio::sync::oneshot::channel();
+            let job = BatchJob {
+                decision: decision.clone(),
+                trace_id,
+                outcome,
+            };
+            if batches.send(job).is_ok() {
+                return receive
+                    .await
+                    .map_err(|_| CarryOutError::Panicked("the batch was dropped".into()));
+            }
+            return Err(CarryOutError::Panicked("the batch writer has stopped".into()));
+        }
+        let reconciler = self.reconciler.clone();
+        let decision = decision.clone();
+        tokio::task::spawn_blocking(move || reconciler.reconcile(&decision, &trace_id))
+            .await
+            .map_err(|e| CarryOutError::Panicked(e.to_string()))
     }
 
     /// Asks Argo CD or Flux to apply each merge at once.
@@ -107,6 +158,80 @@ impl Handler for RemediationHandler {
     }
 }
 
+/// Carries out queued decisions in batches until every sender is gone: each batch takes what is
+/// queued (up to [`BATCH_MAX`]), makes every change in memory, one after the other (so each sees
+/// the ones before it), writes them all at once, and only then answers. If the write fails,
+/// every decision of the batch that changed something fails with it, to be tried again.
+async fn run_batches(
+    repo: Arc<dyn Repository>,
+    config: PrControllerConfig,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<BatchJob>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (repo, config) = (repo.clone(), config.clone());
+        let work: Vec<(Decision, String)> = batch.iter().map(|j| (j.decision.clone(), j.trace_id.clone())).collect();
+        let outcomes = tokio::task::spawn_blocking(move || carry_out_together(repo, config, &work)).await;
+        match outcomes {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.outcome.send(outcome);
+                }
+            }
+            // A panic: dropping the senders fails every decision of the batch, to be retried.
+            Err(error) => tracing::error!(error = %error, "a batch panicked"),
+        }
+    }
+}
+
+/// Makes every change of `work` in one batch and writes it: blocking.
+fn carry_out_together(
+    repo: Arc<dyn Repository>,
+    config: PrControllerConfig,
+    work: &[(Decision, String)],
+) -> Vec<Result<RemediationEvent, ReconcileError>> {
+    let Some(batch) = repo.start_batch() else {
+        let reconciler = Reconciler { repo, config };
+        return work.iter().map(|(d, t)| reconciler.reconcile(d, t)).collect();
+    };
+    let reconciler = Reconciler {
+        repo: batch.clone() as Arc<dyn Repository>,
+        config,
+    };
+    let started = std::time::Instant::now();
+    let outcomes: Vec<_> = work.iter().map(|(d, t)| reconciler.reconcile(d, t)).collect();
+    match batch.flush() {
+        Ok(refs) => {
+            tracing::debug!(
+                decisions = work.len(),
+                refs,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch written"
+            );
+            outcomes
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, decisions = work.len(), "batch not written; its decisions will be tried again");
+            outcomes
+                .into_iter()
+                .map(|outcome| {
+                    outcome.and_then(|_| {
+                        Err(ReconcileError::Repo(repo::RepoError::Git(format!(
+                            "the batch was not written: {error}"
+                        ))))
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
 /// Why a remediation did not finish this time; trying again later may.
 #[derive(Debug, thiserror::Error)]
 pub enum CarryOutError {
@@ -148,11 +273,7 @@ impl RemediationHandler {
             return Ok(None);
         }
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
-        let reconciler = self.reconciler.clone();
-        let for_blocking = decision.clone();
-        let outcome = tokio::task::spawn_blocking(move || reconciler.reconcile(&for_blocking, &trace_id))
-            .await
-            .map_err(|e| CarryOutError::Panicked(e.to_string()))?;
+        let outcome = self.reconcile(&decision, trace_id).await?;
         let mut event = match outcome {
             Ok(event) => event,
             Err(error) if error.is_transient() => return Err(CarryOutError::Repo(error.to_string())),
@@ -392,11 +513,12 @@ pub async fn run(
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
         .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
-    let (verify_window, verify_interval, auto_revert, ack_wait) = (
+    let (verify_window, verify_interval, auto_revert, ack_wait, concurrency) = (
         config.verify_window,
         config.verify_interval,
         config.auto_revert,
         config.ack_wait,
+        config.concurrency,
     );
     let remediations = bus
         .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
@@ -417,6 +539,7 @@ pub async fn run(
     let grpc_handler = handler.clone();
     let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
     decisions.ack_wait = ack_wait;
+    decisions.concurrency = if handler.batches() { concurrency.max(1) } else { 1 };
     let consumer_task = tokio::spawn(consumer::run(
         bus.clone(),
         decisions,
