@@ -741,15 +741,15 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
         .filter(|s| s.starts_with("selfheal:"))
         .count();
         assert_eq!(selfheal_commits, 1, "{fault:?}: one commit on main");
-        let branches = git(
+        let marked = git(
             &stack.repo,
-            &[
-                "for-each-ref",
-                "--format=%(refname)",
-                &format!("refs/heads/selfheal/{incident}"),
-            ],
+            &["log", "--format=%H", &format!("--grep=^Incident: {incident}$"), "main"],
         )?;
-        assert_eq!(branches.lines().count(), 1, "{fault:?}: one branch");
+        assert_eq!(
+            marked.lines().count(),
+            1,
+            "{fault:?}: one commit marked with the incident"
+        );
         // The fault did bite.
         match fault {
             Fault::Forge => ensure!(

@@ -364,12 +364,15 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     .await
     .with_context(dump)?;
     assert_eq!(git(&repo, &["rev-parse", "main"])?, main_after, "no second commit");
+    // Approved already: straight onto main, no branch; the commit names its incident.
     assert_eq!(
         git(&repo, &["for-each-ref", "--format=%(refname)", "refs/heads/selfheal/"])?
             .lines()
             .count(),
-        1
+        0
     );
+    let message = git(&repo, &["log", "-1", "--format=%B", "main"])?;
+    ensure!(message.contains(&format!("\nIncident: {incident}\n")), "{message}");
     let rows = audit_rows(&audit_db, &incident).await;
     let kinds: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(

@@ -206,7 +206,8 @@ fn carry_out_together(
     };
     let started = std::time::Instant::now();
     let outcomes: Vec<_> = work.iter().map(|(d, t)| reconciler.reconcile(d, t)).collect();
-    match batch.flush() {
+    let flushed = batch.flush();
+    match flushed {
         Ok(refs) => {
             tracing::debug!(
                 decisions = work.len(),
@@ -536,6 +537,21 @@ pub async fn run(
             .with_sync(sync),
     );
     let reconciler = handler.reconciler.clone();
+    {
+        // Read main's history now rather than on the first decision (a large repository takes
+        // seconds); decisions arriving meanwhile wait on the same index, not on a second walk.
+        let reconciler = reconciler.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let main = reconciler.config.main_branch.clone();
+            match reconciler.repo.warm(&main) {
+                Ok(()) => {
+                    tracing::info!(branch = %main, elapsed_ms = started.elapsed().as_millis() as u64, "history read")
+                }
+                Err(error) => tracing::warn!(branch = %main, error = %error, "history not read ahead"),
+            }
+        });
+    }
     let grpc_handler = handler.clone();
     let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
     decisions.ack_wait = ack_wait;

@@ -250,8 +250,40 @@ impl<R: Repository + ?Sized> Reconciler<R> {
                 .repo
                 .branch_tip(main)?
                 .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
+            let branch_tip = self.repo.branch_tip(&branch)?;
+            // 0. Approved already, on a repository without pull requests: straight onto main, in
+            // a commit marked with the incident, which is how a redelivery finds it again.
+            if auto && !self.repo.proposes() && branch_tip.is_none() {
+                let (commit, message, how) = match self.repo.marked_commit(main, &decision.incident_key)? {
+                    Some((commit, message)) => (commit, message, "is on"),
+                    None => {
+                        let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                        match self.repo.commit_file(
+                            main,
+                            Some(&main_tip),
+                            &main_tip,
+                            &path,
+                            &change.content,
+                            &change.message,
+                            &self.author(),
+                        ) {
+                            Ok(commit) => (commit, change.message, "committed to"),
+                            Err(RepoError::Conflict { .. }) => continue,
+                            Err(error) => return Err(error.into()),
+                        }
+                    }
+                };
+                let recorded = trailers(&message);
+                event.branch = main.to_string();
+                event.commit = commit;
+                event.from_value = recorded.get(TRAILER_FROM).cloned().unwrap_or_default();
+                event.to_value = recorded.get(TRAILER_TO).cloned().unwrap_or_default();
+                event.set_state(RemediationState::Merged);
+                event.message = format!("the change {how} {main}");
+                return Ok(event);
+            }
             // 1. The branch: found (done before: a redelivery, or another replica) or made now.
-            let (tip, message, fresh) = match self.repo.branch_tip(&branch)? {
+            let (tip, message, fresh) = match branch_tip {
                 Some(tip) => {
                     let made = self.repo.file_history(&branch, &path, 1)?;
                     (
@@ -715,7 +747,7 @@ mod tests {
     use selfheal_proto::v1::{Alert, AlertEvent, DecisionParams};
 
     use super::*;
-    use crate::repo::{Author, LocalRepository};
+    use crate::repo::{Author, Batched as _, LocalRepository};
 
     const PATH: &str = "apps/checkout/kustomization.yaml";
 
@@ -927,6 +959,26 @@ mod tests {
         );
         assert_eq!(again.to_value, "v1.4.1");
         assert_eq!(git(&bare, &["rev-list", "--count", "main"]), "7");
+        // Straight onto main, no branch: the commit's Incident line is what is found again, also
+        // by a replica that has read nothing yet, and inside a batch.
+        assert_eq!(first.branch, "main");
+        assert!(message.contains("\nIncident: aaaa\n"), "{message}");
+        assert_eq!(git(&bare, &["for-each-ref", "refs/heads/selfheal/"]), "");
+        let fresh = self::reconciler(&bare);
+        let found = fresh
+            .reconcile(&decision("aaaa", Action::Rollback, Approval::Auto), "trace1")
+            .expect("fresh");
+        assert_eq!(found.commit, first.commit);
+        let local = LocalRepository::open(&bare).expect("open");
+        let batch = Arc::new(local.batch());
+        let batched = Reconciler {
+            repo: batch.clone() as Arc<dyn Repository>,
+            config: PrControllerConfig::default(),
+        }
+        .reconcile(&decision("aaaa", Action::Rollback, Approval::Auto), "trace1")
+        .expect("batched");
+        assert_eq!(batched.commit, first.commit);
+        assert_eq!(batch.flush().expect("flush"), 0, "nothing to write");
 
         // A new incident rolls back further, skipping v1.5.0 which was rolled back from.
         let second = reconciler

@@ -151,6 +151,20 @@ pub trait Repository: Send + Sync + 'static {
         Ok(MergeOutcome::Merged(None))
     }
 
+    /// The newest commit on `branch`'s first-parent history marked with `incident` (an
+    /// `Incident: <key>` line in its message), with its message: how a change committed straight
+    /// to the branch is found again. None when there is none, or the repository cannot tell (a
+    /// forge, where changes go through pull requests).
+    fn marked_commit(&self, _branch: &str, _incident: &str) -> Result<Option<(String, String)>, RepoError> {
+        Ok(None)
+    }
+
+    /// Reads `branch`'s whole history ahead of the first decision, where later calls need it
+    /// (at start-up; a no-op where nothing is kept).
+    fn warm(&self, _branch: &str) -> Result<(), RepoError> {
+        Ok(())
+    }
+
     /// A batch, on a repository that writes several changes faster together than one by one:
     /// changes made through it are written by [`Batched::flush`]. None: every change is
     /// written as it is made.
@@ -244,6 +258,8 @@ struct BranchIndex {
     files: HashMap<String, Vec<IndexedVersion>>,
     /// Versions held, over all files (bounds the memory).
     entries: usize,
+    /// The commits found marked with an incident (an `Incident: <key>` line), by incident.
+    marks: HashMap<String, ObjectId>,
 }
 
 /// One version of a file: the commit that made it and the blob it has there; its text and the
@@ -390,6 +406,17 @@ impl LocalRepository {
         path: &str,
         limit: usize,
     ) -> Result<Vec<FileVersion>, RepoError> {
+        self.with_index(repo, branch, tip, |index| index.versions(repo, path, limit))
+    }
+
+    /// Runs `query` on the shared index of `branch`, brought to `tip` (the branch's tip on disk).
+    fn with_index<T>(
+        &self,
+        repo: &gix::Repository,
+        branch: &str,
+        tip: ObjectId,
+        query: impl FnOnce(&mut BranchIndex) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
         // One caller at a time walks a branch; the others then find the walk done. A poisoned
         // lock only means a panic mid-walk: start the indexes afresh.
         let mut histories = self.histories.lock().unwrap_or_else(|poisoned| {
@@ -407,7 +434,7 @@ impl LocalRepository {
             // The old tip is no longer on the branch (history rewritten): start afresh.
             *index = BranchIndex::new(tip);
         }
-        index.versions(repo, path, limit)
+        query(index)
     }
 
     /// Starts a batch: changes made through it are kept in memory, and [`Batch::flush`] writes
@@ -503,9 +530,50 @@ impl Repository for LocalRepository {
         is_ancestor_in(&self.local()?, ancestor, descendant)
     }
 
+    fn marked_commit(&self, branch: &str, incident: &str) -> Result<Option<(String, String)>, RepoError> {
+        let name = branch_ref_name(branch)?;
+        let repo = self.local()?;
+        let Some(tip) = current_tip(&repo, &name)? else {
+            return Ok(None);
+        };
+        let found = self.with_index(&repo, branch, tip, |index| index.marked(&repo, incident))?;
+        found
+            .map(|id| commit_message(&repo, id).map(|m| (id.to_string(), m)))
+            .transpose()
+    }
+
+    /// Indexes every commit of the branch: the first change then finds in memory that no commit
+    /// is marked with its incident, instead of walking the repository's age to learn it.
+    fn warm(&self, branch: &str) -> Result<(), RepoError> {
+        let name = branch_ref_name(branch)?;
+        let repo = self.local()?;
+        let Some(tip) = current_tip(&repo, &name)? else {
+            return Ok(());
+        };
+        self.with_index(&repo, branch, tip, |index| {
+            while index.next.is_some() {
+                index.walk_one(&repo)?;
+            }
+            Ok(())
+        })
+    }
+
     fn start_batch(&self) -> Option<std::sync::Arc<dyn Batched>> {
         Some(std::sync::Arc::new(self.batch()))
     }
+}
+
+/// The full message of commit `id`, without the trailing newline(s).
+fn commit_message(repo: &gix::Repository, id: ObjectId) -> Result<String, RepoError> {
+    let commit = repo
+        .find_commit(id)
+        .map_err(git_err(format!("cannot find commit {id}")))?;
+    let message = commit
+        .message_raw()
+        .map_err(git_err(format!("cannot read the message of commit {id}")))?;
+    Ok(String::from_utf8_lossy(message.as_bytes())
+        .trim_end_matches(['\n', '\r'])
+        .to_owned())
 }
 
 /// Changes to a [`LocalRepository`] made in memory and written together by [`Batch::flush`]:
@@ -526,9 +594,13 @@ struct BatchState {
     repo: gix::Repository,
     /// Refs changed in the batch.
     refs: BTreeMap<FullName, PendingRef>,
-    /// Commits made in the batch.
-    made: std::collections::HashSet<ObjectId>,
+    /// Commits made in the batch, with what each changed, its parent and its mark.
+    made: HashMap<ObjectId, std::sync::Arc<Changes>>,
 }
+
+/// What a commit changed against its first parent (path → blob), that parent, and the incident
+/// it is marked with.
+type Changes = (HashMap<String, ObjectId>, Option<ObjectId>, Option<String>);
 
 /// A ref the batch moves: from what was on disk when the batch first read it, to `new`.
 struct PendingRef {
@@ -540,7 +612,7 @@ struct PendingRef {
 
 /// Fewer objects than this are written loose, as git does for small pushes (`unpackLimit`);
 /// more go into one pack.
-const PACK_AT: usize = 32;
+const PACK_AT: usize = 10;
 
 impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -692,11 +764,10 @@ impl Repository for Batch {
         let Some(tip) = Self::tip(&state, &name)? else {
             return Ok(Vec::new());
         };
-        let in_memory = |id: &ObjectId| state.made.contains(id);
         let mut versions = Vec::new();
         let mut next = Some(tip);
-        while let Some(id) = next.filter(in_memory) {
-            let (changed, parent) = changes(&state.repo, id)?;
+        while let Some((id, made)) = next.and_then(|id| Some((id, state.made.get(&id)?.clone()))) {
+            let (changed, parent, _) = made.as_ref();
             if let Some(blob) = changed.get(path) {
                 let commit = state
                     .repo
@@ -707,7 +778,7 @@ impl Repository for Batch {
                     return Ok(versions);
                 }
             }
-            next = parent;
+            next = *parent;
         }
         let Some(base) = next else { return Ok(versions) };
         let rest = limit - versions.len();
@@ -736,7 +807,8 @@ impl Repository for Batch {
         let expected = expected_tip.map(parse_id).transpose()?;
         let mut state = self.state();
         let commit = write_file_commit(&state.repo, parent, path, content, message, author)?;
-        state.made.insert(commit);
+        let made = changes(&state.repo, commit)?;
+        state.made.insert(commit, std::sync::Arc::new(made));
         Self::set(
             &mut state,
             branch,
@@ -766,6 +838,29 @@ impl Repository for Batch {
 
     fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, RepoError> {
         is_ancestor_in(&self.state().repo, ancestor, descendant)
+    }
+
+    /// The batch's own commits on the branch first, then the shared index from where they start.
+    fn marked_commit(&self, branch: &str, incident: &str) -> Result<Option<(String, String)>, RepoError> {
+        let name = branch_ref_name(branch)?;
+        let state = self.state();
+        let mut next = Self::tip(&state, &name)?;
+        while let Some((id, made)) = next.and_then(|id| Some((id, state.made.get(&id)?.clone()))) {
+            if made.2.as_deref() == Some(incident) {
+                return Ok(Some((id.to_string(), commit_message(&state.repo, id)?)));
+            }
+            next = made.1;
+        }
+        let Some(base) = next else { return Ok(None) };
+        let found = if current_tip(&state.repo, &name)? == Some(base) {
+            self.local
+                .with_index(&state.repo, branch, base, |index| index.marked(&state.repo, incident))?
+        } else {
+            BranchIndex::new(base).marked(&state.repo, incident)?
+        };
+        found
+            .map(|id| commit_message(&state.repo, id).map(|m| (id.to_string(), m)))
+            .transpose()
     }
 }
 
@@ -1023,7 +1118,17 @@ impl BranchIndex {
             next: Some(tip),
             files: HashMap::new(),
             entries: 0,
+            marks: HashMap::new(),
         }
+    }
+
+    /// The commit marked with `incident`, walking down as far as needed (the whole history, once,
+    /// when there is none).
+    fn marked(&mut self, repo: &gix::Repository, incident: &str) -> Result<Option<ObjectId>, RepoError> {
+        while !self.marks.contains_key(incident) && self.next.is_some() {
+            self.walk_one(repo)?;
+        }
+        Ok(self.marks.get(incident).copied())
     }
 
     /// The newest `limit` versions of `path`, walking down as far as needed.
@@ -1044,7 +1149,10 @@ impl BranchIndex {
     /// Walks the next commit down: its changes become the oldest versions known.
     fn walk_one(&mut self, repo: &gix::Repository) -> Result<(), RepoError> {
         let Some(id) = self.next else { return Ok(()) };
-        let (changed, parent) = changes(repo, id)?;
+        let (changed, parent, mark) = changes(repo, id)?;
+        if let Some(mark) = mark {
+            self.marks.entry(mark).or_insert(id);
+        }
         for (path, blob) in changed {
             self.files.entry(path).or_default().push(IndexedVersion {
                 commit: id,
@@ -1067,6 +1175,7 @@ impl BranchIndex {
             .all()
             .map_err(git_err(format!("cannot walk the history of {branch}")))?;
         let mut added: HashMap<String, Vec<IndexedVersion>> = HashMap::new();
+        let mut marks = Vec::new();
         let mut count = 0;
         let mut reached = false;
         for info in walk {
@@ -1075,7 +1184,9 @@ impl BranchIndex {
                 reached = true;
                 break;
             }
-            for (path, blob) in changes(repo, info.id)?.0 {
+            let (changed, _, mark) = changes(repo, info.id)?;
+            marks.extend(mark.map(|mark| (mark, info.id)));
+            for (path, blob) in changed {
                 added.entry(path).or_default().push(IndexedVersion {
                     commit: info.id,
                     blob,
@@ -1091,6 +1202,10 @@ impl BranchIndex {
             let known = self.files.entry(path).or_default();
             versions.append(known);
             *known = versions;
+        }
+        // The newest commit with a mark wins (it is the one a redelivery must find).
+        for (mark, id) in marks.into_iter().rev() {
+            self.marks.insert(mark, id);
         }
         self.entries += count;
         self.tip = tip;
@@ -1116,10 +1231,14 @@ impl IndexedVersion {
 /// What commit `id` changed against its first parent (the regular files whose blob is new there,
 /// by path), and that parent: None for a root commit, or a shallow clone's boundary (whose parent
 /// is absent), where every file counts as added.
-fn changes(repo: &gix::Repository, id: ObjectId) -> Result<(HashMap<String, ObjectId>, Option<ObjectId>), RepoError> {
+fn changes(repo: &gix::Repository, id: ObjectId) -> Result<Changes, RepoError> {
     let commit = repo
         .find_commit(id)
         .map_err(git_err(format!("cannot find commit {id}")))?;
+    let mark = commit
+        .message_raw()
+        .ok()
+        .and_then(|message| incident_mark(&String::from_utf8_lossy(message.as_bytes())));
     let tree = commit
         .tree_id()
         .map_err(git_err(format!("cannot read the tree of commit {id}")))?
@@ -1150,7 +1269,16 @@ fn changes(repo: &gix::Repository, id: ObjectId) -> Result<(HashMap<String, Obje
         &mut String::new(),
         &mut changed,
     )?;
-    Ok((changed, parent.map(|(parent, _)| parent)))
+    Ok((changed, parent.map(|(parent, _)| parent), mark))
+}
+
+/// The incident a commit message is marked with: its `Incident: <key>` line (selfheal writes one
+/// in every commit it makes; keys are alphanumeric).
+pub fn incident_mark(message: &str) -> Option<String> {
+    message.lines().rev().find_map(|line| {
+        let key = line.strip_prefix("Incident: ")?.trim();
+        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| key.to_string())
+    })
 }
 
 /// The regular files under `tree` (at `prefix`) whose blob differs from the one at the same path
