@@ -293,26 +293,32 @@ impl Limiter {
                         });
                     }
                 }
-                let service_key = Self::key(&Scope::Service(&record.service));
                 let verdict = match self.take(&Scope::Service(&record.service), &mut held, record, *now) {
-                    Verdict::Allowed => {
-                        let verdict = self.take(&Scope::Global, &mut held, record, *now);
-                        if verdict != Verdict::Allowed {
-                            // Give the service's slot back.
-                            if let Some(service) = held.get_mut(&service_key) {
-                                let before = service.records.len();
-                                service.records.retain(|r| r.incident != record.incident);
-                                service.changed |= service.records.len() != before;
-                            }
-                        }
-                        verdict
-                    }
+                    Verdict::Allowed => self.take(&Scope::Global, &mut held, record, *now),
                     refused => refused,
                 };
+                if verdict != Verdict::Allowed {
+                    // Refused: no slot anywhere, including one an earlier round of this batch
+                    // wrote before it lost a compare-and-set.
+                    for key in [Self::key(&Scope::Service(&record.service)), Self::key(&Scope::Global)] {
+                        if let Some(held) = held.get_mut(&key) {
+                            let before = held.records.len();
+                            held.records.retain(|r| r.incident != record.incident);
+                            held.changed |= held.records.len() != before;
+                        }
+                    }
+                }
                 verdicts.push(verdict);
             }
+            // The services' keys first, the global one last: a round that loses a compare-and-set
+            // on the way leaves fewer global slots taken, never more.
+            let global = Self::key(&Scope::Global);
             let mut lost = false;
-            for (key, held) in &held {
+            for (key, held) in held
+                .iter()
+                .filter(|(k, _)| **k != global)
+                .chain(held.get_key_value(&global))
+            {
                 if held.changed && !self.write(key, &held.records, held.revision).await? {
                     lost = true;
                     break;

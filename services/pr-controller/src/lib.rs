@@ -219,14 +219,13 @@ fn carry_out_together(
         }
         Err(error) => {
             tracing::warn!(error = %error, decisions = work.len(), "batch not written; its decisions will be tried again");
+            // Refusals too: one may rest on a change of the batch that was never written.
             outcomes
-                .into_iter()
-                .map(|outcome| {
-                    outcome.and_then(|_| {
-                        Err(ReconcileError::Repo(repo::RepoError::Git(format!(
-                            "the batch was not written: {error}"
-                        ))))
-                    })
+                .iter()
+                .map(|_| {
+                    Err(ReconcileError::Repo(repo::RepoError::Git(format!(
+                        "the batch was not written: {error}"
+                    ))))
                 })
                 .collect()
         }

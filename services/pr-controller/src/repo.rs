@@ -240,9 +240,32 @@ pub enum MergeOutcome {
 #[derive(Clone)]
 pub struct LocalRepository {
     path: PathBuf,
-    shared: gix::ThreadSafeRepository,
+    shared: std::sync::Arc<std::sync::RwLock<Shared>>,
     /// What is known of each branch's first-parent history (on disk), by branch name.
     histories: std::sync::Arc<std::sync::Mutex<HashMap<String, BranchIndex>>>,
+}
+
+/// The repository as opened, and how many packs this process wrote since.
+struct Shared {
+    repo: gix::ThreadSafeRepository,
+    packs_written: usize,
+}
+
+/// After writing this many packs the repository is opened again: gix's object store has a fixed
+/// number of slots for pack indexes, sized when it is opened (twice the packs then on disk, at
+/// least [`MIN_PACK_SLOTS`]).
+const REOPEN_AFTER_PACKS: usize = 256;
+const MIN_PACK_SLOTS: usize = 1024;
+
+fn open_shared(path: &Path) -> Result<gix::ThreadSafeRepository, RepoError> {
+    let options = gix::open::Options::default().object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
+        multiplier: 2.0,
+        minimum: MIN_PACK_SLOTS,
+    });
+    gix::ThreadSafeRepository::open_opts(path, options).map_err(|e| RepoError::Open {
+        path: path.display().to_string(),
+        reason: describe(&e),
+    })
 }
 
 /// The first-parent history of a branch from its tip down to `next`, as the versions of every
@@ -289,15 +312,10 @@ impl LocalRepository {
     /// Opens the repository at `path`: a bare repository's directory, a work tree containing `.git`,
     /// or a `.git` directory. No discovery upwards is done.
     pub fn open(path: &Path) -> Result<Self, RepoError> {
-        let shared = gix::open(path)
-            .map_err(|e| RepoError::Open {
-                path: path.display().to_string(),
-                reason: describe(&e),
-            })?
-            .into_sync();
+        let repo = open_shared(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            shared,
+            shared: std::sync::Arc::new(std::sync::RwLock::new(Shared { repo, packs_written: 0 })),
             histories: Default::default(),
         })
     }
@@ -387,9 +405,28 @@ impl LocalRepository {
         Ok(this)
     }
 
+    fn shared_repo(&self) -> gix::ThreadSafeRepository {
+        self.shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .repo
+            .clone()
+    }
+
+    /// Counts a pack written, and opens the repository again when the store's slots may run out.
+    fn pack_written(&self) -> Result<(), RepoError> {
+        let mut shared = self.shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shared.packs_written += 1;
+        if shared.packs_written >= REOPEN_AFTER_PACKS {
+            shared.repo = open_shared(&self.path)?;
+            shared.packs_written = 0;
+        }
+        Ok(())
+    }
+
     /// A handle on the repository for this thread, with an object cache for history walks.
     fn local(&self) -> Result<gix::Repository, RepoError> {
-        let mut repo = self.shared.to_thread_local();
+        let mut repo = self.shared_repo().to_thread_local();
         repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
         Ok(repo)
     }
@@ -420,19 +457,26 @@ impl LocalRepository {
         // One caller at a time walks a branch; the others then find the walk done. A poisoned
         // lock only means a panic mid-walk: start the indexes afresh.
         let mut histories = self.histories.lock().unwrap_or_else(|poisoned| {
+            self.histories.clear_poison();
             let mut histories = poisoned.into_inner();
             histories.clear();
             histories
         });
         if histories.values().map(|index| index.entries).sum::<usize>() > INDEXED_VERSIONS {
-            histories.clear();
+            // Other branches go first; the one asked about is kept, however large.
+            histories.retain(|name, _| name == branch);
         }
         let index = histories
             .entry(branch.to_string())
             .or_insert_with(|| BranchIndex::new(tip));
         if index.tip != tip && !index.advance(repo, tip, branch)? {
-            // The old tip is no longer on the branch (history rewritten): start afresh.
-            *index = BranchIndex::new(tip);
+            // Either the caller read the branch before another caller brought the index past
+            // that (the index is current: use it), or the old tip is no longer on the branch
+            // (history rewritten): start afresh.
+            let now = current_tip(repo, &branch_ref_name(branch)?)?;
+            if now != Some(index.tip) {
+                *index = BranchIndex::new(tip);
+            }
         }
         query(index)
     }
@@ -440,7 +484,7 @@ impl LocalRepository {
     /// Starts a batch: changes made through it are kept in memory, and [`Batch::flush`] writes
     /// them all at once.
     pub fn batch(&self) -> Batch {
-        let mut repo = self.shared.to_thread_local().with_object_memory();
+        let mut repo = self.shared_repo().to_thread_local().with_object_memory();
         repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
         Batch {
             local: self.clone(),
@@ -640,8 +684,10 @@ impl Batch {
             return Ok(0);
         }
         let disk = self.local.local()?;
+        let mut keep = None;
         if objects.len() >= PACK_AT {
-            write_pack(&disk, &objects)?;
+            keep = write_pack(&disk, &objects)?;
+            self.local.pack_written()?;
         } else {
             for (id, (kind, data)) in objects.iter() {
                 let written = gix::objs::Write::write_buf(&disk, *kind, data)
@@ -669,7 +715,14 @@ impl Batch {
             .collect();
         let sig = signature(&committer);
         let mut time_buf = gix::date::parse::TimeBuf::default();
-        if let Err(error) = disk.edit_references_as(edits, Some(sig.to_ref(&mut time_buf))) {
+        let moved = disk.edit_references_as(edits, Some(sig.to_ref(&mut time_buf)));
+        // Referenced now (or never will be): `git gc` may have the pack.
+        if let Some(keep) = keep
+            && let Err(error) = std::fs::remove_file(&keep)
+        {
+            tracing::warn!(path = %keep.display(), error = %error, "could not remove a pack's .keep file");
+        }
+        if let Err(error) = moved {
             // Which ref moved: the first whose value on disk is not what the batch found.
             for (name, pending) in &refs {
                 let now = current_tip(&disk, name)?;
@@ -956,7 +1009,9 @@ fn is_ancestor_in(repo: &gix::Repository, ancestor: &str, descendant: &str) -> R
 }
 
 /// Writes `objects` as one pack (and its index) in the repository's pack directory.
-fn write_pack(repo: &gix::Repository, objects: &gix::odb::memory::Storage) -> Result<(), RepoError> {
+/// Returns the pack's `.keep` file, which protects it from `git gc` until refs point into it: the
+/// caller removes it then.
+fn write_pack(repo: &gix::Repository, objects: &gix::odb::memory::Storage) -> Result<Option<PathBuf>, RepoError> {
     use std::io::Write as _;
     let io = |e: std::io::Error| RepoError::Git(format!("cannot write a pack: {e}"));
     let count = u32::try_from(objects.len()).map_err(|_| RepoError::Git("too many objects for one pack".into()))?;
@@ -992,7 +1047,7 @@ fn write_pack(repo: &gix::Repository, objects: &gix::odb::memory::Storage) -> Re
         .map_err(|e| RepoError::Git(format!("cannot hash a pack: {e}")))?;
     pack.extend_from_slice(digest.as_slice());
     let directory = repo.objects.store_ref().path().join("pack");
-    gix_pack::Bundle::write_to_directory(
+    let written = gix_pack::Bundle::write_to_directory(
         &mut std::io::Cursor::new(pack),
         Some(&directory),
         &mut gix::progress::Discard,
@@ -1005,7 +1060,7 @@ fn write_pack(repo: &gix::Repository, objects: &gix::odb::memory::Storage) -> Re
         },
     )
     .map_err(|e| RepoError::Git(format!("cannot write a pack: {e}")))?;
-    Ok(())
+    Ok(written.keep_path)
 }
 
 /// All messages of a gix error tree, outermost first, de-duplicated.
@@ -1722,10 +1777,43 @@ mod tests {
         }
         git(&f.bare, &["fsck", "--strict", "--no-dangling"]);
         assert_eq!(packs(&f.bare), packs_before + 1, "sixty objects, one pack");
+        let kept: Vec<_> = std::fs::read_dir(f.bare.join("objects/pack"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "keep"))
+            .collect();
+        assert!(
+            kept.is_empty(),
+            "the pack is referenced: no .keep left for gc to trip on"
+        );
         // The same history, read from disk by the shared index and by a fresh handle.
         assert_eq!(repo.file_history("main", path, 20).unwrap(), in_batch);
         let fresh = LocalRepository::open(&f.bare).unwrap();
         assert_eq!(fresh.file_history("main", path, 20).unwrap(), in_batch);
+    }
+
+    #[test]
+    fn a_caller_with_an_older_tip_does_not_throw_the_index_away() {
+        let f = gitops_fixture();
+        let repo = LocalRepository::open(&f.bare).unwrap();
+        let path = "apps/demo/kustomization.yaml";
+        let newer = repo
+            .commit_file(
+                "main",
+                Some(&f.main[0]),
+                &f.main[0],
+                path,
+                "newTag: v2\n",
+                "bump",
+                &author(),
+            )
+            .unwrap();
+        assert_eq!(repo.file_history("main", path, 10).unwrap().len(), 2);
+        let handle = repo.local().unwrap();
+        let older = parse_id(&f.main[0]).unwrap();
+        // Read before the move, asked after it: the index stays where main is.
+        let tip = repo.with_index(&handle, "main", older, |index| Ok(index.tip)).unwrap();
+        assert_eq!(tip.to_string(), newer);
     }
 
     #[test]
