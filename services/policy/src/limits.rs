@@ -490,6 +490,80 @@ mod tests {
         Ok(())
     }
 
+    use selfheal_bus::kv::KeyValue as _;
+
+    /// A bucket where another replica fills `key` just before this one first writes it.
+    struct Raced {
+        inner: MemoryKeyValue,
+        key: String,
+        theirs: std::sync::Mutex<Option<bytes::Bytes>>,
+    }
+
+    #[async_trait::async_trait]
+    impl selfheal_bus::kv::KeyValue for Raced {
+        async fn get(&self, key: &str) -> Result<Option<selfheal_bus::kv::Entry>, KvError> {
+            self.inner.get(key).await
+        }
+        async fn create(&self, key: &str, value: bytes::Bytes) -> Result<u64, KvError> {
+            self.interfere(key).await;
+            self.inner.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, KvError> {
+            self.interfere(key).await;
+            self.inner.update(key, value, revision).await
+        }
+        async fn keys(&self) -> Result<Vec<String>, KvError> {
+            self.inner.keys().await
+        }
+    }
+
+    impl Raced {
+        async fn interfere(&self, key: &str) {
+            let theirs = if key == self.key {
+                self.theirs.lock().expect("lock").take()
+            } else {
+                None
+            };
+            if let Some(theirs) = theirs {
+                let _ = self.inner.create(key, theirs).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reservation_refused_after_a_lost_race_holds_no_slot() -> Result<(), LimitError> {
+        let now = Utc::now();
+        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let record = |incident: &str| ActionRecord {
+            incident: incident.into(),
+            service: "checkout".into(),
+            action: "rollback".into(),
+            at: at.clone(),
+        };
+        // The other replica takes checkout's two slots between our read and our write.
+        let theirs = serde_json::to_vec(&[record("theirs1"), record("theirs2")]).expect("json");
+        let kv = Arc::new(Raced {
+            inner: MemoryKeyValue::default(),
+            key: "service.checkout".into(),
+            theirs: std::sync::Mutex::new(Some(theirs.into())),
+        });
+        let limiter = Limiter::new(kv.clone(), LimitsConfig::default());
+        let verdict = limiter.reserve("checkout", "ours", "rollback", now).await?;
+        assert!(
+            matches!(&verdict, Verdict::Refused(r) if r.contains("rate limit")),
+            "{verdict:?}"
+        );
+        let global: Vec<ActionRecord> = match kv.get("global").await.map_err(|e| LimitError::Store(e.to_string()))? {
+            Some(entry) => serde_json::from_slice(&entry.value).expect("json"),
+            None => Vec::new(),
+        };
+        assert!(
+            global.iter().all(|r| r.incident != "ours"),
+            "the refused incident holds no global slot: {global:?}"
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn global_budget_cooldown_and_kill_switch() -> Result<(), LimitError> {
         let limiter = limiter(LimitsConfig {

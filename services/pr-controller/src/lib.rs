@@ -636,6 +636,99 @@ mod tests {
     use super::*;
     use crate::repo::{Author, LocalRepository};
 
+    fn rollback(incident: &str, service: &str) -> Decision {
+        let labels = [("service", service), ("alertname", "HighErrorRate")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut decision = Decision {
+            incident_key: incident.into(),
+            reason: "error rate".into(),
+            alert: Some(AlertEvent {
+                alert: Some(Alert {
+                    status: "firing".into(),
+                    labels,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        decision.set_action(Action::Rollback);
+        decision.set_approval(Approval::Auto);
+        decision
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_written_fails_every_decision_in_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bare = dir.path().join("gitops.git");
+        let author = Author {
+            name: "dev".into(),
+            email: "dev@example.com".into(),
+        };
+        let file = |service: &str, tag: &str| format!("images:\n- name: {service}\n  newTag: {tag}\n");
+        let (alpha1, alpha2, beta1) = (file("alpha", "v1"), file("alpha", "v2"), file("beta", "v1"));
+        let repo = LocalRepository::init_bare_with_commits(
+            &bare,
+            "main",
+            &[
+                (
+                    "v1",
+                    vec![
+                        ("apps/alpha/kustomization.yaml", alpha1.as_str()),
+                        ("apps/beta/kustomization.yaml", beta1.as_str()),
+                    ],
+                ),
+                ("alpha v2", vec![("apps/alpha/kustomization.yaml", alpha2.as_str())]),
+            ],
+            &author,
+        )?;
+        let repo: Arc<dyn Repository> = Arc::new(repo);
+        let git = |args: &[&str]| -> anyhow::Result<String> {
+            let out = Command::new("git").arg("--git-dir").arg(&bare).args(args).output()?;
+            Ok(String::from_utf8(out.stdout)?.trim().to_string())
+        };
+        let main_before = git(&["rev-parse", "main"])?;
+        // alpha can roll back to v1; beta has no earlier tag, so it is refused (on what the
+        // batch sees).
+        let work = vec![
+            (rollback("aaaa", "alpha"), String::new()),
+            (rollback("bbbb", "beta"), String::new()),
+        ];
+
+        // Someone holds main's lock: the batch is made in memory but cannot be written.
+        std::fs::write(bare.join("refs/heads/main.lock"), "")?;
+        let outcomes = carry_out_together(repo.clone(), PrControllerConfig::default(), &work);
+        assert_eq!(outcomes.len(), 2);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Err(error) if error.is_transient()),
+                "every decision, the refusal too, is to be tried again: {outcome:?}"
+            );
+        }
+        assert_eq!(git(&["rev-parse", "main"])?, main_before, "nothing written");
+
+        // The lock gone, the same work: alpha rolled back once, beta refused.
+        std::fs::remove_file(bare.join("refs/heads/main.lock"))?;
+        let outcomes = carry_out_together(repo, PrControllerConfig::default(), &work);
+        let alpha = outcomes[0].as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(alpha.state(), RemediationState::Merged);
+        assert_eq!((alpha.from_value.as_str(), alpha.to_value.as_str()), ("v2", "v1"));
+        assert_eq!(git(&["rev-parse", "main"])?, alpha.commit);
+        assert!(
+            matches!(&outcomes[1], Err(ReconcileError::Refused(_))),
+            "{:?}",
+            outcomes[1]
+        );
+        assert_eq!(
+            git(&["rev-list", "--count", "main"])?,
+            "3",
+            "one commit for the one change"
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_hostile_label_becomes_a_failed_event_and_writes_nothing() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
