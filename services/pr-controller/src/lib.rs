@@ -2,7 +2,9 @@
 //!
 //! Consumes `selfheal.decisions.>` (durable `pr-controller`). For a `rollback` or `scale`
 //! decision it edits the service's kustomization on a branch `selfheal/<incident>` of the GitOps
-//! repository and, when the decision's approval is `auto`, fast-forwards the main branch to it.
+//! repository and, when the decision's approval is `auto`, merges it into the main branch (on a
+//! local repository, an approved change is committed straight onto main, marked with its
+//! incident; decisions are carried out in batches written at once).
 //! It publishes a [`RemediationEvent`](selfheal_proto::v1::RemediationEvent) on
 //! `selfheal.remediations.<service>` (message id `remediation.<incident>.<state>`) and acks the
 //! decision only after that. The reconciler is idempotent per incident, so a redelivered
@@ -760,25 +762,7 @@ mod tests {
         let bus = MemoryBus::default();
         let handler = RemediationHandler::new(Arc::new(repo), PrControllerConfig::default(), Arc::new(bus.clone()));
 
-        let labels = [("service", "a\nb: c"), ("alertname", "HighErrorRate")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut decision = Decision {
-            incident_key: "0123456789abcdef".into(),
-            reason: "error rate".into(),
-            alert: Some(AlertEvent {
-                alert: Some(Alert {
-                    status: "firing".into(),
-                    labels,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        decision.set_action(Action::Rollback);
-        decision.set_approval(Approval::Auto);
+        let decision = rollback("0123456789abcdef", "a\nb: c");
         bus.publish(selfheal_bus::Outgoing {
             subject: subjects::decision("_none"),
             msg_id: "decision.0123456789abcdef".into(),

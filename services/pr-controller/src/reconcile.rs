@@ -1,8 +1,10 @@
 //! The reconciler: one decision in, one git change out, idempotent per incident.
 //!
 //! Every step is keyed by the incident: the branch is `selfheal/<incident>`, so running the same
-//! decision twice finds the branch and reports what is there instead of committing again. Refs
-//! move only by compare-and-set, so two replicas racing on one incident make one commit.
+//! decision twice finds the branch and reports what is there instead of committing again. On a
+//! repository without pull requests, an approved change goes straight onto main in a commit
+//! marked `Incident: <incident>`, which is what a second run finds. Refs move only by
+//! compare-and-set, so two replicas racing on one incident make one commit.
 
 use std::collections::{BTreeMap, HashSet};
 
