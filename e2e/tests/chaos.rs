@@ -727,20 +727,11 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
             (1, 1),
             "{fault:?}: one remediation, one ending: {events:?}"
         );
-        let selfheal_commits = git(
-            &stack.repo,
-            &[
-                "log",
-                "--format=%s",
-                "main",
-                "--",
-                &format!("apps/{service}/kustomization.yaml"),
-            ],
-        )?
-        .lines()
-        .filter(|s| s.starts_with("selfheal:"))
-        .count();
-        assert_eq!(selfheal_commits, 1, "{fault:?}: one commit on main");
+        assert_eq!(
+            selfheal_commits(&stack.repo, service)?,
+            1,
+            "{fault:?}: one commit on main"
+        );
         let marked = git(
             &stack.repo,
             &["log", "--format=%H", &format!("--grep=^Incident: {incident}$"), "main"],
@@ -794,6 +785,15 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
     .await?;
     assert_eq!(rows.len(), faults.len(), "one ending per incident: {rows:?}");
     Ok(())
+}
+
+/// How many of selfheal's commits on main changed `service`'s kustomization.
+fn selfheal_commits(repo: &Path, service: &str) -> anyhow::Result<usize> {
+    let path = format!("apps/{service}/kustomization.yaml");
+    Ok(git(repo, &["log", "--format=%s", "main", "--", &path])?
+        .lines()
+        .filter(|s| s.starts_with("selfheal:"))
+        .count())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -911,20 +911,11 @@ async fn a_burst_of_200_incidents_is_decided_within_limits_without_duplicates() 
                 refused.reason
             );
         }
-        let commits = git(
-            &stack.repo,
-            &[
-                "log",
-                "--format=%s",
-                "main",
-                "--",
-                &format!("apps/{service}/kustomization.yaml"),
-            ],
-        )?
-        .lines()
-        .filter(|s| s.starts_with("selfheal:"))
-        .count();
-        assert_eq!(commits, 2, "{service}: one commit per action, none twice");
+        assert_eq!(
+            selfheal_commits(&stack.repo, service)?,
+            2,
+            "{service}: one commit per action, none twice"
+        );
         all_decisions.extend(decisions);
         all_events.extend(events);
     }

@@ -822,25 +822,7 @@ mod tests {
             repo: Arc::new(repo),
             config: PrControllerConfig::default(),
         });
-        let labels = [("service", "checkout"), ("alertname", "HighErrorRate")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut decision = Decision {
-            incident_key: "feedface".into(),
-            reason: "error rate".into(),
-            alert: Some(AlertEvent {
-                alert: Some(Alert {
-                    status: "firing".into(),
-                    labels,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        decision.set_action(Action::Rollback);
-        decision.set_approval(Approval::Auto);
+        let decision = rollback("feedface", "checkout");
         let merged = reconciler.reconcile(&decision, "")?;
         assert_eq!(show()?, v1);
 

@@ -670,10 +670,55 @@ impl Batch {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Where `name` points in the batch: its own change, or what is on disk.
+    fn tip(state: &BatchState, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
+        match state.refs.get(name) {
+            Some(pending) => Ok(Some(pending.new)),
+            None => current_tip(&state.repo, name),
+        }
+    }
+
+    /// Moves `name` in the batch, compare-and-set against where it points in the batch.
+    fn set(
+        state: &mut BatchState,
+        branch: &str,
+        name: &FullName,
+        expected: Option<ObjectId>,
+        new: ObjectId,
+        reflog: String,
+    ) -> Result<(), RepoError> {
+        let (now, on_disk) = match state.refs.get(name) {
+            Some(pending) => (Some(pending.new), pending.on_disk),
+            None => {
+                let on_disk = current_tip(&state.repo, name)?;
+                (on_disk, on_disk)
+            }
+        };
+        if now != expected {
+            return Err(RepoError::Conflict {
+                branch: branch.to_owned(),
+                expected: expected.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string()),
+                found: now.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string()),
+            });
+        }
+        state.refs.insert(
+            name.clone(),
+            PendingRef {
+                branch: branch.to_owned(),
+                on_disk,
+                new,
+                reflog,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Batched for Batch {
     /// Writes what the batch made: the objects first, then every ref in one transaction, each
     /// compare-and-set against what the batch found on disk. If any ref moved meanwhile, no ref
     /// is changed and [`RepoError::Conflict`] names it.
-    pub fn write(&self) -> Result<usize, RepoError> {
+    fn flush(&self) -> Result<usize, RepoError> {
         let mut state = self.state();
         let refs = std::mem::take(&mut state.refs);
         state.made.clear();
@@ -740,55 +785,6 @@ impl Batch {
         }
         tracing::debug!(location = %self.local.location(), refs = refs.len(), objects = objects.len(), "batch written");
         Ok(refs.len())
-    }
-
-    /// Where `name` points in the batch: its own change, or what is on disk.
-    fn tip(state: &BatchState, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
-        match state.refs.get(name) {
-            Some(pending) => Ok(Some(pending.new)),
-            None => current_tip(&state.repo, name),
-        }
-    }
-
-    /// Moves `name` in the batch, compare-and-set against where it points in the batch.
-    fn set(
-        state: &mut BatchState,
-        branch: &str,
-        name: &FullName,
-        expected: Option<ObjectId>,
-        new: ObjectId,
-        reflog: String,
-    ) -> Result<(), RepoError> {
-        let (now, on_disk) = match state.refs.get(name) {
-            Some(pending) => (Some(pending.new), pending.on_disk),
-            None => {
-                let on_disk = current_tip(&state.repo, name)?;
-                (on_disk, on_disk)
-            }
-        };
-        if now != expected {
-            return Err(RepoError::Conflict {
-                branch: branch.to_owned(),
-                expected: expected.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string()),
-                found: now.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string()),
-            });
-        }
-        state.refs.insert(
-            name.clone(),
-            PendingRef {
-                branch: branch.to_owned(),
-                on_disk,
-                new,
-                reflog,
-            },
-        );
-        Ok(())
-    }
-}
-
-impl Batched for Batch {
-    fn flush(&self) -> Result<usize, RepoError> {
-        self.write()
     }
 }
 
