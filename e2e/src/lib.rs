@@ -43,9 +43,28 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A port that was free a moment ago.
+/// Ports [`free_port`] hands out: below Linux's ephemeral range (32768–60999), where no outgoing
+/// connection is given a port, so nothing but a listener can take one between the check and the
+/// server's own bind.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port that was free a moment ago and that this process has not handed out before. (Port 0
+/// would do neither: the kernel may give the same port to two calls before either server binds
+/// it, and any outgoing connection may take it meanwhile; both happened in CI.)
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    // Each process starts at its own place in the range, and walks it once at most.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = PORTS.start + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {PORTS:?}")
 }
 
 /// Polls `probe` every 50 ms until it yields a value, or fails after `timeout` naming `what`.
