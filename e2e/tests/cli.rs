@@ -1,6 +1,6 @@
 //! The command line as a person uses it: `selfheal policy test` and `selfheal policy eval`.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use selfheal_e2e::{binary, workspace_root};
 
@@ -80,7 +80,43 @@ async fn kill_switch_flips_the_shared_bucket() -> anyhow::Result<()> {
     }
     // What the policy replicas read.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let value = js.get_key_value("selfheal_actions").await?.get("kill_switch").await?;
+    let value = js.get_key_value("selfheal_control").await?.get("kill_switch").await?;
     assert_eq!(value.as_deref(), Some(&b"off"[..]));
+    Ok(())
+}
+
+/// The reservations' bucket ages its entries out (twice the longest limit window); the kill switch
+/// must not age out with them: on stays on until somebody turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_outlives_the_reservations() -> anyhow::Result<()> {
+    let nats = selfheal_e2e::Nats::start().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    // As a policy replica with one-second windows opens it.
+    let actions = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "selfheal_actions".into(),
+            history: 1,
+            max_age: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await?;
+    let selfheal = binary("selfheal")?;
+    let switch = |state: &str| -> anyhow::Result<String> {
+        let output = Command::new(&selfheal)
+            .args(["kill-switch", state, "--nats-url", &nats.url()])
+            .output()?;
+        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    assert!(switch("on")?.starts_with("kill switch is on"));
+    // A reservation written after the switch, then aged out.
+    actions.put("service.checkout", "[]".into()).await?;
+    selfheal_e2e::wait_for(Duration::from_secs(30), "the reservation to age out", || {
+        let actions = actions.clone();
+        async move { matches!(actions.get("service.checkout").await, Ok(None)).then_some(()) }
+    })
+    .await?;
+    let status = switch("status")?;
+    assert!(status.starts_with("kill switch is on"), "{status}");
     Ok(())
 }

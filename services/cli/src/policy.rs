@@ -46,7 +46,10 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 chrono::Utc::now(),
             )
             .map_err(|e| anyhow::anyhow!("{}: {e}", alert.display()))?;
-            for event in events {
+            for refused in &events.refused {
+                eprintln!("{}: refused: {refused}", alert.display());
+            }
+            for event in events.accepted {
                 let (decision, input) = selfheal_policy::decide::decide(
                     &engine,
                     &event,
@@ -94,13 +97,11 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 
 /// `selfheal kill-switch on|off|status`.
 pub async fn kill_switch(state: &str, nats_url: &str) -> anyhow::Result<ExitCode> {
-    use selfheal_bus::Bus as _;
     use selfheal_policy::limits;
-    let bus =
-        selfheal_bus::nats::NatsBus::connect(selfheal_bus::nats::NatsOptions::new(nats_url, "selfheal-cli")).await?;
-    let kv = bus
-        .key_value(limits::BUCKET, std::time::Duration::from_secs(2 * 3600))
-        .await?;
+    let bus: selfheal_bus::SharedBus = std::sync::Arc::new(
+        selfheal_bus::nats::NatsBus::connect(selfheal_bus::nats::NatsOptions::new(nats_url, "selfheal-cli")).await?,
+    );
+    let kv = limits::control_bucket(&bus).await?;
     match state {
         "on" => limits::set_kill_switch(&kv, true).await?,
         "off" => limits::set_kill_switch(&kv, false).await?,

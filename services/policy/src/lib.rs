@@ -192,7 +192,8 @@ pub async fn run(
         .max(config.limits.global_window)
         .max(config.limits.cooldown);
     let actions = bus.key_value(limits::BUCKET, window * 2).await?;
-    let limiter = limits::Limiter::new(actions, config.limits.clone());
+    let control = limits::control_bucket(&bus).await?;
+    let limiter = limits::Limiter::new(actions, control, config.limits.clone());
     let metric_reader = promql::MetricsReader::from_config(&config.metrics)?;
     let target_reader = target::TargetReader::from_config(&config.target)?;
     let handler = Arc::new(DecisionHandler::new(

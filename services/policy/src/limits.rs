@@ -1,6 +1,7 @@
 //! Safety beyond policy: limits the service enforces whatever the policy says.
 //!
-//! * a kill switch (no automatic action at all),
+//! * a kill switch (no automatic action at all), kept in its own bucket (`selfheal_control`)
+//!   whose entries never expire: it stays on until somebody turns it off,
 //! * per service: at most `per_service_max` actions in `per_service_window`, and a cooldown
 //!   between two actions,
 //! * overall: at most `global_max` actions in `global_window`.
@@ -19,11 +20,21 @@ use serde::{Deserialize, Serialize};
 /// The bucket's name.
 pub const BUCKET: &str = "selfheal_actions";
 
-/// The key of the runtime kill switch in [`BUCKET`]: `on` stops every automatic action at once,
-/// on every replica, without a restart (`selfheal kill-switch on|off`).
+/// The bucket of operators' switches. Unlike [`BUCKET`], whose reservations age out, its
+/// entries never expire.
+pub const CONTROL_BUCKET: &str = "selfheal_control";
+
+/// The key of the runtime kill switch in [`CONTROL_BUCKET`]: `on` stops every automatic action at
+/// once, on every replica, without a restart (`selfheal kill-switch on|off`), until it is turned
+/// off.
 pub const KILL_SWITCH_KEY: &str = "kill_switch";
 
-/// Turns the runtime kill switch on or off.
+/// Opens (creating it if missing) [`CONTROL_BUCKET`], whose entries are kept until changed.
+pub async fn control_bucket(bus: &selfheal_bus::SharedBus) -> Result<SharedKeyValue, selfheal_bus::BusError> {
+    bus.key_value(CONTROL_BUCKET, Duration::ZERO).await
+}
+
+/// Turns the runtime kill switch on or off; `kv` is [`CONTROL_BUCKET`].
 pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), LimitError> {
     let value: bytes::Bytes = if on { "on".into() } else { "off".into() };
     for _ in 0..16 {
@@ -44,7 +55,7 @@ pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), LimitE
     Err(LimitError::Store("the kill switch kept changing; retry".into()))
 }
 
-/// Whether the runtime kill switch is on.
+/// Whether the runtime kill switch is on; `kv` is [`CONTROL_BUCKET`].
 pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, LimitError> {
     let entry = kv
         .get(KILL_SWITCH_KEY)
@@ -132,6 +143,8 @@ fn human(duration: Duration) -> String {
 #[derive(Clone)]
 pub struct Limiter {
     kv: SharedKeyValue,
+    /// [`CONTROL_BUCKET`].
+    control: SharedKeyValue,
     config: LimitsConfig,
     queue: std::sync::Arc<Queue>,
 }
@@ -163,9 +176,11 @@ enum Scope<'a> {
 }
 
 impl Limiter {
-    pub fn new(kv: SharedKeyValue, config: LimitsConfig) -> Self {
+    /// `kv` holds the reservations ([`BUCKET`]), `control` the kill switch ([`CONTROL_BUCKET`]).
+    pub fn new(kv: SharedKeyValue, control: SharedKeyValue, config: LimitsConfig) -> Self {
         Self {
             kv,
+            control,
             config,
             queue: Default::default(),
         }
@@ -275,7 +290,7 @@ impl Limiter {
     async fn reserve_all(&self, requests: &[(ActionRecord, DateTime<Utc>)]) -> Result<Vec<Verdict>, LimitError> {
         // Bounded: each lost compare-and-set means another replica made progress.
         for _ in 0..64 {
-            if self.config.kill_switch || kill_switch_on(&self.kv).await? {
+            if self.config.kill_switch || kill_switch_on(&self.control).await? {
                 let off = "the kill switch is on: selfheal takes no automatic action";
                 return Ok(requests.iter().map(|_| Verdict::Refused(off.into())).collect());
             }
@@ -406,7 +421,11 @@ mod tests {
     use super::*;
 
     fn limiter(config: LimitsConfig) -> Limiter {
-        Limiter::new(Arc::new(MemoryKeyValue::default()), config)
+        Limiter::new(
+            Arc::new(MemoryKeyValue::default()),
+            Arc::new(MemoryKeyValue::default()),
+            config,
+        )
     }
 
     #[tokio::test]
@@ -547,7 +566,7 @@ mod tests {
             key: "service.checkout".into(),
             theirs: std::sync::Mutex::new(Some(theirs.into())),
         });
-        let limiter = Limiter::new(kv.clone(), LimitsConfig::default());
+        let limiter = Limiter::new(kv.clone(), Arc::new(MemoryKeyValue::default()), LimitsConfig::default());
         let verdict = limiter.reserve("checkout", "ours", "rollback", now).await?;
         assert!(
             matches!(&verdict, Verdict::Refused(r) if r.contains("rate limit")),
@@ -602,6 +621,31 @@ mod tests {
         assert!(
             matches!(off.reserve("a", "1", "rollback", now).await?, Verdict::Refused(r) if r.contains("kill switch"))
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_runtime_kill_switch_is_read_from_the_control_bucket() -> Result<(), LimitError> {
+        let actions: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        let control: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        let limiter = Limiter::new(actions.clone(), control.clone(), LimitsConfig::default());
+        let now = Utc::now();
+        set_kill_switch(&control, true).await?;
+        let refused = limiter.reserve("a", "1", "rollback", now).await?;
+        assert!(
+            matches!(&refused, Verdict::Refused(r) if r.contains("kill switch")),
+            "{refused:?}"
+        );
+        assert!(
+            actions
+                .get(KILL_SWITCH_KEY)
+                .await
+                .map_err(|e| LimitError::Store(e.to_string()))?
+                .is_none(),
+            "the switch is not kept among the reservations, which expire"
+        );
+        set_kill_switch(&control, false).await?;
+        assert_eq!(limiter.reserve("a", "1", "rollback", now).await?, Verdict::Allowed);
         Ok(())
     }
 }
