@@ -30,8 +30,11 @@ pub struct GatewayConfig {
     pub max_alerts: usize,
     /// Most labels one alert may carry.
     pub max_labels: usize,
-    /// Longest label or annotation value, in bytes.
+    /// Longest label value, in bytes.
     pub max_label_value_len: usize,
+    /// Longest annotation value, in bytes: annotations are prose (a description, a runbook's
+    /// summary), often longer than a label, so they have a limit of their own.
+    pub max_annotation_value_len: usize,
     /// How long a publish may wait for JetStream before the request gets 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -60,6 +63,7 @@ impl Default for GatewayConfig {
             max_alerts: 1000,
             max_labels: 64,
             max_label_value_len: 1024,
+            max_annotation_value_len: 16 * 1024,
             publish_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             incident_max_age: Duration::from_secs(30 * 24 * 3600),

@@ -64,6 +64,7 @@ impl AppState {
                 max_alerts: config.max_alerts,
                 max_labels: config.max_labels,
                 max_label_value_len: config.max_label_value_len,
+                max_annotation_value_len: config.max_annotation_value_len,
             },
             identity: incident::Identity::with_extra_labels(&config.identity_labels),
             max_body_bytes: config.max_body_bytes,
@@ -149,6 +150,17 @@ pub struct Accepted {
     /// Alerts the stream already held (a retry or the other half of an HA pair).
     pub duplicates: usize,
     pub incidents: Vec<IncidentRef>,
+    /// Alerts refused one by one (the others were stored): what to fix at the source.
+    pub refused: Vec<Refusal>,
+}
+
+/// One alert refused in a body whose other alerts were stored.
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    /// The field at fault, `alerts[i].…`.
+    pub field: String,
+    /// The field and the problem.
+    pub message: String,
 }
 
 /// One alert of an accepted body.
@@ -186,7 +198,16 @@ async fn alertmanager(
         return Err(RequestError::Unauthorized);
     }
     let webhook = webhook::parse(&body)?;
-    let events = webhook::to_events(&webhook, &state.limits, &state.identity, chrono::Utc::now())?;
+    let webhook::Events { accepted, refused } =
+        webhook::to_events(&webhook, &state.limits, &state.identity, chrono::Utc::now())?;
+    for refusal in &refused {
+        metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_REFUSED).increment(1);
+        tracing::warn!(
+            group.key = %webhook.group_key,
+            refusal = %refusal,
+            "an alert of this body was refused; the others are stored"
+        );
+    }
     if webhook.truncated_alerts > 0 {
         metrics::counter!(selfheal_telemetry::metrics::GATEWAY_TRUNCATED)
             .increment(u64::from(webhook.truncated_alerts));
@@ -203,7 +224,7 @@ async fn alertmanager(
         }
     }
     let published = futures::future::join_all(
-        events
+        accepted
             .into_iter()
             .map(|event| ingest(&state, event, &caller, Ingress::Http)),
     )
@@ -214,10 +235,17 @@ async fn alertmanager(
     }
     let duplicates = incidents.iter().filter(|i| i.duplicate).count();
     Ok(Json(Accepted {
-        alerts: incidents.len(),
+        alerts: incidents.len() + refused.len(),
         stored: incidents.len() - duplicates,
         duplicates,
         incidents,
+        refused: refused
+            .iter()
+            .map(|refusal| Refusal {
+                field: refusal.field().to_string(),
+                message: refusal.to_string(),
+            })
+            .collect(),
     }))
 }
 
@@ -615,5 +643,32 @@ mod tests {
             .expect("response");
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(bus.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bad_alert_does_not_cost_its_group() {
+        let bus = MemoryBus::default();
+        let app = app(state(&bus).await);
+        // The truncated fixture's three alerts, the second given a service no path may hold.
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&fixture("05-firing-3alerts-truncated.json")).expect("fixture");
+        body["alerts"][1]["labels"]["service"] = "../../etc".into();
+        let response = app
+            .oneshot(request(Some(TOKEN), serde_json::to_vec(&body).expect("json")))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer = json(response).await;
+        assert_eq!(
+            (answer["alerts"].as_u64(), answer["stored"].as_u64()),
+            (Some(3), Some(2)),
+            "{answer}"
+        );
+        assert_eq!(answer["refused"][0]["field"], "alerts[1].labels.service", "{answer}");
+        assert_eq!(bus.messages().len(), 2);
+        assert!(
+            bus.messages().iter().all(|m| !m.subject.contains("etc")),
+            "the refused alert is not stored"
+        );
     }
 }

@@ -59,6 +59,7 @@ pub struct Limits {
     pub max_alerts: usize,
     pub max_labels: usize,
     pub max_label_value_len: usize,
+    pub max_annotation_value_len: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +68,7 @@ impl Default for Limits {
             max_alerts: 1000,
             max_labels: 64,
             max_label_value_len: 1024,
+            max_annotation_value_len: 16 * 1024,
         }
     }
 }
@@ -95,12 +97,25 @@ pub use selfheal_proto::names::is_dns1123_label;
 pub const NO_SERVICE: &str = "_none";
 
 /// Validates the webhook and turns each alert into an [`AlertEvent`].
+/// A body's alerts: the ones to store, and the ones refused one by one.
+#[derive(Debug, Default)]
+pub struct Events {
+    /// Alerts that passed every check, in body order.
+    pub accepted: Vec<AlertEvent>,
+    /// One refusal per alert that did not (each names its `alerts[i]` field).
+    pub refused: Vec<RequestError>,
+}
+
+/// Turns a parsed body into events. A problem with the body as a whole (version, no alerts, too
+/// many) refuses it; a problem with one alert refuses that alert only, so one bad label does not
+/// cost the rest of its group (Alertmanager does not send a 4xx again). A body whose every alert
+/// is refused is refused, naming the first alert's problem.
 pub fn to_events(
     webhook: &Webhook,
     limits: &Limits,
     identity: &incident::Identity,
     received_at: DateTime<Utc>,
-) -> Result<Vec<AlertEvent>, RequestError> {
+) -> Result<Events, RequestError> {
     if webhook.version != "4" {
         return Err(RequestError::invalid(
             "version",
@@ -120,12 +135,22 @@ pub fn to_events(
             ),
         ));
     }
-    webhook
-        .alerts
-        .iter()
-        .enumerate()
-        .map(|(index, alert)| to_event(webhook, index, alert, limits, identity, received_at))
-        .collect()
+    let mut events = Events::default();
+    for (index, alert) in webhook.alerts.iter().enumerate() {
+        match to_event(webhook, index, alert, limits, identity, received_at) {
+            Ok(event) => events.accepted.push(event),
+            Err(refusal) => events.refused.push(refusal),
+        }
+    }
+    if events.accepted.is_empty() {
+        // Not empty: the body has alerts, and each was either accepted or refused.
+        return Err(events
+            .refused
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| RequestError::invalid("alerts", "is empty")));
+    }
+    Ok(events)
 }
 
 fn to_event(
@@ -209,7 +234,10 @@ pub fn check_alert(
             ),
         ));
     }
-    for (kind, map) in [("labels", labels), ("annotations", annotations)] {
+    for (kind, map, max_value_len) in [
+        ("labels", labels, limits.max_label_value_len),
+        ("annotations", annotations, limits.max_annotation_value_len),
+    ] {
         for (name, value) in map {
             if name.is_empty() || name.len() > 256 {
                 return Err(RequestError::invalid(
@@ -217,14 +245,10 @@ pub fn check_alert(
                     "has a name that is empty or longer than 256 bytes",
                 ));
             }
-            if value.len() > limits.max_label_value_len {
+            if value.len() > max_value_len {
                 return Err(RequestError::invalid(
                     field(&format!("{kind}.{name}")),
-                    format!(
-                        "is {} bytes, more than the limit of {}",
-                        value.len(),
-                        limits.max_label_value_len
-                    ),
+                    format!("is {} bytes, more than the limit of {max_value_len}", value.len()),
                 ));
             }
         }
@@ -297,8 +321,10 @@ mod tests {
 
     fn events(name: &str) -> Vec<AlertEvent> {
         let webhook = parse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        to_events(&webhook, &Limits::default(), &incident::Identity::default(), Utc::now())
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        let events = to_events(&webhook, &Limits::default(), &incident::Identity::default(), Utc::now())
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(events.refused.is_empty(), "{name}: {:?}", events.refused);
+        events.accepted
     }
 
     #[test]
@@ -365,6 +391,67 @@ mod tests {
         }
         let invalid_utf8 = parse(b"{\"version\":\"4\xff\"}").expect_err("utf-8");
         assert_eq!(invalid_utf8.field(), "body");
+    }
+
+    #[test]
+    fn annotations_have_a_longer_limit_than_labels() {
+        let body = |labels: &str, annotations: &str| {
+            format!(
+                "{{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{{\"status\":\"firing\",\
+                 \"labels\":{{\"alertname\":\"A\"{labels}}},\"annotations\":{{\"description\":\"{annotations}\"}},\
+                 \"startsAt\":\"2026-01-01T00:00:00Z\"}}]}}"
+            )
+        };
+        let check = |body: String| {
+            parse(body.as_bytes())
+                .and_then(|w| to_events(&w, &Limits::default(), &incident::Identity::default(), Utc::now()))
+        };
+        let limits = Limits::default();
+        // A runbook-sized description is taken.
+        let long = "d".repeat(limits.max_label_value_len * 4);
+        let events = check(body("", &long)).expect("a 4 KiB description");
+        assert_eq!((events.accepted.len(), events.refused.len()), (1, 0));
+        // A label that long is not.
+        let error = check(body(&format!(",\"pod\":\"{long}\""), "short")).expect_err("a 4 KiB label");
+        assert_eq!(error.field(), "alerts[0].labels.pod");
+        // Nor is an annotation past its own limit.
+        let error = check(body("", &"d".repeat(limits.max_annotation_value_len + 1))).expect_err("too long");
+        assert_eq!(error.field(), "alerts[0].annotations.description");
+        assert!(error.to_string().contains("more than the limit"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_alert_is_refused_alone() {
+        let alert = |service: &str, at: &str| {
+            format!(
+                "{{\"status\":\"firing\",\"labels\":{{\"alertname\":\"A\",\"service\":\"{service}\"}},\
+                 \"startsAt\":\"{at}\"}}"
+            )
+        };
+        let body = format!(
+            "{{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{},{},{}]}}",
+            alert("checkout", "2026-01-01T00:00:00Z"),
+            alert("Checkout_API", "2026-01-01T00:00:00Z"),
+            alert("cart", "not a time"),
+        );
+        let webhook = parse(body.as_bytes()).expect("parses");
+        let events = to_events(&webhook, &Limits::default(), &incident::Identity::default(), Utc::now())
+            .expect("the good alert is taken");
+        let services: Vec<_> = events
+            .accepted
+            .iter()
+            .filter_map(|e| e.alert.as_ref()?.labels.get("service").cloned())
+            .collect();
+        assert_eq!(services, ["checkout"]);
+        let fields: Vec<_> = events.refused.iter().map(RequestError::field).collect();
+        assert_eq!(fields, ["alerts[1].labels.service", "alerts[2].startsAt"]);
+
+        // A problem of the body as a whole still refuses it.
+        let body = body.replace("\"version\":\"4\"", "\"version\":\"3\"");
+        let error = parse(body.as_bytes())
+            .and_then(|w| to_events(&w, &Limits::default(), &incident::Identity::default(), Utc::now()))
+            .expect_err("version 3");
+        assert_eq!(error.field(), "version");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const GATEWAY_DUPLICATES: &str = "selfheal_gateway_alerts_duplicate_total";
 pub const GATEWAY_TRUNCATED: &str = "selfheal_gateway_alerts_truncated_total";
 /// Requests refused, by `reason`.
 pub const GATEWAY_REFUSED: &str = "selfheal_gateway_requests_refused_total";
+/// Alerts refused one by one in bodies whose other alerts were stored.
+pub const GATEWAY_ALERTS_REFUSED: &str = "selfheal_gateway_alerts_refused_total";
 /// Time to store one alert in the stream.
 pub const GATEWAY_PUBLISH_SECONDS: &str = "selfheal_gateway_publish_duration_seconds";
 /// Decisions made, by `action`.
@@ -55,6 +57,7 @@ pub const ALL: &[&str] = &[
     GATEWAY_DUPLICATES,
     GATEWAY_TRUNCATED,
     GATEWAY_REFUSED,
+    GATEWAY_ALERTS_REFUSED,
     GATEWAY_PUBLISH_SECONDS,
     POLICY_DECISIONS,
     POLICY_EVAL_SECONDS,
