@@ -114,11 +114,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let notifier_config = selfheal_notifier::NotifierConfig {
-        database_url: format!("sqlite://{}", dir.join("audit.db").display()),
+        database_url: Some(Secret::new(format!("sqlite://{}", dir.join("audit.db").display()))),
         webhook_url: args.webhook_url.map(Secret::new),
         ..Default::default()
     };
-    let store = selfheal_notifier::audit::SqlAuditStore::connect(&notifier_config.database_url).await?;
+    let store = selfheal_notifier::audit::SqlAuditStore::connect(notifier_config.database_url().expose()).await?;
     let routes = selfheal_notifier::routes_from(&notifier_config)?;
 
     let gateway_listeners = selfheal_gateway::Listeners {

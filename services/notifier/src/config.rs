@@ -1,8 +1,11 @@
 //! The notifier's settings. File: `--config FILE` (TOML); environment: `SELFHEAL_NOTIFIER_*`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use selfheal_config::Secret;
+/// The audit database when `database_url` is unset: SQLite in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://selfheal-audit.db";
+
+use selfheal_config::{ConfigError, Secret};
 use serde::{Deserialize, Serialize};
 
 /// Everything the notifier can be told.
@@ -19,15 +22,24 @@ pub struct NotifierConfig {
     pub grpc_token_file: Option<std::path::PathBuf>,
     /// NATS server holding the SELFHEAL stream.
     pub nats_url: String,
-    /// Audit database: `sqlite://PATH` (created if missing).
-    pub database_url: String,
+    /// Audit database: `sqlite://PATH` (created if missing) or `postgres://…`; unset:
+    /// [`DEFAULT_DATABASE_URL`]. A secret (a PostgreSQL URL carries a password): never logged.
+    pub database_url: Option<Secret>,
+    /// File holding `database_url` (used when `database_url` is unset).
+    pub database_url_file: Option<PathBuf>,
     /// Where to POST JSON notifications; unset logs them instead. Treated as a secret (webhook
     /// URLs often carry one) and never logged.
     pub webhook_url: Option<Secret>,
+    /// File holding `webhook_url` (used when `webhook_url` is unset).
+    pub webhook_url_file: Option<PathBuf>,
     /// Key for HMAC-SHA256 signatures of webhook bodies (`X-Selfheal-Signature: sha256=<hex>`).
     pub webhook_secret: Option<Secret>,
+    /// File holding `webhook_secret` (used when `webhook_secret` is unset).
+    pub webhook_secret_file: Option<PathBuf>,
     /// A Slack incoming webhook URL (a secret: never logged).
     pub slack_webhook_url: Option<Secret>,
+    /// File holding `slack_webhook_url` (used when `slack_webhook_url` is unset).
+    pub slack_webhook_url_file: Option<PathBuf>,
     /// A link to a commit, with `{commit}` for its id (`https://github.com/acme/gitops/commit/{commit}`).
     pub commit_url_template: Option<String>,
     /// Which channel gets which notifications; empty: every configured channel gets all.
@@ -52,16 +64,96 @@ impl Default for NotifierConfig {
             grpc_token: None,
             grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
-            database_url: "sqlite://selfheal-audit.db".into(),
+            database_url: None,
+            database_url_file: None,
             webhook_url: None,
+            webhook_url_file: None,
             webhook_secret: None,
+            webhook_secret_file: None,
             slack_webhook_url: None,
+            slack_webhook_url_file: None,
             commit_url_template: None,
             routes: Vec::new(),
             retry_base: Duration::from_secs(2),
             ack_wait: Duration::from_secs(30),
             webhook_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl NotifierConfig {
+    /// Reads every secret given as a file (`*_file`) into its setting, where the setting itself is
+    /// unset, and fills in the default database; an unreadable or empty file is an error naming it.
+    pub fn with_secret_files(mut self) -> Result<Self, ConfigError> {
+        self.database_url = Some(
+            Secret::inline_or_file(self.database_url.take(), self.database_url_file.as_deref())?
+                .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
+        );
+        self.webhook_url = Secret::inline_or_file(self.webhook_url.take(), self.webhook_url_file.as_deref())?;
+        self.webhook_secret = Secret::inline_or_file(self.webhook_secret.take(), self.webhook_secret_file.as_deref())?;
+        self.slack_webhook_url =
+            Secret::inline_or_file(self.slack_webhook_url.take(), self.slack_webhook_url_file.as_deref())?;
+        Ok(self)
+    }
+
+    /// The audit database's URL: `database_url`, else [`DEFAULT_DATABASE_URL`] (after
+    /// [`Self::with_secret_files`], the file's).
+    pub fn database_url(&self) -> Secret {
+        self.database_url
+            .clone()
+            .filter(|url| !url.is_empty())
+            .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_files_and_inline_settings_win() -> Result<(), ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).map(|()| path)
+        };
+        let io = |e: std::io::Error| ConfigError::Invalid(e.to_string());
+        let config = NotifierConfig {
+            database_url_file: Some(write("db", "postgres://audit:hunter2@db/audit\n").map_err(io)?),
+            webhook_url: Some(Secret::new("https://inline.example/hook")),
+            webhook_url_file: Some(write("hook", "https://file.example/hook").map_err(io)?),
+            slack_webhook_url_file: Some(write("slack", "https://hooks.slack.example/T/B/x").map_err(io)?),
+            ..Default::default()
+        }
+        .with_secret_files()?;
+        assert_eq!(config.database_url().expose(), "postgres://audit:hunter2@db/audit");
+        assert_eq!(
+            config.webhook_url.as_ref().map(Secret::expose),
+            Some("https://inline.example/hook")
+        );
+        assert_eq!(
+            config.slack_webhook_url.as_ref().map(Secret::expose),
+            Some("https://hooks.slack.example/T/B/x")
+        );
+        assert!(config.webhook_secret.is_none());
+        assert!(
+            !format!("{config:?}").contains("hunter2"),
+            "a config dump shows no secret"
+        );
+
+        assert_eq!(
+            NotifierConfig::default().with_secret_files()?.database_url().expose(),
+            DEFAULT_DATABASE_URL
+        );
+
+        let missing = NotifierConfig {
+            webhook_secret_file: Some(dir.path().join("nope")),
+            ..Default::default()
+        }
+        .with_secret_files()
+        .expect_err("a missing file");
+        assert!(missing.to_string().contains("nope"), "{missing}");
+        Ok(())
     }
 }
 

@@ -26,7 +26,9 @@ async fn main() -> ExitCode {
         return selfheal_telemetry::health::probe(url);
     }
     let _telemetry = selfheal_telemetry::init("selfheal-notifier");
-    let config: NotifierConfig = match selfheal_config::load(args.config.as_deref(), "SELFHEAL_NOTIFIER_") {
+    let config = match selfheal_config::load::<NotifierConfig>(args.config.as_deref(), "SELFHEAL_NOTIFIER_")
+        .and_then(NotifierConfig::with_secret_files)
+    {
         Ok(config) => config,
         Err(error) => {
             tracing::error!(error = %error, "bad configuration");
@@ -43,7 +45,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: NotifierConfig) -> anyhow::Result<()> {
-    let store = SqlAuditStore::connect(&config.database_url).await?;
+    let store = SqlAuditStore::connect(config.database_url().expose()).await?;
     let routes = selfheal_notifier::routes_from(&config)?;
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-notifier")).await?;
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
