@@ -445,6 +445,30 @@ async fn alert_to_commit_audit_and_notification_once_in_one_trace() -> anyhow::R
     );
     assert_eq!(policy_span.4, gateway_span.3, "policy under gateway");
     assert_eq!(pr_span.4, policy_span.3, "pr-controller under policy");
+    // The policy's DescribeTarget call carries the trace over gRPC: the pr-controller's span for
+    // it is in the incident's trace, under the policy's client span, under the decision.
+    let (describe_client, describe_server) =
+        wait_for(SETTLE, "the DescribeTarget spans in the incident's trace", || async {
+            let spans: Vec<Span> = collector.0.lock().ok()?.clone();
+            let in_trace = |name: &str| {
+                spans
+                    .iter()
+                    .find(|(_, id, n, ..)| *id == trace_id && n == name)
+                    .cloned()
+            };
+            Some((
+                in_trace("policy.describe_target")?,
+                in_trace("pr_controller.describe_target")?,
+            ))
+        })
+        .await
+        .with_context(|| format!("{:?}", collector.0.lock().map(|s| s.clone())))?;
+    assert_eq!(describe_client.4, policy_span.3, "DescribeTarget under the decision");
+    assert_eq!(
+        describe_server.4, describe_client.3,
+        "the server's span under the client's"
+    );
+    assert_eq!(describe_server.0, "selfheal-pr-controller");
 
     // The alert resolves: the remediation is verified, with MTTR from the alert's own times
     // (startsAt 10:58:52.05, endsAt 10:59:07.05), and people are told once.

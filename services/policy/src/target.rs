@@ -8,6 +8,7 @@ use selfheal_proto::v1::{DescribeTargetRequest, remediations_client::Remediation
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 
 /// Where to ask.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,7 +82,17 @@ impl TargetReader {
             }
             Err(_) => return (json!({}), Some("the target token is not a valid header value".into())),
         }
-        match client.clone().describe_target(request).await {
+        // A client span in the incident's trace, and its context in the metadata, so the
+        // pr-controller's work for this call joins the same trace.
+        let span = tracing::info_span!(
+            "policy.describe_target",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "selfheal.v1.Remediations",
+            rpc.method = "DescribeTarget",
+        );
+        selfheal_telemetry::propagation::inject_metadata(&span, request.metadata_mut());
+        match client.clone().describe_target(request).instrument(span).await {
             Ok(response) => {
                 let target = response.into_inner();
                 (

@@ -14,6 +14,7 @@ use selfheal_proto::{
     },
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
+use tracing::Instrument as _;
 
 use crate::{
     CarryOutError, RemediationHandler,
@@ -117,10 +118,9 @@ impl RemediationsService {
     }
 }
 
-#[tonic::async_trait]
-impl Remediations for RemediationsService {
-    async fn describe_target(&self, request: Request<DescribeTargetRequest>) -> Result<Response<Target>, Status> {
-        let request = request.into_inner();
+impl RemediationsService {
+    /// `DescribeTarget`'s work, in its span.
+    async fn describe(&self, request: DescribeTargetRequest) -> Result<Response<Target>, Status> {
         let mut labels = BTreeMap::new();
         for (name, value) in [
             ("service", request.service),
@@ -148,6 +148,21 @@ impl Remediations for RemediationsService {
             Err(ReconcileError::Edit(error)) => Err(Status::failed_precondition(error.to_string())),
             Err(ReconcileError::Repo(error)) => Err(Status::unavailable(error.to_string())),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Remediations for RemediationsService {
+    async fn describe_target(&self, request: Request<DescribeTargetRequest>) -> Result<Response<Target>, Status> {
+        let span = tracing::info_span!(
+            "pr_controller.describe_target",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "selfheal.v1.Remediations",
+            rpc.method = "DescribeTarget",
+        );
+        selfheal_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
+        self.describe(request.into_inner()).instrument(span).await
     }
 
     async fn get(&self, request: Request<GetRemediationRequest>) -> Result<Response<RemediationEvent>, Status> {
