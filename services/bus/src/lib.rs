@@ -17,6 +17,7 @@
 //! * Consumers ack *after* their side effect, so a crash means redelivery, never loss.
 
 pub mod consumer;
+pub mod control;
 pub mod kv;
 pub mod memory;
 pub mod nats;

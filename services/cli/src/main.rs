@@ -28,7 +28,11 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Remediations: list them, look at one, approve, reject or retry it.
     Remediations(remediations::RemediationsArgs),
-    /// Stop (on) or allow (off) every automatic action at once, on every policy replica.
+    /// Stop (on) or allow (off) every automatic action at once, on every replica: no new
+    /// decision changes anything, decisions still waiting are not carried out (they become failed
+    /// remediations to retry by hand), escalated fixes are not reverted. It stays on until turned
+    /// off. (It reaches `selfheal up` only when that runs with --nats-url; the in-process bus is
+    /// the process's own.)
     KillSwitch {
         /// `on`, `off` or `status`.
         #[arg(value_parser = ["on", "off", "status"])]

@@ -26,6 +26,7 @@ use prost::Message as _;
 use selfheal_bus::{
     ConsumerSpec, Delivery, Headers, Outgoing, SharedBus,
     consumer::{self, Disposition, Handler},
+    kv::SharedKeyValue,
     subjects,
 };
 use selfheal_proto::{
@@ -53,7 +54,14 @@ pub struct RemediationHandler {
     sync: Option<Arc<sync::SyncNow>>,
     /// On a repository that batches: where decisions queue to be carried out together.
     batches: Option<tokio::sync::mpsc::UnboundedSender<BatchJob>>,
+    /// The operators' switches (`selfheal_control`): the kill switch stops decisions still
+    /// waiting in the stream, not only new ones.
+    control: Option<SharedKeyValue>,
 }
+
+/// What a remediation stopped by the kill switch says.
+pub const KILL_SWITCH_REFUSAL: &str =
+    "not carried out: the kill switch is on (`selfheal remediations retry` carries it out by hand)";
 
 /// A decision waiting for the next batch, and where its outcome goes.
 struct BatchJob {
@@ -78,7 +86,34 @@ impl RemediationHandler {
             verifier: None,
             sync: None,
             batches,
+            control: None,
         }
+    }
+
+    /// Reads the kill switch in `control` (the `selfheal_control` bucket) before every automatic
+    /// change.
+    pub fn with_kill_switch(mut self, control: SharedKeyValue) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Whether the kill switch stops this automatic decision: it is on, and the change was not
+    /// already made (a redelivery after a crash announces a merged change; it does not undo it).
+    async fn kill_switch_stops(&self, decision: &Decision) -> Result<bool, CarryOutError> {
+        let Some(control) = &self.control else { return Ok(false) };
+        if !selfheal_bus::control::kill_switch_on(control)
+            .await
+            .map_err(|e| CarryOutError::Control(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        if let Some(verifier) = &self.verifier
+            && let Some(record) = verifier.get(&decision.incident_key).await?
+            && record.state == "merged"
+        {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Whether decisions are carried out in batches (and so several may be in work at once).
@@ -245,6 +280,8 @@ pub enum CarryOutError {
     Publish(#[from] selfheal_bus::BusError),
     #[error("reconcile panicked: {0}")]
     Panicked(String),
+    #[error("the kill switch could not be read: {0}")]
+    Control(String),
 }
 
 impl RemediationHandler {
@@ -275,7 +312,13 @@ impl RemediationHandler {
             return Ok(None);
         }
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
-        let outcome = self.reconcile(&decision, trace_id).await?;
+        // Approve and Retry (`note`) are people's decisions; the kill switch stops only selfheal's.
+        let outcome = if note.is_none() && self.kill_switch_stops(&decision).await? {
+            tracing::warn!("the kill switch is on: the decision is not carried out");
+            Err(ReconcileError::Refused(KILL_SWITCH_REFUSAL.into()))
+        } else {
+            self.reconcile(&decision, trace_id).await?
+        };
         let mut event = match outcome {
             Ok(event) => event,
             Err(error) if error.is_transient() => return Err(CarryOutError::Repo(error.to_string())),
@@ -423,11 +466,13 @@ impl Handler for VerifyHandler {
 }
 
 /// One verification sweep: every merged remediation past its window is escalated — after
-/// selfheal reverted its own change, when `revert_with` is given — and the events published.
-/// A revert that fails for a transient reason leaves the remediation for the next sweep.
+/// selfheal reverted its own change, when `revert_with` is given and the kill switch in `control`
+/// is off — and the events published. A revert that fails for a transient reason (or a kill
+/// switch that cannot be read) leaves the remediation for the next sweep.
 pub async fn sweep_once(
     verifier: &verify::Verifier,
     revert_with: Option<&Arc<Reconciler<dyn Repository>>>,
+    control: Option<&SharedKeyValue>,
     bus: &SharedBus,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<usize, verify::VerifyError> {
@@ -435,6 +480,22 @@ pub async fn sweep_once(
     for (incident, merged) in verifier.overdue(now).await? {
         let span = tracing::info_span!("pr_controller.escalate", selfheal.incident.key = %incident);
         let mut note = String::new();
+        let mut revert_with = revert_with;
+        if revert_with.is_some()
+            && let Some(control) = control
+        {
+            match selfheal_bus::control::kill_switch_on(control).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    note = "; not reverted: the kill switch is on".into();
+                    revert_with = None;
+                }
+                Err(error) => {
+                    tracing::warn!(parent: &span, error = %error, "kill switch not read; trying again next sweep");
+                    continue;
+                }
+            }
+        }
         if let Some(reconciler) = revert_with {
             let (reconciler, to_revert) = (reconciler.clone(), merged.clone());
             let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
@@ -532,10 +593,12 @@ pub async fn run(
         verifier = verifier.with_window(action, window);
     }
     let sync = sync::SyncNow::from_config(&config.sync)?;
+    let control = selfheal_bus::control::open(&bus).await?;
     let handler = Arc::new(
         RemediationHandler::new(repo, config, bus.clone())
             .with_verifier(verifier.clone())
-            .with_sync(sync),
+            .with_sync(sync)
+            .with_kill_switch(control.clone()),
     );
     let reconciler = handler.reconciler.clone();
     {
@@ -588,7 +651,15 @@ pub async fn run(
                     () = cancel.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
-                if let Err(error) = sweep_once(&verifier, revert_with.as_ref(), &bus, chrono::Utc::now()).await {
+                let swept = sweep_once(
+                    &verifier,
+                    revert_with.as_ref(),
+                    Some(&control),
+                    &bus,
+                    chrono::Utc::now(),
+                )
+                .await;
+                if let Err(error) = swept {
                     tracing::warn!(error = %error, "verification sweep failed");
                 }
             }
@@ -630,6 +701,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use std::process::Command;
+
+    use anyhow::Context as _;
 
     use futures::StreamExt;
     use selfheal_bus::{Bus, memory::MemoryBus};
@@ -792,7 +865,89 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_kill_switch_stops_waiting_decisions_but_not_people() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bare = dir.path().join("gitops.git");
+        let author = Author {
+            name: "dev".into(),
+            email: "dev@example.com".into(),
+        };
+        let file = |tag: &str| format!("images:\n- name: checkout\n  newTag: {tag}\n");
+        let (v1, v2) = (file("v1"), file("v2"));
+        let repo = LocalRepository::init_bare_with_commits(
+            &bare,
+            "main",
+            &[
+                ("v1", vec![("apps/checkout/kustomization.yaml", v1.as_str())]),
+                ("v2", vec![("apps/checkout/kustomization.yaml", v2.as_str())]),
+            ],
+            &author,
+        )?;
+        let main = || -> anyhow::Result<String> {
+            let out = Command::new("git")
+                .arg("--git-dir")
+                .arg(&bare)
+                .args(["rev-parse", "main"])
+                .output()?;
+            Ok(String::from_utf8(out.stdout)?.trim().to_string())
+        };
+        let before = main()?;
+        let bus: SharedBus = Arc::new(MemoryBus::default());
+        let control = selfheal_bus::control::open(&bus).await?;
+        selfheal_bus::control::set_kill_switch(&control, true).await?;
+        let handler = RemediationHandler::new(Arc::new(repo), PrControllerConfig::default(), bus.clone())
+            .with_kill_switch(control.clone());
+        let decision = rollback("0123456789abcdef", "checkout");
+
+        // Decided before the switch was turned on, carried out after: stopped, and people told.
+        let stopped = handler
+            .carry_out(decision.clone(), "checkout".into(), None, tracing::Span::none())
+            .await?
+            .context("an event")?;
+        assert_eq!(stopped.state(), RemediationState::Failed);
+        assert_eq!(stopped.message, KILL_SWITCH_REFUSAL);
+        assert_eq!(main()?, before, "nothing written");
+
+        // A person's retry is carried out, switch or not.
+        let retried = handler
+            .carry_out(
+                decision.clone(),
+                "checkout".into(),
+                Some("retried by alice"),
+                tracing::Span::none(),
+            )
+            .await?
+            .context("an event")?;
+        assert_eq!(retried.state(), RemediationState::Merged, "{}", retried.message);
+        assert_eq!((retried.from_value.as_str(), retried.to_value.as_str()), ("v2", "v1"));
+        assert_eq!(main()?, retried.commit);
+
+        // With the switch off, selfheal acts again (here: finds its change already made).
+        selfheal_bus::control::set_kill_switch(&control, false).await?;
+        let again = handler
+            .carry_out(decision, "checkout".into(), None, tracing::Span::none())
+            .await?
+            .context("an event")?;
+        assert_eq!(
+            (again.state(), again.commit.as_str()),
+            (RemediationState::Merged, retried.commit.as_str())
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn an_escalated_fix_is_reverted_once() -> anyhow::Result<()> {
+        escalate_after_the_window(false).await
+    }
+
+    #[tokio::test]
+    async fn the_kill_switch_holds_the_revert_of_an_escalated_fix() -> anyhow::Result<()> {
+        escalate_after_the_window(true).await
+    }
+
+    /// A merged rollback that did not help escalates after its window, reverted unless the kill
+    /// switch is on.
+    async fn escalate_after_the_window(kill_switch: bool) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let bare = dir.path().join("gitops.git");
         let author = Author {
@@ -828,6 +983,9 @@ mod tests {
 
         let bus = MemoryBus::default();
         let shared: SharedBus = Arc::new(bus.clone());
+        let control = selfheal_bus::control::open(&shared).await?;
+        selfheal_bus::control::set_kill_switch(&control, kill_switch).await?;
+        let control = Some(&control);
         let verifier = verify::Verifier::new(
             Arc::new(selfheal_bus::kv::MemoryKeyValue::default()),
             Duration::from_secs(60),
@@ -835,15 +993,22 @@ mod tests {
         let merged_at = chrono::Utc::now();
         verifier.record_merged(&merged, "checkout", merged_at).await?;
         assert_eq!(
-            sweep_once(&verifier, Some(&reconciler), &shared, merged_at).await?,
+            sweep_once(&verifier, Some(&reconciler), control, &shared, merged_at).await?,
             0,
             "inside the window"
         );
         let later = merged_at + chrono::Duration::minutes(2);
-        assert_eq!(sweep_once(&verifier, Some(&reconciler), &shared, later).await?, 1);
-        assert_eq!(show()?, v2, "selfheal's change is undone");
         assert_eq!(
-            sweep_once(&verifier, Some(&reconciler), &shared, later).await?,
+            sweep_once(&verifier, Some(&reconciler), control, &shared, later).await?,
+            1
+        );
+        if kill_switch {
+            assert_eq!(show()?, v1, "selfheal's change stays: no automatic action");
+        } else {
+            assert_eq!(show()?, v2, "selfheal's change is undone");
+        }
+        assert_eq!(
+            sweep_once(&verifier, Some(&reconciler), control, &shared, later).await?,
             0,
             "once"
         );
@@ -855,18 +1020,15 @@ mod tests {
             .collect::<Result<_, _>>()?;
         let states: Vec<(String, RemediationState)> =
             events.iter().map(|e| (e.incident_key.clone(), e.state())).collect();
-        assert_eq!(
-            states,
-            [
-                ("feedfacer".to_string(), RemediationState::Merged),
-                ("feedface".to_string(), RemediationState::Escalated)
-            ]
-        );
-        assert!(
-            events[1].message.contains("selfheal reverted its change in"),
-            "{}",
-            events[1].message
-        );
+        let escalated = ("feedface".to_string(), RemediationState::Escalated);
+        let message = &events.last().context("an event")?.message;
+        if kill_switch {
+            assert_eq!(states, [escalated]);
+            assert!(message.contains("not reverted: the kill switch is on"), "{message}");
+        } else {
+            assert_eq!(states, [("feedfacer".to_string(), RemediationState::Merged), escalated]);
+            assert!(message.contains("selfheal reverted its change in"), "{message}");
+        }
         Ok(())
     }
 }
