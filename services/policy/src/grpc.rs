@@ -18,6 +18,8 @@ pub struct PolicyService {
     engine: Arc<dyn PolicyEngine>,
     metrics: crate::promql::MetricsReader,
     target: crate::target::TargetReader,
+    /// Read, never written: `Evaluate` shows the service's history and the limits as they stand.
+    limiter: crate::limits::Limiter,
     dry_run: bool,
 }
 
@@ -26,6 +28,7 @@ pub fn server(
     engine: Arc<dyn PolicyEngine>,
     metrics: crate::promql::MetricsReader,
     target: crate::target::TargetReader,
+    limiter: crate::limits::Limiter,
     dry_run: bool,
     token: Secret,
 ) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
@@ -34,6 +37,7 @@ pub fn server(
             engine,
             metrics,
             target,
+            limiter,
             dry_run,
         },
         TokenCheck::new(token),
@@ -71,7 +75,25 @@ impl Policy for PolicyService {
             ..Default::default()
         };
         let dry_run = request.dry_run || self.dry_run;
+        // What the consumer would decide now: the same history, metrics and target, and the
+        // limits as they stand (previewed: nothing is reserved).
+        // As the consumer keys them: by the service label, or `_none` without one. A label the
+        // gateway would refuse has no history and meets no limit (such an alert never arrives).
+        let service = match labels.get("service") {
+            None => Some("_none".to_string()),
+            Some(service) if selfheal_proto::names::is_dns1123_label(service) => Some(service.clone()),
+            Some(_) => None,
+        };
         let (decision, input) = async {
+            let now = chrono::Utc::now();
+            let history = match &service {
+                Some(service) => self
+                    .limiter
+                    .history(service, now)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("action history: {e}")))?,
+                None => Vec::new(),
+            };
             let labels = event
                 .alert
                 .as_ref()
@@ -80,16 +102,31 @@ impl Policy for PolicyService {
             let ((metrics, metrics_errors), (target, target_error)) =
                 futures::join!(self.metrics.read(&labels), self.target.read(&labels));
             let extra = decide::Extra {
-                history: serde_json::json!([]),
+                history: serde_json::to_value(history).unwrap_or_default(),
                 metrics,
                 metrics_errors,
                 target,
                 target_error,
             };
-            decide::decide(self.engine.as_ref(), &event, &extra, dry_run, chrono::Utc::now()).await
+            let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, dry_run, now).await;
+            if let Some(service) = &service
+                && decide::acts(&decision)
+                && !decision.dry_run
+            {
+                let action = decide::action_name(decision.action());
+                let verdict = self
+                    .limiter
+                    .preview(service, &event.incident_key, action, now)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("limits: {e}")))?;
+                if let crate::limits::Verdict::Refused(limit) = verdict {
+                    decide::refuse(&mut decision, &limit);
+                }
+            }
+            Ok::<_, Status>((decision, input))
         }
         .instrument(span)
-        .await;
+        .await?;
         tracing::debug!(
             alert.name = labels.get("alertname").map(String::as_str).unwrap_or_default(),
             decision.action = decide::action_name(decision.action()),
@@ -129,5 +166,94 @@ impl Policy for PolicyService {
             })
             .collect();
         Ok(Response::new(ListPoliciesResponse { policies }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use selfheal_bus::kv::MemoryKeyValue;
+    use selfheal_proto::v1::{Action, Alert};
+
+    use super::*;
+    use crate::limits::{Limiter, LimitsConfig};
+
+    /// `Evaluate` answers what the consumer would decide now: the service's history in the input,
+    /// the limits applied, and nothing reserved.
+    #[tokio::test]
+    async fn evaluate_shows_history_and_limits_and_reserves_nothing() -> anyhow::Result<()> {
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/policies");
+        let engine: Arc<dyn PolicyEngine> = Arc::new(crate::engine::RegoEngine::load_dir(
+            &policies,
+            "data.selfheal.decision",
+        )?);
+        let limiter = Limiter::new(
+            Arc::new(MemoryKeyValue::default()),
+            Arc::new(MemoryKeyValue::default()),
+            LimitsConfig {
+                global_max: 2,
+                ..Default::default()
+            },
+        );
+        let service = PolicyService {
+            engine,
+            metrics: crate::promql::MetricsReader::none(),
+            target: crate::target::TargetReader::none(),
+            limiter: limiter.clone(),
+            dry_run: false,
+        };
+        let evaluate = || async {
+            let labels = [
+                ("alertname", "HighErrorRate"),
+                ("service", "checkout"),
+                ("severity", "critical"),
+                ("auto_heal", "true"),
+            ];
+            let request = Request::new(EvaluateRequest {
+                alert: Some(Alert {
+                    status: "firing".into(),
+                    labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..Default::default()
+                }),
+                dry_run: false,
+            });
+            let answer = service.evaluate(request).await?.into_inner();
+            let input: serde_json::Value = serde_json::from_str(&answer.input_json)?;
+            let decision = answer.decision.ok_or_else(|| anyhow::anyhow!("no decision"))?;
+            anyhow::Ok((decision, input["history"].as_array().map_or(0, Vec::len)))
+        };
+        let now = chrono::Utc::now();
+
+        let (decision, history) = evaluate().await?;
+        assert_eq!(
+            (decision.action(), history),
+            (Action::Rollback, 0),
+            "{}",
+            decision.reason
+        );
+
+        limiter.reserve("checkout", "earlier", "rollback", now).await?;
+        let (decision, history) = evaluate().await?;
+        assert_eq!(
+            (decision.action(), history),
+            (Action::Rollback, 1),
+            "{}",
+            decision.reason
+        );
+
+        // The last slot of the global budget goes to another service: checkout's rollback would
+        // be refused now, and Evaluate says so.
+        limiter.reserve("cart", "other", "scale", now).await?;
+        let (decision, _) = evaluate().await?;
+        assert_eq!(decision.action(), Action::Escalate);
+        assert!(decision.reason.contains("global budget"), "{}", decision.reason);
+
+        assert_eq!(
+            limiter.history("checkout", now).await?.len(),
+            1,
+            "Evaluate reserved nothing"
+        );
+        Ok(())
     }
 }

@@ -194,6 +194,7 @@ pub async fn run(
     let actions = bus.key_value(limits::BUCKET, window * 2).await?;
     let control = limits::control_bucket(&bus).await?;
     let limiter = limits::Limiter::new(actions, control, config.limits.clone());
+    let grpc_limiter = limiter.clone();
     let metric_reader = promql::MetricsReader::from_config(&config.metrics)?;
     let target_reader = target::TargetReader::from_config(&config.target)?;
     let handler = Arc::new(DecisionHandler::new(
@@ -248,6 +249,7 @@ pub async fn run(
                 engine,
                 metric_reader,
                 target_reader,
+                grpc_limiter,
                 config.dry_run,
                 token,
             ))

@@ -20,49 +20,26 @@ use serde::{Deserialize, Serialize};
 /// The bucket's name.
 pub const BUCKET: &str = "selfheal_actions";
 
-/// The bucket of operators' switches. Unlike [`BUCKET`], whose reservations age out, its
-/// entries never expire.
-pub const CONTROL_BUCKET: &str = "selfheal_control";
-
-/// The key of the runtime kill switch in [`CONTROL_BUCKET`]: `on` stops every automatic action at
-/// once, on every replica, without a restart (`selfheal kill-switch on|off`), until it is turned
-/// off.
-pub const KILL_SWITCH_KEY: &str = "kill_switch";
-
-/// Opens (creating it if missing) [`CONTROL_BUCKET`], whose entries are kept until changed.
-pub async fn control_bucket(bus: &selfheal_bus::SharedBus) -> Result<SharedKeyValue, selfheal_bus::BusError> {
-    bus.key_value(CONTROL_BUCKET, Duration::ZERO).await
-}
+/// The kill switch, shared with every service that acts (`selfheal_bus::control`): it lives in
+/// its own bucket, whose entries never expire.
+pub use selfheal_bus::control::{BUCKET as CONTROL_BUCKET, KILL_SWITCH_KEY, open as control_bucket};
 
 /// Turns the runtime kill switch on or off; `kv` is [`CONTROL_BUCKET`].
 pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), LimitError> {
-    let value: bytes::Bytes = if on { "on".into() } else { "off".into() };
-    for _ in 0..16 {
-        let written = match kv
-            .get(KILL_SWITCH_KEY)
-            .await
-            .map_err(|e| LimitError::Store(e.to_string()))?
-        {
-            None => kv.create(KILL_SWITCH_KEY, value.clone()).await,
-            Some(entry) => kv.update(KILL_SWITCH_KEY, value.clone(), entry.revision).await,
-        };
-        match written {
-            Ok(_) => return Ok(()),
-            Err(KvError::Exists(_) | KvError::Conflict { .. }) => continue,
-            Err(error) => return Err(LimitError::Store(error.to_string())),
-        }
-    }
-    Err(LimitError::Store("the kill switch kept changing; retry".into()))
+    selfheal_bus::control::set_kill_switch(kv, on)
+        .await
+        .map_err(|e| LimitError::Store(e.to_string()))
 }
 
 /// Whether the runtime kill switch is on; `kv` is [`CONTROL_BUCKET`].
 pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, LimitError> {
-    let entry = kv
-        .get(KILL_SWITCH_KEY)
+    selfheal_bus::control::kill_switch_on(kv)
         .await
-        .map_err(|e| LimitError::Store(e.to_string()))?;
-    Ok(entry.is_some_and(|e| e.value.as_ref() == b"on"))
+        .map_err(|e| LimitError::Store(e.to_string()))
 }
+
+/// Why every action is refused while the kill switch is on.
+const KILL_SWITCH_ON: &str = "the kill switch is on: selfheal takes no automatic action";
 
 /// The limits.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -226,6 +203,43 @@ impl Limiter {
         ))
     }
 
+    /// What [`Self::reserve`] would answer now, reserving nothing (`Evaluate`'s "what would
+    /// happen").
+    pub async fn preview(
+        &self,
+        service: &str,
+        incident: &str,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Verdict, LimitError> {
+        if self.config.kill_switch || kill_switch_on(&self.control).await? {
+            return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
+        }
+        let record = ActionRecord {
+            incident: incident.into(),
+            service: service.into(),
+            action: action.into(),
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        let mut held = BTreeMap::new();
+        for scope in [Scope::Service(service), Scope::Global] {
+            let key = Self::key(&scope);
+            let (records, revision) = self.read(&key).await?;
+            held.insert(
+                key,
+                Held {
+                    records,
+                    revision,
+                    changed: false,
+                },
+            );
+        }
+        Ok(match self.take(&Scope::Service(service), &mut held, &record, now) {
+            Verdict::Allowed => self.take(&Scope::Global, &mut held, &record, now),
+            refused => refused,
+        })
+    }
+
     /// Reserves an action for `incident` on `service`, or says which limit refuses it.
     pub async fn reserve(
         &self,
@@ -291,8 +305,10 @@ impl Limiter {
         // Bounded: each lost compare-and-set means another replica made progress.
         for _ in 0..64 {
             if self.config.kill_switch || kill_switch_on(&self.control).await? {
-                let off = "the kill switch is on: selfheal takes no automatic action";
-                return Ok(requests.iter().map(|_| Verdict::Refused(off.into())).collect());
+                return Ok(requests
+                    .iter()
+                    .map(|_| Verdict::Refused(KILL_SWITCH_ON.into()))
+                    .collect());
             }
             let mut held: BTreeMap<String, Held> = BTreeMap::new();
             let mut verdicts = Vec::with_capacity(requests.len());
