@@ -92,6 +92,7 @@ def check_chart(name: str) -> None:
         chart = helm_python.Chart.load(str(chart_dir))
         rendered = chart.render(values, name="selfheal", namespace="selfheal")
         kinds = []
+        docs = []
         for template, text in sorted(rendered.items()):
             if not template.endswith((".yaml", ".yml")):
                 continue
@@ -99,6 +100,7 @@ def check_chart(name: str) -> None:
                 if not doc:
                     continue
                 kinds.append(doc["kind"])
+                docs.append(doc)
                 if doc["apiVersion"] == "monitoring.coreos.com/v1":
                     # A CRD: no schema in Kubernetes' own; check what the operator needs.
                     if not doc["spec"].get("endpoints") or not doc["spec"].get("selector"):
@@ -112,8 +114,29 @@ def check_chart(name: str) -> None:
                     check_deployment(f"{where} {template}", doc, http_port)
         if "Deployment" not in kinds:
             fail(f"{where}: renders no Deployment")
+        if values and (values.get("policies") or {}).get("files"):
+            check_policies(where, docs, values["policies"]["files"])
         print(f"ok   {where}: lint clean, {len(kinds)} manifests valid for Kubernetes {KUBE}: {', '.join(sorted(kinds))}")
         chart.close()
+
+
+def check_policies(where: str, docs: list, files: dict) -> None:
+    """The policies given as values are a ConfigMap, mounted where the service reads them."""
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    volume = next((v for v in spec.get("volumes", []) if v["name"] == "policies"), None)
+    mounts = [m for c in spec["containers"] for m in c.get("volumeMounts", []) if m["name"] == "policies"]
+    if volume is None or not mounts:
+        fail(f"{where}: policies are given but not mounted")
+        return
+    if [m["mountPath"] for m in mounts] != ["/etc/selfheal/policies"]:
+        fail(f"{where}: policies mounted at {[m['mountPath'] for m in mounts]}, not /etc/selfheal/policies")
+    data = maps.get(volume["configMap"]["name"], {}).get("data", {})
+    if {k: v.strip() for k, v in data.items()} != {k: v.strip() for k, v in files.items()}:
+        fail(f"{where}: the policies ConfigMap holds {sorted(data)}, not the files given {sorted(files)}")
+    else:
+        print(f"ok   {where}: policies {sorted(files)} mounted at /etc/selfheal/policies")
 
 
 def check_readme(compose: dict) -> None:

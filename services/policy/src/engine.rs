@@ -330,20 +330,28 @@ pub struct ReloadingEngine {
     /// The error of the last failed reload, cleared by a good one.
     last_error: std::sync::RwLock<Option<String>>,
     /// What the directory looked like at the last reload attempt.
-    fingerprint: std::sync::Mutex<Vec<(PathBuf, std::time::SystemTime, u64)>>,
+    fingerprint: std::sync::Mutex<Vec<Fingerprint>>,
 }
+
+/// One policy file as last seen: its path, the file it resolves to, its time and size.
+type Fingerprint = (PathBuf, Option<PathBuf>, std::time::SystemTime, u64);
 
 use std::sync::Arc;
 
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+/// The directory's policy files, through symbolic links: a Kubernetes ConfigMap volume keeps
+/// each file as a link into a directory that it swaps whole on an update, so the links
+/// themselves never change.
+fn fingerprint(dir: &Path) -> Vec<Fingerprint> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "rego"))
-                .filter_map(|e| {
-                    let meta = e.metadata().ok()?;
-                    Some((e.path(), meta.modified().ok()?, meta.len()))
+                .map(|e| e.path())
+                .filter(|path| path.extension().is_some_and(|x| x == "rego"))
+                .filter_map(|path| {
+                    let meta = std::fs::metadata(&path).ok()?;
+                    let target = std::fs::canonicalize(&path).ok();
+                    Some((path, target, meta.modified().ok()?, meta.len()))
                 })
                 .collect()
         })
@@ -467,6 +475,34 @@ mod reload_tests {
         assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v2-longer");
         assert!(engine.last_error().is_none());
         assert!(engine.reload_if_changed().is_none(), "nothing changed since");
+        Ok(())
+    }
+
+    /// As the kubelet updates a ConfigMap volume: each file is a link through `..data`, which is
+    /// swapped to a new directory in one rename.
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_update_reloads() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir()?;
+        let version = |name: &str, reason: &str| -> std::io::Result<()> {
+            std::fs::create_dir(dir.path().join(name))?;
+            std::fs::write(dir.path().join(name).join("p.rego"), GOOD.replace("v1", reason))
+        };
+        version("..2026_11_28_01", "v1")?;
+        symlink("..2026_11_28_01", dir.path().join("..data"))?;
+        symlink("..data/p.rego", dir.path().join("p.rego"))?;
+        let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision")?;
+        assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v1");
+        assert!(engine.reload_if_changed().is_none(), "nothing changed yet");
+
+        // Same size, new text, in a new directory; the link to it replaces `..data` atomically.
+        version("..2026_11_28_02", "v2")?;
+        symlink("..2026_11_28_02", dir.path().join("..data_tmp"))?;
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data"))?;
+        let reloaded = engine.reload_if_changed();
+        assert!(matches!(reloaded, Some(Ok(_))), "{reloaded:?}");
+        assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v2");
         Ok(())
     }
 

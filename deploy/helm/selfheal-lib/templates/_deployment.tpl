@@ -91,6 +91,11 @@ spec:
               mountPath: /tmp
             - name: data
               mountPath: /data
+            {{- if include "selfheal-lib.policiesConfigMap" . }}
+            - name: policies
+              mountPath: /etc/selfheal/policies
+              readOnly: true
+            {{- end }}
             {{- range $name, $_ := (include "selfheal-lib.secretVolumes" . | fromYaml) }}
             - name: {{ printf "secret-%s" $name | trunc 63 | trimSuffix "-" }}
               mountPath: {{ printf "/var/run/secrets/selfheal/%s" $name }}
@@ -103,6 +108,11 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
+        {{- with include "selfheal-lib.policiesConfigMap" . }}
+        - name: policies
+          configMap:
+            name: {{ . }}
+        {{- end }}
         - name: data
           {{- if .Values.persistence.existingClaim }}
           persistentVolumeClaim:
