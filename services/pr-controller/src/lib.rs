@@ -113,7 +113,13 @@ impl RemediationHandler {
         {
             return Ok(false);
         }
-        Ok(true)
+        // Made, but not yet recorded when the process died: the commit on main says so.
+        let (reconciler, decision) = (self.reconciler.clone(), decision.clone());
+        let on_main = tokio::task::spawn_blocking(move || reconciler.already_on_main(&decision))
+            .await
+            .map_err(|e| CarryOutError::Panicked(e.to_string()))?
+            .map_err(|e| CarryOutError::Repo(e.to_string()))?;
+        Ok(!on_main)
     }
 
     /// Whether decisions are carried out in batches (and so several may be in work at once).
@@ -921,6 +927,17 @@ mod tests {
         assert_eq!(retried.state(), RemediationState::Merged, "{}", retried.message);
         assert_eq!((retried.from_value.as_str(), retried.to_value.as_str()), ("v2", "v1"));
         assert_eq!(main()?, retried.commit);
+
+        // Redelivered with the switch still on (as after a crash before the record was written):
+        // the change is on main, so it is announced as merged, not called failed.
+        let redelivered = handler
+            .carry_out(decision.clone(), "checkout".into(), None, tracing::Span::none())
+            .await?
+            .context("an event")?;
+        assert_eq!(
+            (redelivered.state(), redelivered.commit.as_str()),
+            (RemediationState::Merged, retried.commit.as_str())
+        );
 
         // With the switch off, selfheal acts again (here: finds its change already made).
         selfheal_bus::control::set_kill_switch(&control, false).await?;

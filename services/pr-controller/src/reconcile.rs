@@ -205,6 +205,16 @@ impl<R: Repository + ?Sized> Reconciler<R> {
         }
     }
 
+    /// Whether the change `decision` asks for is on main already, in a commit marked with its
+    /// incident (made before a crash, say): reads only. Blocking.
+    pub fn already_on_main(&self, decision: &Decision) -> Result<bool, ReconcileError> {
+        let key = &decision.incident_key;
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(false);
+        }
+        Ok(self.repo.marked_commit(&self.config.main_branch, key)?.is_some())
+    }
+
     /// Makes the change `decision` asks for (or finds it already made) and says what happened.
     /// Blocking: run it with `spawn_blocking`.
     pub fn reconcile(&self, decision: &Decision, trace_id: &str) -> Result<RemediationEvent, ReconcileError> {
