@@ -193,6 +193,11 @@ pub async fn run(
         .max(config.limits.cooldown);
     let actions = bus.key_value(limits::BUCKET, window * 2).await?;
     let control = limits::control_bucket(&bus).await?;
+    if limits::carry_over_kill_switch(&actions, &control).await? {
+        tracing::warn!(
+            "the kill switch was on in selfheal_actions (before the upgrade); it stays on, now in selfheal_control"
+        );
+    }
     let limiter = limits::Limiter::new(actions, control, config.limits.clone());
     let grpc_limiter = limiter.clone();
     let metric_reader = promql::MetricsReader::from_config(&config.metrics)?;

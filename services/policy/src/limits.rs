@@ -38,6 +38,26 @@ pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, LimitError> {
         .map_err(|e| LimitError::Store(e.to_string()))
 }
 
+/// Before `selfheal_control` existed the kill switch was a key of [`BUCKET`], where it aged out.
+/// A switch still on there, with none set in [`CONTROL_BUCKET`], is carried over, so that an
+/// upgrade never turns it off. Says whether it carried one over.
+pub async fn carry_over_kill_switch(actions: &SharedKeyValue, control: &SharedKeyValue) -> Result<bool, LimitError> {
+    let store = |e: KvError| LimitError::Store(e.to_string());
+    let old = actions.get(KILL_SWITCH_KEY).await.map_err(store)?;
+    if old.is_none_or(|entry| entry.value.as_ref() != b"on") {
+        return Ok(false);
+    }
+    if control.get(KILL_SWITCH_KEY).await.map_err(store)?.is_some() {
+        // Set in its new place since: that is the operator's word.
+        return Ok(false);
+    }
+    match control.create(KILL_SWITCH_KEY, "on".into()).await {
+        Ok(_) => Ok(true),
+        Err(KvError::Exists(_)) => Ok(false),
+        Err(error) => Err(store(error)),
+    }
+}
+
 /// Why every action is refused while the kill switch is on.
 const KILL_SWITCH_ON: &str = "the kill switch is on: selfheal takes no automatic action";
 
@@ -637,6 +657,24 @@ mod tests {
         assert!(
             matches!(off.reserve("a", "1", "rollback", now).await?, Verdict::Refused(r) if r.contains("kill switch"))
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_kill_switch_left_on_in_the_old_place_is_carried_over_once() -> Result<(), LimitError> {
+        let actions: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        let control: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        assert!(!carry_over_kill_switch(&actions, &control).await?, "nothing to carry");
+        actions
+            .create(KILL_SWITCH_KEY, "on".into())
+            .await
+            .map_err(|e| LimitError::Store(e.to_string()))?;
+        assert!(carry_over_kill_switch(&actions, &control).await?);
+        assert!(kill_switch_on(&control).await?, "still on after the upgrade");
+        // Turned off in the new place: a restart does not turn it on again.
+        set_kill_switch(&control, false).await?;
+        assert!(!carry_over_kill_switch(&actions, &control).await?);
+        assert!(!kill_switch_on(&control).await?);
         Ok(())
     }
 
