@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     /// Longest annotation value, in bytes: annotations are prose (a description, a runbook's
     /// summary), often longer than a label, so they have a limit of their own.
     pub max_annotation_value_len: usize,
+    /// Most annotation bytes (names and values) one alert may carry: the alert travels inside
+    /// the decision and the remediation event, which must fit a NATS message.
+    pub max_annotations_bytes: usize,
     /// How long a publish may wait for JetStream before the request gets 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -64,6 +67,7 @@ impl Default for GatewayConfig {
             max_labels: 64,
             max_label_value_len: 1024,
             max_annotation_value_len: 16 * 1024,
+            max_annotations_bytes: 64 * 1024,
             publish_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             incident_max_age: Duration::from_secs(30 * 24 * 3600),

@@ -65,6 +65,7 @@ impl AppState {
                 max_labels: config.max_labels,
                 max_label_value_len: config.max_label_value_len,
                 max_annotation_value_len: config.max_annotation_value_len,
+                max_annotations_bytes: config.max_annotations_bytes,
             },
             identity: incident::Identity::with_extra_labels(&config.identity_labels),
             max_body_bytes: config.max_body_bytes,
@@ -82,6 +83,10 @@ impl AppState {
 /// The gateway's routes, health endpoints included.
 pub fn app(state: AppState) -> Router {
     let metrics = selfheal_telemetry::metrics::install();
+    // The refusal counters exist from the start, at zero, so that `increase()` sees the first
+    // refusal (the SelfhealAlertsRefused alert).
+    metrics::counter!(selfheal_telemetry::metrics::GATEWAY_ALERTS_REFUSED).increment(0);
+    metrics::counter!(selfheal_telemetry::metrics::GATEWAY_REFUSED, "reason" => "invalid").increment(0);
     let ready = selfheal_telemetry::health::bus_ready(state.bus.clone());
     let max_body = state.max_body_bytes;
     Router::new()

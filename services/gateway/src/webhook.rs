@@ -60,6 +60,7 @@ pub struct Limits {
     pub max_labels: usize,
     pub max_label_value_len: usize,
     pub max_annotation_value_len: usize,
+    pub max_annotations_bytes: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +70,7 @@ impl Default for Limits {
             max_labels: 64,
             max_label_value_len: 1024,
             max_annotation_value_len: 16 * 1024,
+            max_annotations_bytes: 64 * 1024,
         }
     }
 }
@@ -96,7 +98,6 @@ pub use selfheal_proto::names::is_dns1123_label;
 /// so it never collides with a real service).
 pub const NO_SERVICE: &str = "_none";
 
-/// Validates the webhook and turns each alert into an [`AlertEvent`].
 /// A body's alerts: the ones to store, and the ones refused one by one.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -106,7 +107,7 @@ pub struct Events {
     pub refused: Vec<RequestError>,
 }
 
-/// Turns a parsed body into events. A problem with the body as a whole (version, no alerts, too
+/// Validates the webhook and turns each alert into an [`AlertEvent`]. A problem with the body as a whole (version, no alerts, too
 /// many) refuses it; a problem with one alert refuses that alert only, so one bad label does not
 /// cost the rest of its group (Alertmanager does not send a 4xx again). A body whose every alert
 /// is refused is refused, naming the first alert's problem.
@@ -252,6 +253,16 @@ pub fn check_alert(
                 ));
             }
         }
+    }
+    let annotation_bytes: usize = annotations.iter().map(|(name, value)| name.len() + value.len()).sum();
+    if annotation_bytes > limits.max_annotations_bytes {
+        return Err(RequestError::invalid(
+            field("annotations"),
+            format!(
+                "hold {annotation_bytes} bytes, more than the limit of {}",
+                limits.max_annotations_bytes
+            ),
+        ));
     }
     if labels.get("alertname").is_none_or(|v| v.is_empty()) {
         return Err(RequestError::invalid(field("labels.alertname"), "is missing"));
@@ -414,6 +425,13 @@ mod tests {
         // A label that long is not.
         let error = check(body(&format!(",\"pod\":\"{long}\""), "short")).expect_err("a 4 KiB label");
         assert_eq!(error.field(), "alerts[0].labels.pod");
+        // Nor are annotations past their total.
+        let many = (0..5)
+            .map(|i| format!("\"a{i}\":\"{}\"", "d".repeat(limits.max_annotation_value_len)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let error = check(body("", "short").replace("\"description\":\"short\"", &many)).expect_err("80 KiB");
+        assert_eq!(error.field(), "alerts[0].annotations");
         // Nor is an annotation past its own limit.
         let error = check(body("", &"d".repeat(limits.max_annotation_value_len + 1))).expect_err("too long");
         assert_eq!(error.field(), "alerts[0].annotations.description");
