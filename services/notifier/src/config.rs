@@ -25,7 +25,9 @@ pub struct NotifierConfig {
     /// Audit database: `sqlite://PATH` (created if missing) or `postgres://…`; unset:
     /// [`DEFAULT_DATABASE_URL`]. A secret (a PostgreSQL URL carries a password): never logged.
     pub database_url: Option<Secret>,
-    /// File holding `database_url` (used when `database_url` is unset).
+    /// File holding the database URL. Unlike the other `*_file` settings it wins over
+    /// `database_url`: shipped configurations set a SQLite URL for trying selfheal out, and the
+    /// PostgreSQL URL a deployment mounts from a Secret must replace it, not lose to it.
     pub database_url_file: Option<PathBuf>,
     /// Where to POST JSON notifications; unset logs them instead. Treated as a secret (webhook
     /// URLs often carry one) and never logged.
@@ -82,11 +84,14 @@ impl Default for NotifierConfig {
 }
 
 impl NotifierConfig {
-    /// Reads every secret given as a file (`*_file`) into its setting, where the setting itself is
-    /// unset, and fills in the default database; an unreadable or empty file is an error naming it.
+    /// Reads every secret given as a file (`*_file`) into its setting (where the setting itself is
+    /// unset; `database_url_file` wins over `database_url`) and fills in the default database; an
+    /// unreadable or empty file is an error naming it.
     pub fn with_secret_files(mut self) -> Result<Self, ConfigError> {
+        let from_file = Secret::inline_or_file(None, self.database_url_file.as_deref())?;
         self.database_url = Some(
-            Secret::inline_or_file(self.database_url.take(), self.database_url_file.as_deref())?
+            from_file
+                .or_else(|| self.database_url.take().filter(|url| !url.is_empty()))
                 .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
         );
         self.webhook_url = Secret::inline_or_file(self.webhook_url.take(), self.webhook_url_file.as_deref())?;
@@ -111,7 +116,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_come_from_files_and_inline_settings_win() -> Result<(), ConfigError> {
+    fn secrets_come_from_files_inline_ones_win_but_the_database_file_wins() -> Result<(), ConfigError> {
         let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
@@ -119,6 +124,8 @@ mod tests {
         };
         let io = |e: std::io::Error| ConfigError::Invalid(e.to_string());
         let config = NotifierConfig {
+            // As the Helm chart has it: a SQLite URL in the config, PostgreSQL's from a Secret.
+            database_url: Some(Secret::new("sqlite:///data/audit.db?mode=rwc")),
             database_url_file: Some(write("db", "postgres://audit:hunter2@db/audit\n").map_err(io)?),
             webhook_url: Some(Secret::new("https://inline.example/hook")),
             webhook_url_file: Some(write("hook", "https://file.example/hook").map_err(io)?),
