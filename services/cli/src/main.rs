@@ -30,7 +30,7 @@ enum Command {
     Remediations(remediations::RemediationsArgs),
     /// Stop (on) or allow (off) every automatic action at once, on every replica: no new
     /// decision changes anything, decisions still waiting are not carried out (they become failed
-    /// remediations to retry by hand), escalated fixes are not reverted. It stays on until turned
+    /// remediations to retry by hand), a fix that escalates meanwhile is not reverted. It stays on until turned
     /// off. (It reaches `selfheal up` only when that runs with --nats-url; the in-process bus is
     /// the process's own.)
     KillSwitch {

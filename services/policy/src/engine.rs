@@ -487,7 +487,10 @@ mod reload_tests {
         let dir = tempfile::tempdir()?;
         let version = |name: &str, reason: &str| -> std::io::Result<()> {
             std::fs::create_dir(dir.path().join(name))?;
-            std::fs::write(dir.path().join(name).join("p.rego"), GOOD.replace("v1", reason))
+            std::fs::write(
+                dir.path().join(name).join("p.rego"),
+                GOOD.replace("\"v1\"", &format!("{reason:?}")),
+            )
         };
         version("..2026_11_28_01", "v1")?;
         symlink("..2026_11_28_01", dir.path().join("..data"))?;
