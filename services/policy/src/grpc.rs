@@ -47,12 +47,11 @@ pub fn server(
 #[tonic::async_trait]
 impl Policy for PolicyService {
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::rpc_span!(
             "policy.evaluate",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = "selfheal.v1.Policy",
-            rpc.method = "Evaluate",
+            "server",
+            "selfheal.v1.Policy",
+            "Evaluate",
             selfheal.incident.key = tracing::field::Empty
         );
         selfheal_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());

@@ -106,6 +106,16 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
+    /// `action` on `service` for `incident`, at `now`.
+    fn new(incident: &str, service: &str, action: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            incident: incident.into(),
+            service: service.into(),
+            action: action.into(),
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+
     fn time(&self) -> Option<DateTime<Utc>> {
         DateTime::parse_from_rfc3339(&self.at)
             .ok()
@@ -235,12 +245,7 @@ impl Limiter {
         if self.config.kill_switch || kill_switch_on(&self.control).await? {
             return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
         }
-        let record = ActionRecord {
-            incident: incident.into(),
-            service: service.into(),
-            action: action.into(),
-            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
+        let record = ActionRecord::new(incident, service, action, now);
         let mut held = BTreeMap::new();
         for scope in [Scope::Service(service), Scope::Global] {
             let key = Self::key(&scope);
@@ -269,12 +274,7 @@ impl Limiter {
         now: DateTime<Utc>,
     ) -> Result<Verdict, LimitError> {
         let (verdict, answer) = tokio::sync::oneshot::channel();
-        let record = ActionRecord {
-            incident: incident.into(),
-            service: service.into(),
-            action: action.into(),
-            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
+        let record = ActionRecord::new(incident, service, action, now);
         self.queue
             .waiting
             .lock()

@@ -84,12 +84,11 @@ impl TargetReader {
         }
         // A client span in the incident's trace, and its context in the metadata, so the
         // pr-controller's work for this call joins the same trace.
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::rpc_span!(
             "policy.describe_target",
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.service = "selfheal.v1.Remediations",
-            rpc.method = "DescribeTarget",
+            "client",
+            "selfheal.v1.Remediations",
+            "DescribeTarget"
         );
         selfheal_telemetry::propagation::inject_metadata(&span, request.metadata_mut());
         match client.clone().describe_target(request).instrument(span).await {

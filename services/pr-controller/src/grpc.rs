@@ -154,12 +154,11 @@ impl RemediationsService {
 #[tonic::async_trait]
 impl Remediations for RemediationsService {
     async fn describe_target(&self, request: Request<DescribeTargetRequest>) -> Result<Response<Target>, Status> {
-        let span = tracing::info_span!(
+        let span = selfheal_telemetry::rpc_span!(
             "pr_controller.describe_target",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = "selfheal.v1.Remediations",
-            rpc.method = "DescribeTarget",
+            "server",
+            "selfheal.v1.Remediations",
+            "DescribeTarget"
         );
         selfheal_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
         self.describe(request.into_inner()).instrument(span).await

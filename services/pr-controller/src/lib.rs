@@ -870,18 +870,17 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn the_kill_switch_stops_waiting_decisions_but_not_people() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let bare = dir.path().join("gitops.git");
+    /// A bare repository at `bare` whose main has checkout's kustomization at v1, then at v2;
+    /// with the file's two texts.
+    fn checkout_at_v1_then_v2(bare: &std::path::Path) -> anyhow::Result<(LocalRepository, String, String)> {
         let author = Author {
             name: "dev".into(),
             email: "dev@example.com".into(),
         };
-        let file = |tag: &str| format!("images:\n- name: checkout\n  newTag: {tag}\n");
-        let (v1, v2) = (file("v1"), file("v2"));
+        let kustomization = |tag: &str| format!("images:\n- name: ghcr.io/acme/checkout\n  newTag: {tag} # release\n");
+        let (v1, v2) = (kustomization("v1"), kustomization("v2"));
         let repo = LocalRepository::init_bare_with_commits(
-            &bare,
+            bare,
             "main",
             &[
                 ("v1", vec![("apps/checkout/kustomization.yaml", v1.as_str())]),
@@ -889,6 +888,14 @@ mod tests {
             ],
             &author,
         )?;
+        Ok((repo, v1, v2))
+    }
+
+    #[tokio::test]
+    async fn the_kill_switch_stops_waiting_decisions_but_not_people() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bare = dir.path().join("gitops.git");
+        let (repo, _, _) = checkout_at_v1_then_v2(&bare)?;
         let main = || -> anyhow::Result<String> {
             let out = Command::new("git")
                 .arg("--git-dir")
@@ -967,21 +974,7 @@ mod tests {
     async fn escalate_after_the_window(kill_switch: bool) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let bare = dir.path().join("gitops.git");
-        let author = Author {
-            name: "dev".into(),
-            email: "dev@example.com".into(),
-        };
-        let kustomization = |tag: &str| format!("images:\n- name: ghcr.io/acme/checkout\n  newTag: {tag} # release\n");
-        let (v1, v2) = (kustomization("v1"), kustomization("v2"));
-        let repo = LocalRepository::init_bare_with_commits(
-            &bare,
-            "main",
-            &[
-                ("v1", vec![("apps/checkout/kustomization.yaml", v1.as_str())]),
-                ("v2", vec![("apps/checkout/kustomization.yaml", v2.as_str())]),
-            ],
-            &author,
-        )?;
+        let (repo, v1, v2) = checkout_at_v1_then_v2(&bare)?;
         let show = || -> anyhow::Result<String> {
             let out = Command::new("git")
                 .arg("--git-dir")

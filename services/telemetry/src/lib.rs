@@ -35,6 +35,23 @@ macro_rules! consumer_span {
     };
 }
 
+/// A span for one gRPC call of selfheal's (`otel.kind` `client` or `server`), with
+/// OpenTelemetry's `rpc.*` attributes and any further fields.
+/// `rpc_span!("policy.evaluate", "server", "selfheal.v1.Policy", "Evaluate", selfheal.incident.key = field::Empty)`.
+#[macro_export]
+macro_rules! rpc_span {
+    ($name:expr, $kind:expr, $service:expr, $method:expr $(, $($fields:tt)*)?) => {
+        ::tracing::info_span!(
+            $name,
+            otel.kind = $kind,
+            rpc.system = "grpc",
+            rpc.service = $service,
+            rpc.method = $method,
+            $($($fields)*)?
+        )
+    };
+}
+
 use std::sync::OnceLock;
 
 use opentelemetry::trace::TracerProvider as _;
