@@ -330,20 +330,27 @@ impl Limiter {
                     .map(|_| Verdict::Refused(KILL_SWITCH_ON.into()))
                     .collect());
             }
-            let mut held: BTreeMap<String, Held> = BTreeMap::new();
+            // Every key the batch touches, read at once.
+            let keys: std::collections::BTreeSet<String> = requests
+                .iter()
+                .map(|(record, _)| Self::key(&Scope::Service(&record.service)))
+                .chain([Self::key(&Scope::Global)])
+                .collect();
+            let read = futures::future::try_join_all(keys.iter().map(|key| self.read(key))).await?;
+            let mut held: BTreeMap<String, Held> = keys
+                .into_iter()
+                .zip(read)
+                .map(|(key, (records, revision))| {
+                    let held = Held {
+                        records,
+                        revision,
+                        changed: false,
+                    };
+                    (key, held)
+                })
+                .collect();
             let mut verdicts = Vec::with_capacity(requests.len());
             for (record, now) in requests {
-                for scope in [Scope::Service(&record.service), Scope::Global] {
-                    let key = Self::key(&scope);
-                    if let std::collections::btree_map::Entry::Vacant(slot) = held.entry(key) {
-                        let (records, revision) = self.read(slot.key()).await?;
-                        slot.insert(Held {
-                            records,
-                            revision,
-                            changed: false,
-                        });
-                    }
-                }
                 let verdict = match self.take(&Scope::Service(&record.service), &mut held, record, *now) {
                     Verdict::Allowed => self.take(&Scope::Global, &mut held, record, *now),
                     refused => refused,
@@ -361,22 +368,20 @@ impl Limiter {
                 }
                 verdicts.push(verdict);
             }
-            // The services' keys first, the global one last: a round that loses a compare-and-set
-            // on the way leaves fewer global slots taken, never more.
+            // The services' keys first (at once), the global one last: a round that loses a
+            // compare-and-set on the way leaves fewer global slots taken, never more.
             let global = Self::key(&Scope::Global);
-            let mut lost = false;
-            for (key, held) in held
+            let services = held
                 .iter()
-                .filter(|(k, _)| **k != global)
-                .chain(held.get_key_value(&global))
-            {
-                if held.changed && !self.write(key, &held.records, held.revision).await? {
-                    lost = true;
-                    break;
-                }
+                .filter(|(key, held)| **key != global && held.changed)
+                .map(|(key, held)| self.write(key, &held.records, held.revision));
+            let written = futures::future::try_join_all(services).await?;
+            if written.into_iter().any(|won| !won) {
+                continue;
             }
-            if !lost {
-                return Ok(verdicts);
+            match held.get(&global) {
+                Some(held) if held.changed && !self.write(&global, &held.records, held.revision).await? => continue,
+                _ => return Ok(verdicts),
             }
         }
         Err(LimitError::Store("the action counts kept changing; retry".into()))

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use yaml_edit::{Document, YamlNode, path::YamlPath};
 
 /// Why an edit could not be made.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {
     #[error("{file} is not valid YAML: {reason}")]
     Parse { file: String, reason: String },
@@ -143,6 +143,39 @@ replicas:
     count: 2 # baseline
 "#;
 
+    #[test]
+    fn reads_are_remembered_by_text_service_and_kind() {
+        let older = KUST.replace("v1.5.0", "v1.4.1");
+        for _ in 0..2 {
+            for (text, tag) in [(KUST, "v1.5.0"), (older.as_str(), "v1.4.1")] {
+                assert_eq!(
+                    read_tag(Kind::Kustomize, "k.yaml", text, "checkout", None),
+                    Ok(Some(tag.to_string()))
+                );
+            }
+            assert_eq!(
+                read_tag(Kind::Kustomize, "k.yaml", KUST, "sidecar", None),
+                Ok(Some("2.3.1".to_string()))
+            );
+            assert_eq!(read_tag(Kind::Kustomize, "k.yaml", KUST, "payments", None), Ok(None));
+            assert_eq!(read_tag(Kind::HelmValues, "k.yaml", KUST, "checkout", None), Ok(None));
+            assert_eq!(read_replicas(Kind::Kustomize, "k.yaml", KUST, "checkout"), Ok(Some(2)));
+            assert_eq!(
+                read_replicas(
+                    Kind::Kustomize,
+                    "k.yaml",
+                    &older.replace("count: 2", "count: 5"),
+                    "checkout"
+                ),
+                Ok(Some(5))
+            );
+            assert!(matches!(
+                read_tag(Kind::Kustomize, "bad.yaml", "images: [", "checkout", None),
+                Err(EditError::Parse { .. })
+            ));
+        }
+    }
+
     fn changed_lines(before: &str, after: &str) -> Vec<(String, String)> {
         assert_eq!(
             before.lines().count(),
@@ -229,7 +262,7 @@ replicas:
 }
 
 /// What kind of file holds a service's image tag and replica count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// A Kustomize `kustomization.yaml`: `images[].newTag`, `replicas[].count`.
@@ -314,8 +347,71 @@ fn split_image(image: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// What was read from a file's text, by what was asked: parsing YAML losslessly costs far more
+/// than looking a text up, and the same versions of a file are read again and again (the current
+/// one by every alert on its service, the earlier ones by every rollback's history search).
+struct Reads {
+    answers: std::sync::Mutex<std::collections::HashMap<ReadKey, Result<Option<String>, EditError>>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    what: &'static str,
+    kind: Kind,
+    file: String,
+    service: String,
+    image: Option<String>,
+    text: String,
+}
+
+impl Reads {
+    /// Kept at most; past that the cache starts again (a burst touches one or two versions per
+    /// service).
+    const MAX: usize = 2048;
+
+    fn get_or(
+        &self,
+        key: ReadKey,
+        read: impl FnOnce() -> Result<Option<String>, EditError>,
+    ) -> Result<Option<String>, EditError> {
+        let lock = || self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(answer) = lock().get(&key) {
+            return answer.clone();
+        }
+        let answer = read();
+        let mut answers = lock();
+        if answers.len() >= Self::MAX {
+            answers.clear();
+        }
+        answers.insert(key, answer.clone());
+        answer
+    }
+}
+
+static READS: std::sync::LazyLock<Reads> = std::sync::LazyLock::new(|| Reads {
+    answers: Default::default(),
+});
+
 /// The image tag of `service` in a file of `kind`.
 pub fn read_tag(
+    kind: Kind,
+    file: &str,
+    text: &str,
+    service: &str,
+    image: Option<&str>,
+) -> Result<Option<String>, EditError> {
+    let key = ReadKey {
+        what: "tag",
+        kind,
+        file: file.to_owned(),
+        service: service.to_owned(),
+        image: image.map(str::to_owned),
+        text: text.to_owned(),
+    };
+    READS.get_or(key, || read_tag_parsed(kind, file, text, service, image))
+}
+
+fn read_tag_parsed(
     kind: Kind,
     file: &str,
     text: &str,
@@ -395,6 +491,21 @@ pub fn set_tag(
 
 /// The replica count of `service` in a file of `kind`.
 pub fn read_replicas(kind: Kind, file: &str, text: &str, service: &str) -> Result<Option<i64>, EditError> {
+    let key = ReadKey {
+        what: "replicas",
+        kind,
+        file: file.to_owned(),
+        service: service.to_owned(),
+        image: None,
+        text: text.to_owned(),
+    };
+    let count = READS.get_or(key, || {
+        read_replicas_parsed(kind, file, text, service).map(|count| count.map(|c| c.to_string()))
+    })?;
+    Ok(count.and_then(|c| c.parse().ok()))
+}
+
+fn read_replicas_parsed(kind: Kind, file: &str, text: &str, service: &str) -> Result<Option<i64>, EditError> {
     let path = match kind {
         Kind::Kustomize => {
             return match kustomize_replicas(file, text, service) {

@@ -25,6 +25,8 @@ use crate::{
 /// The gRPC service.
 pub struct RemediationsService {
     handler: Arc<RemediationHandler>,
+    /// `DescribeTarget`'s answers at main's current tip.
+    targets: Arc<crate::reconcile::TargetCache>,
 }
 
 /// The service behind its token check.
@@ -67,7 +69,10 @@ fn check_key(incident_key: &str) -> Result<(), Status> {
 
 impl RemediationsService {
     pub fn new(handler: Arc<RemediationHandler>) -> Self {
-        Self { handler }
+        Self {
+            handler,
+            targets: Default::default(),
+        }
     }
 
     async fn record(&self, incident_key: &str) -> Result<Record, Status> {
@@ -139,7 +144,8 @@ impl RemediationsService {
             return Err(Status::invalid_argument("service: is required"));
         }
         let reconciler = self.handler.reconciler().clone();
-        let described = tokio::task::spawn_blocking(move || reconciler.describe(&labels))
+        let targets = self.targets.clone();
+        let described = tokio::task::spawn_blocking(move || reconciler.describe_with(&labels, &targets))
             .await
             .map_err(|e| Status::internal(format!("describe panicked: {e}")))?;
         match described {

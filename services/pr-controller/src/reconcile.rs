@@ -711,6 +711,17 @@ impl<R: Repository + ?Sized> Reconciler<R> {
 
     /// What the main branch says about the service the labels name. Blocking.
     pub fn describe(&self, labels: &BTreeMap<String, String>) -> Result<Target, ReconcileError> {
+        self.describe_with(labels, &TargetCache::default())
+    }
+
+    /// [`Self::describe`], answered from `cache` when the same target was described at the same
+    /// tip of main (a burst of alerts on one service asks for it once per commit, not per alert).
+    /// Blocking.
+    pub fn describe_with(
+        &self,
+        labels: &BTreeMap<String, String>,
+        cache: &TargetCache,
+    ) -> Result<Target, ReconcileError> {
         let service = labels.get("service").cloned().unwrap_or_default();
         if !is_dns1123_label(&service) {
             return Err(ReconcileError::Refused("service: must be a DNS-1123 label".into()));
@@ -727,6 +738,9 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             .repo
             .branch_tip(main)?
             .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
+        if let Some(target) = cache.get(&tip, &path, &service) {
+            return Ok(target);
+        }
         let text = self
             .repo
             .read_file(&tip, &path)?
@@ -740,7 +754,7 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             .flatten()
             .and_then(|r| i32::try_from(r).ok());
         let earlier_tags = self.earlier_tags(&path, &service, image.as_deref(), &current_tag)?;
-        Ok(Target {
+        let target = Target {
             repository: self.repo.location(),
             path,
             kind: self.config.target.kind.name().into(),
@@ -748,7 +762,50 @@ impl<R: Repository + ?Sized> Reconciler<R> {
             earlier_tags,
             replicas,
             max_replicas: self.config.max_replicas,
-        })
+        };
+        cache.put(&tip, &service, &target);
+        Ok(target)
+    }
+}
+
+/// Targets described at one tip of main. A target is the file at that tip and the history
+/// behind it, so while main stays where it is, describing it again gives the same answer; when
+/// main moves, everything described before is dropped.
+#[derive(Default)]
+pub struct TargetCache {
+    at: std::sync::Mutex<CachedTargets>,
+}
+
+#[derive(Default)]
+struct CachedTargets {
+    tip: String,
+    /// By path and service.
+    targets: std::collections::HashMap<(String, String), Target>,
+}
+
+impl TargetCache {
+    /// At most this many targets are kept (one tip's worth; more only with more services).
+    const MAX: usize = 4096;
+
+    fn get(&self, tip: &str, path: &str, service: &str) -> Option<Target> {
+        let cached = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.tip != tip {
+            return None;
+        }
+        cached.targets.get(&(path.to_owned(), service.to_owned())).cloned()
+    }
+
+    fn put(&self, tip: &str, service: &str, target: &Target) {
+        let mut cached = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.tip != tip || cached.targets.len() >= Self::MAX {
+            // Described at a newer tip: what was described before is stale. (A describe that
+            // read an older tip than the cache's loses its entry the next time main moves.)
+            cached.tip = tip.to_owned();
+            cached.targets.clear();
+        }
+        cached
+            .targets
+            .insert((target.path.clone(), service.to_owned()), target.clone());
     }
 }
 
@@ -922,6 +979,34 @@ mod tests {
             .expect("reconcile");
         assert_eq!(back.to_value, "v2");
         assert!(main_tag(&bare).contains("newTag: v2 # {\"$imagepolicy-held-by-selfheal\""));
+    }
+
+    #[test]
+    fn a_described_target_is_kept_only_while_main_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = repo_with_tags(dir.path(), &["v1.3.0", "v1.4.1", "v1.5.0"]);
+        let reconciler = reconciler(&bare);
+        let cache = TargetCache::default();
+        let labels: BTreeMap<String, String> = [("service".to_string(), "checkout".to_string())].into();
+        let before = reconciler.describe_with(&labels, &cache).expect("describe");
+        assert_eq!(before.current_tag, "v1.5.0");
+        assert_eq!(reconciler.describe_with(&labels, &cache).expect("again"), before);
+        // Main moves (here by selfheal; a person's push is the same): the next answer is new.
+        reconciler
+            .reconcile(&decision("cach", Action::Rollback, Approval::Auto), "t")
+            .expect("reconcile");
+        let after = reconciler.describe_with(&labels, &cache).expect("after the commit");
+        assert_eq!(
+            (after.current_tag.as_str(), after.earlier_tags.as_slice()),
+            ("v1.4.1", ["v1.3.0".to_string()].as_slice())
+        );
+        // Another service's file at the same tip is its own entry.
+        let other: BTreeMap<String, String> = [("service".to_string(), "payments".to_string())].into();
+        assert!(
+            reconciler.describe_with(&other, &cache).is_err(),
+            "payments has no file"
+        );
+        assert_eq!(reconciler.describe_with(&labels, &cache).expect("still"), after);
     }
 
     #[test]
