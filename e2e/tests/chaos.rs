@@ -30,6 +30,11 @@ use prost::Message as _;
 use selfheal_e2e::{Nats, Process, TOKEN, binary, free_port, git, wait_for, wait_ready, workspace_root};
 use selfheal_proto::v1::{Decision, RemediationEvent, RemediationState};
 
+/// The burst measures latency on a machine of two cores: it runs alone (`write`), while the other
+/// tests here, which only check outcomes, may run beside each other (`read`). Otherwise the test
+/// harness runs them at once and the burst measures their stacks starting up and being killed.
+static ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn kustomization(service: &str, tag: &str, replicas: u32) -> String {
     format!(
         "# {service}, production\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nimages:\n  - name: ghcr.io/acme/{service}\n    newTag: {tag} # release pipeline\nreplicas:\n  - name: {service}\n    count: {replicas}\n"
@@ -465,6 +470,7 @@ fn breakdown(title: &str, injected: f64, decision: &Decision, events: &[Remediat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_rate_and_cpu_incidents_heal_on_real_prometheus_and_alertmanager() -> anyhow::Result<()> {
+    let _beside_others = ALONE.read().await;
     let temp = tempfile::tempdir()?;
     // shop: v1.4.1 then the bad v1.5.0, low CPU. search: a good release, CPU for 1.6 replicas on 1.
     let stack = Stack::start(
@@ -632,6 +638,7 @@ async fn until(what: &str, stack: &Stack, probe: impl AsyncFn() -> bool) -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Result<()> {
+    let _beside_others = ALONE.read().await;
     let temp = tempfile::tempdir()?;
     let faults = [
         ("fgateway", Fault::Gateway),
@@ -810,6 +817,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// printed as p50/p99.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_200_incidents_is_decided_within_limits_without_duplicates() -> anyhow::Result<()> {
+    let _alone = ALONE.write().await;
     let temp = tempfile::tempdir()?;
     let names: Vec<String> = (0..50).map(|i| format!("burst{i:02}")).collect();
     let releases: &[(&str, u32)] = &[("v1.3.0", 1), ("v1.4.1", 1), ("v1.5.0", 1)];
