@@ -50,6 +50,40 @@ pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, KvError> {
         .is_some_and(|e| e.value.as_ref() == b"on"))
 }
 
+/// The kill switch as the deciding and acting paths read it, once per decision: reads at once
+/// share one round trip ([`crate::coalesce`]), so a burst of decisions costs a few reads, not one
+/// each. A caller gets the answer of the read in flight when it asked, or of one it starts, so
+/// the switch stops every decision that looks one round trip after the `on` is stored (one that
+/// looked a moment before may still go ahead, as it always could).
+#[derive(Clone)]
+pub struct KillSwitch {
+    kv: SharedKeyValue,
+    reads: std::sync::Arc<crate::coalesce::Coalesce<(), Result<bool, KvError>>>,
+}
+
+impl KillSwitch {
+    /// The switch in `kv` ([`BUCKET`]).
+    pub fn new(kv: SharedKeyValue) -> Self {
+        Self {
+            kv,
+            reads: Default::default(),
+        }
+    }
+
+    /// Whether it is on.
+    pub async fn is_on(&self) -> Result<bool, KvError> {
+        let kv = self.kv.clone();
+        self.reads
+            .read((), move || async move { kill_switch_on(&kv).await })
+            .await
+    }
+
+    /// The bucket it is read from.
+    pub fn bucket(&self) -> &SharedKeyValue {
+        &self.kv
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -67,6 +101,10 @@ mod tests {
         assert!(kill_switch_on(&kv).await?, "on twice is on");
         set_kill_switch(&kv, false).await?;
         assert!(!kill_switch_on(&kv).await?);
+        let switch = KillSwitch::new(kv.clone());
+        assert!(!switch.is_on().await?);
+        set_kill_switch(&kv, true).await?;
+        assert!(switch.is_on().await?, "read afresh after it was turned on");
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub struct Entry {
 }
 
 /// What a key-value operation can fail with.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvError {
     /// `create` found the key already there.
     #[error("key {0} already exists")]

@@ -14,7 +14,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use selfheal_bus::kv::{KvError, SharedKeyValue};
+use selfheal_bus::{
+    coalesce::Coalesce,
+    kv::{KvError, SharedKeyValue},
+};
 use serde::{Deserialize, Serialize};
 
 /// The bucket's name.
@@ -131,7 +134,7 @@ pub enum Verdict {
     Refused(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum LimitError {
     #[error("action history unavailable: {0}")]
     Store(String),
@@ -139,6 +142,17 @@ pub enum LimitError {
 
 fn human(duration: Duration) -> String {
     humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+}
+
+/// The records under `key` and the revision they were read at (None: no such key).
+async fn read_records(kv: &SharedKeyValue, key: &str) -> Result<(Vec<ActionRecord>, Option<u64>), LimitError> {
+    match kv.get(key).await.map_err(|e| LimitError::Store(e.to_string()))? {
+        None => Ok((Vec::new(), None)),
+        Some(entry) => {
+            let records = serde_json::from_slice(&entry.value).unwrap_or_default();
+            Ok((records, Some(entry.revision)))
+        }
+    }
 }
 
 /// Enforces [`LimitsConfig`] over a shared bucket.
@@ -154,6 +168,9 @@ pub struct Limiter {
     control: SharedKeyValue,
     config: LimitsConfig,
     queue: std::sync::Arc<Queue>,
+    /// History reads at once of one service share one round trip (a burst of alerts on one
+    /// service asks for the same key).
+    history_reads: std::sync::Arc<Coalesce<String, Result<Vec<ActionRecord>, LimitError>>>,
 }
 
 #[derive(Default)]
@@ -190,6 +207,7 @@ impl Limiter {
             control,
             config,
             queue: Default::default(),
+            history_reads: Default::default(),
         }
     }
 
@@ -201,13 +219,7 @@ impl Limiter {
     }
 
     async fn read(&self, key: &str) -> Result<(Vec<ActionRecord>, Option<u64>), LimitError> {
-        match self.kv.get(key).await.map_err(|e| LimitError::Store(e.to_string()))? {
-            None => Ok((Vec::new(), None)),
-            Some(entry) => {
-                let records = serde_json::from_slice(&entry.value).unwrap_or_default();
-                Ok((records, Some(entry.revision)))
-            }
-        }
+        read_records(&self.kv, key).await
     }
 
     async fn write(&self, key: &str, records: &[ActionRecord], revision: Option<u64>) -> Result<bool, LimitError> {
@@ -225,7 +237,11 @@ impl Limiter {
 
     /// This service's actions within its window, oldest first (the policy's `input.history`).
     pub async fn history(&self, service: &str, now: DateTime<Utc>) -> Result<Vec<ActionRecord>, LimitError> {
-        let (records, _) = self.read(&Self::key(&Scope::Service(service))).await?;
+        let (kv, key) = (self.kv.clone(), Self::key(&Scope::Service(service)));
+        let records = self
+            .history_reads
+            .read(key.clone(), move || async move { Ok(read_records(&kv, &key).await?.0) })
+            .await?;
         Ok(prune(
             records,
             now,

@@ -36,17 +36,22 @@ impl Default for TargetConfig {
     }
 }
 
+/// Service, cluster and namespace: what a target is asked by.
+type Asked = (String, String, String);
+
 /// Asks the pr-controller.
 #[derive(Clone)]
 pub struct TargetReader {
     client: Option<(RemediationsClient<Channel>, Secret)>,
+    /// Alerts of one service decided at once share one call (in the trace of the first).
+    reads: std::sync::Arc<selfheal_bus::coalesce::Coalesce<Asked, (Value, Option<String>)>>,
 }
 
 impl TargetReader {
     /// A reader for `config`; connects lazily, so a pr-controller that starts later is fine.
     pub fn from_config(config: &TargetConfig) -> anyhow::Result<Self> {
         let Some(url) = config.url.as_ref().filter(|u| !u.is_empty()) else {
-            return Ok(Self { client: None });
+            return Ok(Self::none());
         };
         let token = Secret::inline_or_file(config.token.clone(), config.token_file.as_deref())?
             .ok_or_else(|| anyhow::anyhow!("target.url is set but target.token is not"))?;
@@ -55,12 +60,16 @@ impl TargetReader {
             .connect_lazy();
         Ok(Self {
             client: Some((RemediationsClient::new(channel), token)),
+            reads: Default::default(),
         })
     }
 
     /// No target information.
     pub fn none() -> Self {
-        Self { client: None }
+        Self {
+            client: None,
+            reads: Default::default(),
+        }
     }
 
     /// (`target`, error) for an alert with these labels: `{}` and the reason when it cannot be had.
@@ -71,46 +80,63 @@ impl TargetReader {
         let Some(service) = labels.get("service") else {
             return (json!({}), Some("the alert has no service label".into()));
         };
-        let mut request = tonic::Request::new(DescribeTargetRequest {
-            service: service.clone(),
-            cluster: labels.get("cluster").cloned().unwrap_or_default(),
-            namespace: labels.get("namespace").cloned().unwrap_or_default(),
-        });
-        match format!("Bearer {}", token.expose()).parse() {
-            Ok(value) => {
-                request.metadata_mut().insert("authorization", value);
-            }
-            Err(_) => return (json!({}), Some("the target token is not a valid header value".into())),
-        }
-        // A client span in the incident's trace, and its context in the metadata, so the
-        // pr-controller's work for this call joins the same trace.
-        let span = selfheal_telemetry::rpc_span!(
-            "policy.describe_target",
-            "client",
-            "selfheal.v1.Remediations",
-            "DescribeTarget"
+        let asked = (
+            service.clone(),
+            labels.get("cluster").cloned().unwrap_or_default(),
+            labels.get("namespace").cloned().unwrap_or_default(),
         );
-        selfheal_telemetry::propagation::inject_metadata(&span, request.metadata_mut());
-        match client.clone().describe_target(request).instrument(span).await {
-            Ok(response) => {
-                let target = response.into_inner();
-                (
-                    json!({
-                        "repository": target.repository,
-                        "path": target.path,
-                        "kind": target.kind,
-                        "current_tag": target.current_tag,
-                        "earlier_tags": target.earlier_tags,
-                        "replicas": target.replicas,
-                        "max_replicas": target.max_replicas,
-                    }),
-                    None,
-                )
-            }
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), error = %status.message(), "DescribeTarget failed; input.target is empty");
-                (json!({}), Some(format!("DescribeTarget: {}", status.message())))
-            }
+        let (client, token) = (client.clone(), token.clone());
+        self.reads
+            .read(asked.clone(), move || describe(client, token, asked))
+            .await
+    }
+}
+
+/// One `DescribeTarget` call.
+async fn describe(
+    mut client: RemediationsClient<Channel>,
+    token: Secret,
+    (service, cluster, namespace): Asked,
+) -> (Value, Option<String>) {
+    let mut request = tonic::Request::new(DescribeTargetRequest {
+        service,
+        cluster,
+        namespace,
+    });
+    match format!("Bearer {}", token.expose()).parse() {
+        Ok(value) => {
+            request.metadata_mut().insert("authorization", value);
+        }
+        Err(_) => return (json!({}), Some("the target token is not a valid header value".into())),
+    }
+    // A client span in the incident's trace, and its context in the metadata, so the
+    // pr-controller's work for this call joins the same trace.
+    let span = selfheal_telemetry::rpc_span!(
+        "policy.describe_target",
+        "client",
+        "selfheal.v1.Remediations",
+        "DescribeTarget"
+    );
+    selfheal_telemetry::propagation::inject_metadata(&span, request.metadata_mut());
+    match client.describe_target(request).instrument(span).await {
+        Ok(response) => {
+            let target = response.into_inner();
+            (
+                json!({
+                    "repository": target.repository,
+                    "path": target.path,
+                    "kind": target.kind,
+                    "current_tag": target.current_tag,
+                    "earlier_tags": target.earlier_tags,
+                    "replicas": target.replicas,
+                    "max_replicas": target.max_replicas,
+                }),
+                None,
+            )
+        }
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "DescribeTarget failed; input.target is empty");
+            (json!({}), Some(format!("DescribeTarget: {}", status.message())))
         }
     }
 }

@@ -56,7 +56,7 @@ pub struct RemediationHandler {
     batches: Option<tokio::sync::mpsc::UnboundedSender<BatchJob>>,
     /// The operators' switches (`selfheal_control`): the kill switch stops decisions still
     /// waiting in the stream, not only new ones.
-    control: Option<SharedKeyValue>,
+    control: Option<selfheal_bus::control::KillSwitch>,
 }
 
 /// What a remediation stopped by the kill switch says.
@@ -93,7 +93,7 @@ impl RemediationHandler {
     /// Reads the kill switch in `control` (the `selfheal_control` bucket) before every automatic
     /// change.
     pub fn with_kill_switch(mut self, control: SharedKeyValue) -> Self {
-        self.control = Some(control);
+        self.control = Some(selfheal_bus::control::KillSwitch::new(control));
         self
     }
 
@@ -101,7 +101,8 @@ impl RemediationHandler {
     /// already made (a redelivery after a crash announces a merged change; it does not undo it).
     async fn kill_switch_stops(&self, decision: &Decision) -> Result<bool, CarryOutError> {
         let Some(control) = &self.control else { return Ok(false) };
-        if !selfheal_bus::control::kill_switch_on(control)
+        if !control
+            .is_on()
             .await
             .map_err(|e| CarryOutError::Control(e.to_string()))?
         {
