@@ -135,7 +135,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_every_caller_gave_up_on_is_not_answered_from() {
         let coalesce = Coalesce::<&str, usize>::default();
-        let never = coalesce.read("a", || std::future::pending::<usize>());
+        let never = coalesce.read("a", std::future::pending::<usize>);
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(10), never)
                 .await

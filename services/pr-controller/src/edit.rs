@@ -176,6 +176,22 @@ replicas:
         }
     }
 
+    #[test]
+    fn a_huge_file_is_read_but_not_kept() {
+        let huge = format!("{KUST}# {}\n", "x".repeat(Reads::MAX_BYTES / 8 + 16));
+        assert_eq!(
+            read_tag(Kind::Kustomize, "k.yaml", &huge, "checkout", None),
+            Ok(Some("v1.5.0".to_string()))
+        );
+        let (held, bytes) = READS.holds(&huge);
+        assert!(!held && bytes <= Reads::MAX_BYTES, "{bytes} bytes kept");
+        assert_eq!(
+            read_tag(Kind::Kustomize, "k.yaml", KUST, "checkout", None),
+            Ok(Some("v1.5.0".to_string()))
+        );
+        assert!(READS.holds(KUST).0, "a small one is kept");
+    }
+
     fn changed_lines(before: &str, after: &str) -> Vec<(String, String)> {
         assert_eq!(
             before.lines().count(),
@@ -351,7 +367,16 @@ fn split_image(image: &str) -> (&str, Option<&str>) {
 /// than looking a text up, and the same versions of a file are read again and again (the current
 /// one by every alert on its service, the earlier ones by every rollback's history search).
 struct Reads {
-    answers: std::sync::Mutex<std::collections::HashMap<ReadKey, Result<Option<String>, EditError>>>,
+    answers: std::sync::Mutex<Answers>,
+}
+
+type Answer = Result<Option<String>, EditError>;
+
+#[derive(Default)]
+struct Answers {
+    by_key: std::collections::HashMap<ReadKey, Answer>,
+    /// The texts' bytes held in `by_key`.
+    bytes: usize,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -365,26 +390,40 @@ struct ReadKey {
 }
 
 impl Reads {
-    /// Kept at most; past that the cache starts again (a burst touches one or two versions per
-    /// service).
+    /// Kept at most, in answers and in the bytes of the texts they were read from; past either,
+    /// the cache starts again (a burst touches one or two versions per service).
     const MAX: usize = 2048;
+    const MAX_BYTES: usize = 32 << 20;
 
-    fn get_or(
-        &self,
-        key: ReadKey,
-        read: impl FnOnce() -> Result<Option<String>, EditError>,
-    ) -> Result<Option<String>, EditError> {
+    fn get_or(&self, key: ReadKey, read: impl FnOnce() -> Answer) -> Answer {
         let lock = || self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(answer) = lock().get(&key) {
+        if let Some(answer) = lock().by_key.get(&key) {
             return answer.clone();
         }
         let answer = read();
-        let mut answers = lock();
-        if answers.len() >= Self::MAX {
-            answers.clear();
+        let size = key.text.len();
+        if size > Self::MAX_BYTES / 8 {
+            // A file this large is read as it is, not kept.
+            return answer;
         }
-        answers.insert(key, answer.clone());
+        let mut answers = lock();
+        if answers.by_key.len() >= Self::MAX || answers.bytes + size > Self::MAX_BYTES {
+            answers.by_key.clear();
+            answers.bytes = 0;
+        }
+        if answers.by_key.insert(key, answer.clone()).is_none() {
+            answers.bytes += size;
+        }
         answer
+    }
+}
+
+#[cfg(test)]
+impl Reads {
+    /// Whether an answer read from `text` is kept, and the bytes kept in all.
+    fn holds(&self, text: &str) -> (bool, usize) {
+        let answers = self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (answers.by_key.keys().any(|k| k.text == text), answers.bytes)
     }
 }
 
