@@ -158,9 +158,10 @@ async fn read_records(kv: &SharedKeyValue, key: &str) -> Result<(Vec<ActionRecor
 /// Enforces [`LimitsConfig`] over a shared bucket.
 ///
 /// Reservations made at once on one replica are taken together: the first caller to find none
-/// in work takes every one queued, reads each key once, decides them in the order they came and
-/// writes each key once (compare-and-set). Without that, concurrent reservations would race for
-/// the global key and lose most compare-and-sets to each other.
+/// in work takes every one queued, reads each key once (all at once), decides them in the order
+/// they came and writes each key once (compare-and-set; the services' keys at once, the global
+/// key last). Without that, concurrent reservations would race for the global key and lose most
+/// compare-and-sets to each other.
 #[derive(Clone)]
 pub struct Limiter {
     kv: SharedKeyValue,

@@ -572,6 +572,35 @@ pub struct Listeners {
     pub grpc: TcpListener,
 }
 
+/// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
+/// read. A repository that is gone, unreadable or without main fails every remediation, so the
+/// replica must not look ready. A forge is not called on every probe (GitHub counts the calls);
+/// its failures show as failed remediations and in the logs.
+pub fn readiness(
+    bus: SharedBus,
+    repo: Arc<dyn Repository>,
+    main: String,
+) -> selfheal_telemetry::health::ReadinessCheck {
+    Arc::new(move || {
+        let (bus, repo, main) = (bus.clone(), repo.clone(), main.clone());
+        Box::pin(async move {
+            bus.ready().await.map_err(|e| e.to_string())?;
+            if repo.proposes() {
+                return Ok(());
+            }
+            let location = repo.location();
+            let tip = tokio::task::spawn_blocking(move || repo.branch_tip(&main).map(|tip| (tip, main)))
+                .await
+                .map_err(|e| format!("reading the repository panicked: {e}"))?
+                .map_err(|e| format!("the repository {location} cannot be read: {e}"))?;
+            match tip {
+                (Some(_), _) => Ok(()),
+                (None, main) => Err(format!("the repository {location} has no branch {main}")),
+            }
+        })
+    })
+}
+
 /// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
 pub async fn run(
     config: PrControllerConfig,
@@ -583,6 +612,7 @@ pub async fn run(
     let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
         .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
     let cancel = CancellationToken::new();
+    let (repo_for_ready, main_branch) = (repo.clone(), config.main_branch.clone());
     let (verify_window, verify_interval, auto_revert, ack_wait, concurrency) = (
         config.verify_window,
         config.verify_interval,
@@ -687,7 +717,7 @@ pub async fn run(
             ),
     );
     let health = selfheal_telemetry::health::router(
-        selfheal_telemetry::health::bus_ready(bus),
+        readiness(bus, repo_for_ready, main_branch),
         selfheal_telemetry::metrics::install(),
     );
     let http_task = tokio::spawn(
@@ -890,6 +920,29 @@ mod tests {
             &author,
         )?;
         Ok((repo, v1, v2))
+    }
+
+    #[tokio::test]
+    async fn not_ready_without_the_repository_main() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bare = dir.path().join("gitops.git");
+        let (repo, _, _) = checkout_at_v1_then_v2(&bare)?;
+        let bus: SharedBus = Arc::new(MemoryBus::default());
+        let ready = readiness(bus, Arc::new(repo), "main".into());
+        assert_eq!(ready().await, Ok(()));
+        // main deleted (a wrong repository, a broken mirror): not ready, and why.
+        let out = Command::new("git")
+            .current_dir(&bare)
+            .args(["update-ref", "-d", "refs/heads/main"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "git update-ref: {out:?}");
+        let reason = ready().await.expect_err("not ready without main");
+        assert!(reason.contains("has no branch main"), "{reason}");
+        // The repository gone altogether.
+        std::fs::remove_dir_all(&bare)?;
+        let reason = ready().await.expect_err("not ready without the repository");
+        assert!(reason.contains(&bare.display().to_string()), "{reason}");
+        Ok(())
     }
 
     #[tokio::test]
