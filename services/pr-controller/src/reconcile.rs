@@ -798,8 +798,9 @@ impl TargetCache {
     fn put(&self, tip: &str, service: &str, target: &Target) {
         let mut cached = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cached.tip != tip || cached.targets.len() >= Self::MAX {
-            // Described at a newer tip: what was described before is stale. (A describe that
-            // read an older tip than the cache's loses its entry the next time main moves.)
+            // Described at another tip (main moved): what was described before is stale. A
+            // describe that read main just before it moved only puts back an entry that no later
+            // reader asks for, since they read the newer tip.
             cached.tip = tip.to_owned();
             cached.targets.clear();
         }
