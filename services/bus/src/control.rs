@@ -77,11 +77,6 @@ impl KillSwitch {
             .read((), move || async move { kill_switch_on(&kv).await })
             .await
     }
-
-    /// The bucket it is read from.
-    pub fn bucket(&self) -> &SharedKeyValue {
-        &self.kv
-    }
 }
 
 #[cfg(test)]

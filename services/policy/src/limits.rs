@@ -263,23 +263,35 @@ impl Limiter {
             return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
         }
         let record = ActionRecord::new(incident, service, action, now);
-        let mut held = BTreeMap::new();
-        for scope in [Scope::Service(service), Scope::Global] {
-            let key = Self::key(&scope);
-            let (records, revision) = self.read(&key).await?;
-            held.insert(
-                key,
-                Held {
+        let mut held = self
+            .read_held([Self::key(&Scope::Service(service)), Self::key(&Scope::Global)].into())
+            .await?;
+        Ok(self.take_both(&mut held, &record, now))
+    }
+
+    /// What each of `keys` holds, read at once.
+    async fn read_held(&self, keys: std::collections::BTreeSet<String>) -> Result<BTreeMap<String, Held>, LimitError> {
+        let read = futures::future::try_join_all(keys.iter().map(|key| self.read(key))).await?;
+        Ok(keys
+            .into_iter()
+            .zip(read)
+            .map(|(key, (records, revision))| {
+                let held = Held {
                     records,
                     revision,
                     changed: false,
-                },
-            );
-        }
-        Ok(match self.take(&Scope::Service(service), &mut held, &record, now) {
-            Verdict::Allowed => self.take(&Scope::Global, &mut held, &record, now),
+                };
+                (key, held)
+            })
+            .collect())
+    }
+
+    /// A slot for `record` in its service, then overall, or the limit that refuses it.
+    fn take_both(&self, held: &mut BTreeMap<String, Held>, record: &ActionRecord, now: DateTime<Utc>) -> Verdict {
+        match self.take(&Scope::Service(&record.service), held, record, now) {
+            Verdict::Allowed => self.take(&Scope::Global, held, record, now),
             refused => refused,
-        })
+        }
     }
 
     /// Reserves an action for `incident` on `service`, or says which limit refuses it.
@@ -353,25 +365,10 @@ impl Limiter {
                 .map(|(record, _)| Self::key(&Scope::Service(&record.service)))
                 .chain([Self::key(&Scope::Global)])
                 .collect();
-            let read = futures::future::try_join_all(keys.iter().map(|key| self.read(key))).await?;
-            let mut held: BTreeMap<String, Held> = keys
-                .into_iter()
-                .zip(read)
-                .map(|(key, (records, revision))| {
-                    let held = Held {
-                        records,
-                        revision,
-                        changed: false,
-                    };
-                    (key, held)
-                })
-                .collect();
+            let mut held = self.read_held(keys).await?;
             let mut verdicts = Vec::with_capacity(requests.len());
             for (record, now) in requests {
-                let verdict = match self.take(&Scope::Service(&record.service), &mut held, record, *now) {
-                    Verdict::Allowed => self.take(&Scope::Global, &mut held, record, *now),
-                    refused => refused,
-                };
+                let verdict = self.take_both(&mut held, record, *now);
                 if verdict != Verdict::Allowed {
                     // Refused: no slot anywhere, including one an earlier round of this batch
                     // wrote before it lost a compare-and-set.
