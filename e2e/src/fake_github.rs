@@ -17,12 +17,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use selfheal_pr_controller::{
-    PrControllerConfig,
-    github::{GitHubConfig, GitHubRepository},
-    reconcile::Reconciler,
-    repo::Repository,
-};
+use selfheal_forge_github::{GitHubConfig, GitHubRepository};
+use selfheal_pr_controller::{PrControllerConfig, reconcile::Reconciler};
 use selfheal_proto::v1::{Action, Alert, AlertEvent, Approval, Decision};
 use serde_json::{Value, json};
 
@@ -555,7 +551,7 @@ impl FakeGitHub {
         self.with(|h| h.log.iter().filter(|l| l.as_str() == request).count())
     }
 
-    pub fn reconciler(&self, token: &str) -> anyhow::Result<Arc<Reconciler<dyn Repository>>> {
+    pub fn reconciler(&self, token: &str) -> anyhow::Result<Arc<Reconciler>> {
         let repo = GitHubRepository::new(
             GitHubConfig {
                 repository: "acme/gitops".into(),
@@ -568,10 +564,12 @@ impl FakeGitHub {
         )?;
         let mut config = PrControllerConfig::default();
         config.target.path = "apps/{service}/kustomization.yaml".into();
-        Ok(Arc::new(Reconciler {
-            repo: Arc::new(repo),
-            config,
-        }))
+        let repo = Arc::new(repo);
+        Ok(Arc::new(Reconciler::new(
+            repo.clone(),
+            Some(repo),
+            config.reconcile_settings(),
+        )))
     }
 }
 

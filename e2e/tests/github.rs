@@ -6,13 +6,9 @@ use std::{sync::Arc, time::Duration};
 use axum::http::Method;
 use selfheal_e2e::fake_github::{FakeGitHub, TOKEN, decision};
 use selfheal_pr_controller::reconcile::{ReconcileError, Reconciler};
-use selfheal_pr_controller::repo::Repository;
 use selfheal_proto::v1::{Approval, Decision, RemediationEvent, RemediationState};
 
-async fn reconcile(
-    reconciler: &Arc<Reconciler<dyn Repository>>,
-    decision: &Decision,
-) -> Result<RemediationEvent, ReconcileError> {
+async fn reconcile(reconciler: &Arc<Reconciler>, decision: &Decision) -> Result<RemediationEvent, ReconcileError> {
     let (reconciler, decision) = (reconciler.clone(), decision.clone());
     tokio::task::spawn_blocking(move || reconciler.reconcile(&decision, "4bf92f3577b34da6a3ce929d0e0e4736"))
         .await

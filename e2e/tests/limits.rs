@@ -1,6 +1,9 @@
-//! Three policy processes deciding 300 concurrent critical HighErrorRate incidents for one
-//! service make at most the configured number of rollbacks (2 per 30 min by default); every other
-//! decision escalates with a reason naming the limit.
+//! The limits on a real nats-server:
+//! - three policy processes deciding 300 concurrent critical HighErrorRate incidents for one
+//!   service make at most the configured number of rollbacks (2 per 30 min by default); every
+//!   other decision escalates with a reason naming the limit;
+//! - a record in `selfheal_actions` that does not parse fails closed: the service's next
+//!   decision escalates naming the key, and the policy counts it.
 
 use std::time::Duration;
 
@@ -40,6 +43,86 @@ async fn decisions(nats_url: &str) -> Option<Vec<Decision>> {
     Some(found)
 }
 
+/// A policy process on `nats`, ready; with its HTTP address (`/metrics`).
+async fn start_policy(nats: &Nats, name: &str, dir: &std::path::Path) -> anyhow::Result<(Process, String)> {
+    let http = free_port()?;
+    let env = [
+        ("SELFHEAL_POLICY_LISTEN", format!("127.0.0.1:{http}")),
+        ("SELFHEAL_POLICY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+        ("SELFHEAL_POLICY_NATS_URL", nats.url()),
+        (
+            "SELFHEAL_POLICY_POLICY_DIR",
+            workspace_root().join("deploy/policies").display().to_string(),
+        ),
+        ("SELFHEAL_POLICY_GRPC_TOKEN", TOKEN.to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let mut policy = Process::start(name, &binary("selfheal-policy")?, &[], &env, dir)?;
+    let base = format!("http://127.0.0.1:{http}");
+    wait_ready(&format!("{base}/readyz"), &mut policy).await?;
+    Ok((policy, base))
+}
+
+/// The value of `counter{key="<key>"}` on a `/metrics` page, 0 when absent.
+fn counter(page: &str, counter: &str, key: &str) -> f64 {
+    let series = format!("{counter}{{key=\"{key}\"}} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_limits_record_escalates_with_its_key_named_and_is_counted() -> anyhow::Result<()> {
+    const UNREADABLE: &str = "selfheal_policy_limit_records_unreadable_total";
+    let temp = tempfile::tempdir()?;
+    let nats = Nats::start().await?;
+    let (_gateway, url) = start_gateway(&nats, "gateway", &[("RUST_LOG", "warn".to_string())], temp.path()).await?;
+    let (mut policy, base) = start_policy(&nats, "policy", temp.path()).await?;
+
+    // The policy made the bucket at start-up; a foreign or corrupt value lands in it.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let bucket = js.get_key_value("selfheal_actions").await?;
+    bucket.put("service.checkout", "{\"half a record".into()).await?;
+    let http = reqwest::Client::new();
+    let before = counter(
+        &http.get(format!("{base}/metrics")).send().await?.text().await?,
+        UNREADABLE,
+        "service.checkout",
+    );
+    assert_eq!(before, 0.0, "nothing read yet");
+
+    let response = post_alerts(&http, &url, body(0)).await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let decision = wait_for(Duration::from_secs(30), "the decision", || async {
+        decisions(&nats.url()).await.and_then(|d| d.into_iter().next())
+    })
+    .await
+    .with_context(|| policy.output())?;
+    assert_eq!(decision.action(), Action::Escalate, "{decision:?}");
+    assert!(
+        decision
+            .reason
+            .contains("limits record service.checkout in selfheal_actions is unreadable"),
+        "{}",
+        decision.reason
+    );
+    let after = counter(
+        &http.get(format!("{base}/metrics")).send().await?.text().await?,
+        UNREADABLE,
+        "service.checkout",
+    );
+    assert!(after >= 1.0, "the unreadable read is counted: {after}");
+    let kept = bucket.get("service.checkout").await?;
+    assert_eq!(
+        kept.as_deref(),
+        Some(&b"{\"half a record"[..]),
+        "left for a person to look at"
+    );
+    policy.check_running()?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_policy_replicas_never_exceed_the_rollback_limit() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
@@ -47,27 +130,7 @@ async fn three_policy_replicas_never_exceed_the_rollback_limit() -> anyhow::Resu
     let (_gateway, url) = start_gateway(&nats, "gateway", &[("RUST_LOG", "warn".to_string())], temp.path()).await?;
     let mut replicas = Vec::new();
     for n in 0..3 {
-        let http = free_port()?;
-        let env = [
-            ("SELFHEAL_POLICY_LISTEN", format!("127.0.0.1:{http}")),
-            ("SELFHEAL_POLICY_GRPC_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-            ("SELFHEAL_POLICY_NATS_URL", nats.url()),
-            (
-                "SELFHEAL_POLICY_POLICY_DIR",
-                workspace_root().join("deploy/policies").display().to_string(),
-            ),
-            ("SELFHEAL_POLICY_GRPC_TOKEN", TOKEN.to_string()),
-            ("RUST_LOG", "warn".to_string()),
-        ];
-        let mut policy = Process::start(
-            &format!("policy-{n}"),
-            &binary("selfheal-policy")?,
-            &[],
-            &env,
-            temp.path(),
-        )?;
-        wait_ready(&format!("http://127.0.0.1:{http}/readyz"), &mut policy).await?;
-        replicas.push(policy);
+        replicas.push(start_policy(&nats, &format!("policy-{n}"), temp.path()).await?.0);
     }
 
     let client = reqwest::Client::new();

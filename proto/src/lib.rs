@@ -10,6 +10,9 @@ pub mod v1 {
 
 pub use prost_types::Timestamp;
 
+mod incident_key;
+pub use incident_key::{IncidentKey, InvalidIncidentKey};
+
 /// Lowercase names of the enums, as policies, audit rows and people write them.
 pub mod names {
     use super::v1::{Action, Approval, RemediationState};
@@ -56,6 +59,19 @@ pub mod names {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
             && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+    }
+
+    /// The inverse of [`state`]; `None` for an unknown name.
+    pub fn parse_state(name: &str) -> Option<RemediationState> {
+        Some(match name {
+            "opened" => RemediationState::Opened,
+            "merged" => RemediationState::Merged,
+            "failed" => RemediationState::Failed,
+            "verified" => RemediationState::Verified,
+            "escalated" => RemediationState::Escalated,
+            "rejected" => RemediationState::Rejected,
+            _ => return None,
+        })
     }
 
     /// `opened`, `merged`, `failed`, `verified`, `escalated`, `rejected`.

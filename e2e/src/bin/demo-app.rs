@@ -19,10 +19,8 @@ use std::{
 
 use axum::{Router, extract::State, routing::get};
 use clap::Parser;
-use selfheal_pr_controller::{
-    edit::{self, Kind},
-    repo::{LocalRepository, Repository},
-};
+use selfheal_git::{GitRepo, LocalRepository};
+use selfheal_manifest::{self as edit, Kind};
 
 #[derive(Parser, Clone)]
 #[command(about = "A demo service selfheal can heal (demos and tests only).")]

@@ -16,11 +16,8 @@ use std::{
 
 use anyhow::{Context, ensure};
 use clap::Parser;
-use selfheal_pr_controller::{
-    PrControllerConfig,
-    reconcile::Reconciler,
-    repo::{LocalRepository, Repository},
-};
+use selfheal_git::LocalRepository;
+use selfheal_pr_controller::{PrControllerConfig, reconcile::Reconciler};
 use selfheal_proto::v1::{Action, Alert, AlertEvent, Approval, Decision, DecisionParams, RemediationState};
 
 #[derive(Parser)]
@@ -149,13 +146,12 @@ fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let reconciler_on = |repo: LocalRepository| Reconciler {
-        repo: Arc::new(repo) as Arc<dyn Repository>,
-        config: PrControllerConfig {
-            history_depth: 1000,
-            ..Default::default()
-        },
-    };
+    let settings = PrControllerConfig {
+        history_depth: 1000,
+        ..Default::default()
+    }
+    .reconcile_settings();
+    let reconciler_on = |repo: LocalRepository| Reconciler::new(Arc::new(repo), None, settings.clone());
 
     // History search: the rollback candidates, against git log on the same path. Cold: a fresh
     // repository handle each time, so the whole history is walked (what a restarted pr-controller
@@ -198,7 +194,7 @@ fn main() -> anyhow::Result<()> {
     // What the pr-controller does at start-up: read main's whole history into its index, so the
     // first decision does not walk it to learn that no commit is marked with its incident.
     let t = Instant::now();
-    reconciler.repo.warm("main")?;
+    reconciler.git().warm("main")?;
     println!(
         "main's whole history read (start-up)                  {:>9.2} ms",
         t.elapsed().as_secs_f64() * 1e3

@@ -19,7 +19,7 @@ use selfheal_bus::{
     nats::{NatsBus, NatsOptions},
 };
 use selfheal_config::Secret;
-use selfheal_pr_controller::repo::{Author, LocalRepository, Repository};
+use selfheal_git::{Author, GitRepo, LocalRepository};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +153,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn(selfheal_pr_controller::run(
         pr_config,
         Arc::new(repo),
+        None,
         bus.clone(),
         selfheal_pr_controller::Listeners {
             http: TcpListener::bind("127.0.0.1:0").await?,

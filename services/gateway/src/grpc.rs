@@ -128,8 +128,8 @@ impl Gateway for GatewayService {
 
     async fn get_incident(&self, request: Request<GetIncidentRequest>) -> Result<Response<Incident>, Status> {
         let key = request.into_inner().key;
-        if key.is_empty() || key.len() > 64 || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(Status::invalid_argument("key: must be an incident key (hex digits)"));
+        if let Err(invalid) = selfheal_proto::IncidentKey::parse(&key) {
+            return Err(Status::invalid_argument(format!("key: {invalid}")));
         }
         match self.state.incidents.get(&key).await {
             Ok(Some(incident)) => Ok(Response::new(to_proto(incident))),

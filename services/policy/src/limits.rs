@@ -144,14 +144,40 @@ fn human(duration: Duration) -> String {
     humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
 }
 
-/// The records under `key` and the revision they were read at (None: no such key).
-async fn read_records(kv: &SharedKeyValue, key: &str) -> Result<(Vec<ActionRecord>, Option<u64>), LimitError> {
+/// What one key of [`BUCKET`] held when read.
+#[derive(Clone, Debug, Default)]
+struct Read {
+    records: Vec<ActionRecord>,
+    /// The revision read (None: no such key).
+    revision: Option<u64>,
+    /// Why the value is not a list of records, when it is not. Such a key fails closed: every
+    /// reservation that counts in it is refused, and it is never overwritten.
+    unreadable: Option<String>,
+}
+
+/// The records under `key` and the revision they were read at. A value that does not parse
+/// (corrupt, or written by something else) is reported as unreadable, never read as empty: an
+/// empty read would lift every limit it holds.
+async fn read_records(kv: &SharedKeyValue, key: &str) -> Result<Read, LimitError> {
     match kv.get(key).await.map_err(|e| LimitError::Store(e.to_string()))? {
-        None => Ok((Vec::new(), None)),
-        Some(entry) => {
-            let records = serde_json::from_slice(&entry.value).unwrap_or_default();
-            Ok((records, Some(entry.revision)))
-        }
+        None => Ok(Read::default()),
+        Some(entry) => match serde_json::from_slice(&entry.value) {
+            Ok(records) => Ok(Read {
+                records,
+                revision: Some(entry.revision),
+                unreadable: None,
+            }),
+            Err(error) => {
+                metrics::counter!(selfheal_telemetry::metrics::POLICY_LIMIT_RECORDS_UNREADABLE, "key" => key.to_string())
+                    .increment(1);
+                tracing::error!(key, bucket = BUCKET, error = %error, "a limits record does not parse; actions it counts are refused");
+                Ok(Read {
+                    records: Vec::new(),
+                    revision: Some(entry.revision),
+                    unreadable: Some(error.to_string()),
+                })
+            }
+        },
     }
 }
 
@@ -192,6 +218,8 @@ struct Request {
 struct Held {
     records: Vec<ActionRecord>,
     revision: Option<u64>,
+    /// Why the value did not parse: nothing counts in it, nothing is written to it.
+    unreadable: Option<String>,
     changed: bool,
 }
 
@@ -219,7 +247,7 @@ impl Limiter {
         }
     }
 
-    async fn read(&self, key: &str) -> Result<(Vec<ActionRecord>, Option<u64>), LimitError> {
+    async fn read(&self, key: &str) -> Result<Read, LimitError> {
         read_records(&self.kv, key).await
     }
 
@@ -237,11 +265,15 @@ impl Limiter {
     }
 
     /// This service's actions within its window, oldest first (the policy's `input.history`).
+    /// An unreadable record gives no history here; the reservation then refuses the action
+    /// (see [`read_records`]).
     pub async fn history(&self, service: &str, now: DateTime<Utc>) -> Result<Vec<ActionRecord>, LimitError> {
         let (kv, key) = (self.kv.clone(), Self::key(&Scope::Service(service)));
         let records = self
             .history_reads
-            .read(key.clone(), move || async move { Ok(read_records(&kv, &key).await?.0) })
+            .read(key.clone(), move || async move {
+                Ok(read_records(&kv, &key).await?.records)
+            })
             .await?;
         Ok(prune(
             records,
@@ -275,10 +307,11 @@ impl Limiter {
         Ok(keys
             .into_iter()
             .zip(read)
-            .map(|(key, (records, revision))| {
+            .map(|(key, read)| {
                 let held = Held {
-                    records,
-                    revision,
+                    records: read.records,
+                    revision: read.revision,
+                    unreadable: read.unreadable,
                     changed: false,
                 };
                 (key, held)
@@ -417,6 +450,11 @@ impl Limiter {
         let Some(held) = held.get_mut(&key) else {
             return Verdict::Refused(format!("{key} was not read"));
         };
+        if let Some(reason) = &held.unreadable {
+            return Verdict::Refused(format!(
+                "limits record {key} in {BUCKET} is unreadable ({reason}): no automatic action counts in it until it is repaired or deleted"
+            ));
+        }
         // Entries past every window are dropped whenever the key is written anyway.
         held.records = prune(std::mem::take(&mut held.records), now, window.max(self.config.cooldown));
         let records = &mut held.records;
@@ -481,6 +519,40 @@ mod tests {
             Arc::new(MemoryKeyValue::default()),
             config,
         )
+    }
+
+    /// A record that does not parse fails closed: the actions it counts are refused with its key
+    /// named, actions elsewhere go on, and the record is left for a person to look at.
+    #[tokio::test]
+    async fn an_unreadable_record_refuses_what_it_counts_and_is_kept() -> Result<(), LimitError> {
+        let kv: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        let limiter = Limiter::new(kv.clone(), Arc::new(MemoryKeyValue::default()), LimitsConfig::default());
+        let store = |e: KvError| LimitError::Store(e.to_string());
+        kv.create("service.checkout", "{not json".into()).await.map_err(store)?;
+        let now = Utc::now();
+        let Verdict::Refused(reason) = limiter.reserve("checkout", "a", "rollback", now).await? else {
+            panic!("an unreadable record must refuse");
+        };
+        assert!(
+            reason.contains("limits record service.checkout in selfheal_actions is unreadable"),
+            "{reason}"
+        );
+        assert_eq!(
+            limiter.preview("checkout", "a", "rollback", now).await?,
+            Verdict::Refused(reason)
+        );
+        assert!(limiter.history("checkout", now).await?.is_empty());
+        assert_eq!(limiter.reserve("cart", "b", "rollback", now).await?, Verdict::Allowed);
+        let kept = kv.get("service.checkout").await.map_err(store)?.map(|e| e.value);
+        assert_eq!(kept.as_deref(), Some(&b"{not json"[..]), "never overwritten");
+
+        let global = kv.get("global").await.map_err(store)?.map(|e| e.revision).unwrap_or_default();
+        kv.update("global", "[{\"incident\": 1}]".into(), global).await.map_err(store)?;
+        let Verdict::Refused(reason) = limiter.reserve("cart", "c", "rollback", now).await? else {
+            panic!("an unreadable global record must refuse every action");
+        };
+        assert!(reason.contains("limits record global"), "{reason}");
+        Ok(())
     }
 
     #[tokio::test]

@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use selfheal_git::Author;
 use serde::{Deserialize, Serialize};
+
+use crate::reconcile::ReconcileSettings;
 
 /// Everything the pr-controller can be told.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,7 +57,7 @@ pub struct PrControllerConfig {
     pub history_depth: usize,
     /// GitHub as the forge (pull requests) instead of the local `repository`, when
     /// `github.repository` is set.
-    pub github: crate::github::GitHubConfig,
+    pub github: selfheal_forge_github::GitHubConfig,
     /// On a rollback, hold Flux image automation off the rolled-back line (its `$imagepolicy`
     /// marker is renamed), so the bad tag is not written back. See ARCHITECTURE.md.
     pub hold_image_automation: bool,
@@ -62,29 +65,7 @@ pub struct PrControllerConfig {
     pub sync: crate::sync::SyncConfig,
 }
 
-/// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
-/// each label used must be a DNS-1123 label, or the decision is refused.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetConfig {
-    /// The file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
-    pub path: String,
-    /// What the file is: `kustomize`, `helm-values`, `helm-release` or `manifest`.
-    pub kind: crate::edit::Kind,
-    /// The image name in `images[].name`; unset matches the entry whose last path segment is the
-    /// service name (`ghcr.io/acme/checkout` for `checkout`).
-    pub image: Option<String>,
-}
-
-impl Default for TargetConfig {
-    fn default() -> Self {
-        Self {
-            path: "apps/{service}/kustomization.yaml".into(),
-            kind: crate::edit::Kind::Kustomize,
-            image: None,
-        }
-    }
-}
+pub use crate::reconcile::TargetConfig;
 
 impl Default for PrControllerConfig {
     fn default() -> Self {
@@ -110,6 +91,23 @@ impl Default for PrControllerConfig {
             github: Default::default(),
             sync: Default::default(),
             hold_image_automation: true,
+        }
+    }
+}
+
+impl PrControllerConfig {
+    /// What the reconciler needs of these settings.
+    pub fn reconcile_settings(&self) -> ReconcileSettings {
+        ReconcileSettings {
+            main_branch: self.main_branch.clone(),
+            target: self.target.clone(),
+            author: Author {
+                name: self.author_name.clone(),
+                email: self.author_email.clone(),
+            },
+            history_depth: self.history_depth,
+            max_replicas: self.max_replicas,
+            hold_image_automation: self.hold_image_automation,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use selfheal_config::{Secret, TokenCheck};
 use selfheal_proto::{
-    Timestamp, names,
+    IncidentKey, Timestamp,
+    names::{self, is_dns1123_label},
     v1::{
         Approval, ApproveRequest, DescribeTargetRequest, GetRemediationRequest, ListRemediationsRequest,
         ListRemediationsResponse, RejectRequest, RemediationEvent, RemediationState, RetryRequest, Target,
@@ -18,7 +19,7 @@ use tracing::Instrument as _;
 
 use crate::{
     CarryOutError, RemediationHandler,
-    reconcile::{ReconcileError, is_dns1123_label},
+    reconcile::ReconcileError,
     verify::{Record, VerifyError},
 };
 
@@ -59,12 +60,9 @@ fn who(by: &str) -> String {
 }
 
 fn check_key(incident_key: &str) -> Result<(), Status> {
-    if incident_key.is_empty() || incident_key.len() > 128 || !incident_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(Status::invalid_argument(
-            "incident_key: must be 1 to 128 letters and digits",
-        ));
-    }
-    Ok(())
+    IncidentKey::parse(incident_key)
+        .map(|_| ())
+        .map_err(|invalid| Status::invalid_argument(format!("incident_key: {invalid}")))
 }
 
 impl RemediationsService {
@@ -196,7 +194,7 @@ impl Remediations for RemediationsService {
             .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
         let mut remediations = Vec::new();
         for record in lifecycle.list().await.map_err(store)? {
-            if state != RemediationState::Unspecified && record.state != names::state(state) {
+            if state != RemediationState::Unspecified && record.state != state {
                 continue;
             }
             let Ok(event) = record.event() else { continue };
@@ -214,10 +212,11 @@ impl Remediations for RemediationsService {
     async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<RemediationEvent>, Status> {
         let request = request.into_inner();
         let record = self.record(&request.incident_key).await?;
-        if record.state != "opened" {
+        if record.state != RemediationState::Opened {
             return Err(Status::failed_precondition(format!(
                 "remediation {} is {}, not waiting for approval",
-                record.incident, record.state
+                record.incident,
+                names::state(record.state)
             )));
         }
         let note = format!("approved by {}", who(&request.by));
@@ -229,10 +228,11 @@ impl Remediations for RemediationsService {
     async fn reject(&self, request: Request<RejectRequest>) -> Result<Response<RemediationEvent>, Status> {
         let request = request.into_inner();
         let record = self.record(&request.incident_key).await?;
-        if record.state != "opened" && record.state != "failed" {
+        if !matches!(record.state, RemediationState::Opened | RemediationState::Failed) {
             return Err(Status::failed_precondition(format!(
                 "remediation {} is {}; only an opened or failed one can be rejected",
-                record.incident, record.state
+                record.incident,
+                names::state(record.state)
             )));
         }
         let lifecycle = self
@@ -258,15 +258,19 @@ impl Remediations for RemediationsService {
             .record(&event, &record.subject_service, now)
             .await
             .map_err(store)?;
-        if state != "rejected" {
+        if state != RemediationState::Rejected {
             return Err(Status::failed_precondition(format!(
-                "remediation {} became {state} meanwhile",
-                record.incident
+                "remediation {} became {} meanwhile",
+                record.incident,
+                names::state(state)
             )));
         }
-        let (repo, branch) = (self.handler.reconciler().repo.clone(), event.branch.clone());
-        if !branch.is_empty() {
-            let withdrawn = tokio::task::spawn_blocking(move || repo.withdraw(&branch))
+        // A local branch is left as it is, for the record; a forge's proposal is closed.
+        let (forge, branch) = (self.handler.reconciler().forge().cloned(), event.branch.clone());
+        if let Some(forge) = forge
+            && !branch.is_empty()
+        {
+            let withdrawn = tokio::task::spawn_blocking(move || forge.withdraw(&branch))
                 .await
                 .map_err(|e| Status::internal(format!("withdraw panicked: {e}")))?;
             if let Err(error) = withdrawn {
@@ -291,10 +295,11 @@ impl Remediations for RemediationsService {
     async fn retry(&self, request: Request<RetryRequest>) -> Result<Response<RemediationEvent>, Status> {
         let request = request.into_inner();
         let record = self.record(&request.incident_key).await?;
-        if record.state != "failed" {
+        if record.state != RemediationState::Failed {
             return Err(Status::failed_precondition(format!(
                 "remediation {} is {}; only a failed one is retried",
-                record.incident, record.state
+                record.incident,
+                names::state(record.state)
             )));
         }
         let note = format!("retried by {}", who(&request.by));

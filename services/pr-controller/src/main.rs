@@ -4,11 +4,9 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use selfheal_bus::nats::{NatsBus, NatsOptions};
-use selfheal_pr_controller::{
-    PrControllerConfig,
-    github::GitHubRepository,
-    repo::{LocalRepository, Repository},
-};
+use selfheal_forge_github::GitHubRepository;
+use selfheal_git::{Forge, GitRepo, LocalRepository};
+use selfheal_pr_controller::PrControllerConfig;
 
 /// selfheal's execution layer: decisions into GitOps commits.
 #[derive(Parser)]
@@ -37,9 +35,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let repo: Arc<dyn Repository> = if config.github.enabled() {
+    let (repo, forge): (Arc<dyn GitRepo>, Option<Arc<dyn Forge>>) = if config.github.enabled() {
         match GitHubRepository::new(config.github.clone(), tokio::runtime::Handle::current()) {
-            Ok(repo) => Arc::new(repo),
+            Ok(repo) => {
+                let repo = Arc::new(repo);
+                (repo.clone(), Some(repo))
+            }
             Err(error) => {
                 tracing::error!(error = %error, "GitHub is not usable");
                 return ExitCode::from(64);
@@ -47,14 +48,14 @@ async fn main() -> ExitCode {
         }
     } else {
         match LocalRepository::open(&config.repository) {
-            Ok(repo) => Arc::new(repo),
+            Ok(repo) => (Arc::new(repo), None),
             Err(error) => {
                 tracing::error!(error = %error, "repository does not open");
                 return ExitCode::from(64);
             }
         }
     };
-    match serve(config, repo).await {
+    match serve(config, repo, forge).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "pr-controller stopped");
@@ -63,7 +64,11 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: PrControllerConfig, repo: Arc<dyn Repository>) -> anyhow::Result<()> {
+async fn serve(
+    config: PrControllerConfig,
+    repo: Arc<dyn GitRepo>,
+    forge: Option<Arc<dyn Forge>>,
+) -> anyhow::Result<()> {
     let bus = NatsBus::connect(NatsOptions::new(&config.nats_url, "selfheal-pr-controller")).await?;
     let listeners = selfheal_pr_controller::Listeners {
         http: tokio::net::TcpListener::bind(config.listen).await?,
@@ -72,6 +77,7 @@ async fn serve(config: PrControllerConfig, repo: Arc<dyn Repository>) -> anyhow:
     selfheal_pr_controller::run(
         config,
         repo,
+        forge,
         Arc::new(bus),
         listeners,
         selfheal_telemetry::shutdown_signal(),

@@ -11,7 +11,7 @@ use selfheal_proto::v1::RemediationEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::reconcile::is_dns1123_label;
+use selfheal_proto::names::is_dns1123_label;
 
 /// Settings of sync-now (`[sync]`; `SELFHEAL_PR_CONTROLLER_SYNC__*`). Both are off by default.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -28,8 +28,9 @@ pub const BUCKET: &str = "selfheal_remediations";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
     pub incident: String,
-    /// `opened`, `merged`, `failed`, `rejected`, `verified` or `escalated`.
-    pub state: String,
+    /// Stored by name: `opened`, `merged`, `failed`, `rejected`, `verified` or `escalated`.
+    #[serde(with = "state_name")]
+    pub state: RemediationState,
     /// The subject token the remediation events go to.
     pub subject_service: String,
     /// When it was merged ("" before).
@@ -51,13 +52,30 @@ impl Record {
     }
 }
 
+/// A [`RemediationState`] as its name ([`selfheal_proto::names::state`]) in the stored record.
+mod state_name {
+    use selfheal_proto::{names, v1::RemediationState};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(state: &RemediationState, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(names::state(*state))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RemediationState, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        names::parse_state(&name).ok_or_else(|| D::Error::custom(format!("{name:?} is not a remediation state")))
+    }
+}
+
 /// Whether a remediation may move from `from` (None: not recorded yet) to `to`.
-pub fn allowed(from: Option<&str>, to: &str) -> bool {
+pub fn allowed(from: Option<RemediationState>, to: RemediationState) -> bool {
+    use RemediationState::{Escalated, Failed, Merged, Opened, Rejected, Verified};
+    let may_start = matches!(to, Opened | Merged | Failed | Rejected);
     match from {
-        None => matches!(to, "opened" | "merged" | "failed" | "rejected"),
+        None => may_start,
         // Waiting or failed: anything may still happen to it.
-        Some("opened" | "failed") => matches!(to, "opened" | "merged" | "failed" | "rejected"),
-        Some("merged") => matches!(to, "verified" | "escalated"),
+        Some(Opened | Failed) => may_start,
+        Some(Merged) => matches!(to, Verified | Escalated),
         // rejected, verified, escalated: final.
         Some(_) => false,
     }
@@ -146,8 +164,8 @@ impl Verifier {
         event: &RemediationEvent,
         subject_service: &str,
         now: DateTime<Utc>,
-    ) -> Result<String, VerifyError> {
-        let to = selfheal_proto::names::state(event.state());
+    ) -> Result<RemediationState, VerifyError> {
+        let to = event.state();
         for _ in 0..16 {
             let entry = self.kv.get(&event.incident_key).await.map_err(Self::store_error)?;
             let previous: Option<Record> = match &entry {
@@ -156,30 +174,30 @@ impl Verifier {
                 }
                 None => None,
             };
-            let from = previous.as_ref().map(|r| r.state.as_str());
+            let from = previous.as_ref().map(|r| r.state);
             if !allowed(from, to) {
-                return Ok(from.unwrap_or(to).to_string());
+                return Ok(from.unwrap_or(to));
             }
             let mut record = Record {
                 incident: event.incident_key.clone(),
-                state: to.into(),
+                state: to,
                 subject_service: subject_service.into(),
                 merged_at: String::new(),
                 verify_by: String::new(),
                 updated_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
                 event: event.encode_to_vec(),
             };
-            if to == "merged"
+            if to == RemediationState::Merged
                 && let Some(opened) = previous
                     .as_ref()
-                    .filter(|p| p.state == "opened")
+                    .filter(|p| p.state == RemediationState::Opened)
                     .and_then(|p| parse(&p.updated_at))
             {
                 // It waited for approval: how long, from the commit on its branch to the merge.
                 metrics::histogram!(selfheal_telemetry::metrics::HOP_COMMIT_TO_MERGE)
                     .record((now - opened).num_milliseconds().max(0) as f64 / 1000.0);
             }
-            if to == "merged" {
+            if to == RemediationState::Merged {
                 let window = chrono::Duration::from_std(self.window_for(selfheal_proto::names::action(event.action())))
                     .unwrap_or_else(|_| chrono::Duration::minutes(15));
                 record.merged_at = now.to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -191,7 +209,7 @@ impl Verifier {
                 Some(entry) => self.kv.update(&event.incident_key, value.into(), entry.revision).await,
             };
             match written {
-                Ok(_) => return Ok(to.to_string()),
+                Ok(_) => return Ok(to),
                 Err(KvError::Exists(_) | KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(Self::store_error(error)),
             }
@@ -226,13 +244,13 @@ impl Verifier {
             };
             let mut record: Record =
                 serde_json::from_slice(&entry.value).map_err(|e| VerifyError::Store(e.to_string()))?;
-            if record.state != "merged" {
+            if record.state != RemediationState::Merged {
                 return Ok(None);
             }
             let mut event = record.event()?;
             event.set_state(state);
             finish(&record, &mut event);
-            record.state = selfheal_proto::names::state(state).into();
+            record.state = state;
             record.updated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
             record.event = event.encode_to_vec();
             let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
@@ -296,7 +314,7 @@ impl Verifier {
             let Ok(record) = serde_json::from_slice::<Record>(&entry.value) else {
                 continue;
             };
-            if record.state != "merged" || parse(&record.verify_by).is_none_or(|by| by > now) {
+            if record.state != RemediationState::Merged || parse(&record.verify_by).is_none_or(|by| by > now) {
                 continue;
             }
             if let Ok(event) = record.event() {

@@ -5,11 +5,8 @@ use std::{sync::Arc, time::Duration};
 
 use prost::Message as _;
 use selfheal_bus::{kv::MemoryKeyValue, memory::MemoryBus};
-use selfheal_pr_controller::{
-    PrControllerConfig, RemediationHandler, grpc,
-    repo::{Author, LocalRepository, Repository},
-    verify::Verifier,
-};
+use selfheal_git::{Author, GitRepo, LocalRepository};
+use selfheal_pr_controller::{PrControllerConfig, RemediationHandler, grpc, reconcile::Reconciler, verify::Verifier};
 use selfheal_proto::v1::{
     Action, Alert, AlertEvent, Approval, ApproveRequest, Decision, DecisionParams, GetRemediationRequest,
     ListRemediationsRequest, RejectRequest, RemediationEvent, RemediationState, RetryRequest,
@@ -84,8 +81,11 @@ async fn approve_reject_and_retry_move_remediations_once() -> anyhow::Result<()>
     let bus = MemoryBus::default();
     let verifier = Verifier::new(Arc::new(MemoryKeyValue::default()), Duration::from_secs(600));
     let handler = Arc::new(
-        RemediationHandler::new(repo.clone(), PrControllerConfig::default(), Arc::new(bus.clone()))
-            .with_verifier(verifier),
+        RemediationHandler::new(
+            Reconciler::new(repo.clone(), None, PrControllerConfig::default().reconcile_settings()),
+            Arc::new(bus.clone()),
+        )
+        .with_verifier(verifier),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

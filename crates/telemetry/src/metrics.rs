@@ -19,6 +19,9 @@ pub const GATEWAY_ALERTS_REFUSED: &str = "selfheal_gateway_alerts_refused_total"
 pub const GATEWAY_PUBLISH_SECONDS: &str = "selfheal_gateway_publish_duration_seconds";
 /// Decisions made, by `action`.
 pub const POLICY_DECISIONS: &str = "selfheal_policy_decisions_total";
+/// Reads of a limits record in `selfheal_actions` that did not parse, by `key`: the actions it
+/// counts are refused (the limits fail closed) until it is repaired or deleted.
+pub const POLICY_LIMIT_RECORDS_UNREADABLE: &str = "selfheal_policy_limit_records_unreadable_total";
 /// Time to evaluate the policies for one alert.
 pub const POLICY_EVAL_SECONDS: &str = "selfheal_policy_evaluation_duration_seconds";
 /// Remediations, by `action` and `state`.
@@ -60,6 +63,7 @@ pub const ALL: &[&str] = &[
     GATEWAY_ALERTS_REFUSED,
     GATEWAY_PUBLISH_SECONDS,
     POLICY_DECISIONS,
+    POLICY_LIMIT_RECORDS_UNREADABLE,
     POLICY_EVAL_SECONDS,
     REMEDIATIONS,
     NOTIFICATIONS,

@@ -11,7 +11,7 @@
 //! wait GitHub asks for, up to `max_wait`. What is still failing then is a transient error, and
 //! the decision is redelivered later; any other answer (401, 404, 422...) is final.
 //!
-//! Blocking like every [`Repository`]: each method runs its requests on the runtime it was
+//! Blocking like every [`GitRepo`]: each method runs its requests on the runtime it was
 //! given, so call it from `spawn_blocking`.
 
 use std::{future::Future, path::PathBuf, time::Duration};
@@ -20,8 +20,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use crate::repo::{
-    Author, ChangeRequest, ChangeRequestState, FileVersion, MergeMessage, MergeOutcome, Proposal, RepoError, Repository,
+use selfheal_git::{
+    Author, ChangeRequest, ChangeRequestState, FileVersion, Forge, GitRepo, MergeMessage, MergeOutcome, Proposal,
+    RepoError,
 };
 
 /// How a pull request is merged.
@@ -422,7 +423,7 @@ struct MergeResult {
     sha: Option<String>,
 }
 
-impl Repository for GitHubRepository {
+impl GitRepo for GitHubRepository {
     fn location(&self) -> String {
         format!("github:{}", self.config.repository)
     }
@@ -580,9 +581,11 @@ impl Repository for GitHubRepository {
             .map_err(|e| e.into_repo("compare"))?;
         Ok(matches!(compared.status.as_str(), "ahead" | "identical"))
     }
+}
 
-    fn proposes(&self) -> bool {
-        true
+impl Forge for GitHubRepository {
+    fn name(&self) -> &str {
+        "GitHub"
     }
 
     fn find_request(&self, branch: &str) -> Result<Option<ChangeRequest>, RepoError> {
@@ -649,13 +652,10 @@ impl Repository for GitHubRepository {
 
     fn merge(
         &self,
-        _base: &str,
-        _base_tip: &str,
+        request: &ChangeRequest,
         branch_tip: &str,
-        request: Option<&ChangeRequest>,
         message: &MergeMessage<'_>,
     ) -> Result<MergeOutcome, RepoError> {
-        let request = request.ok_or_else(|| RepoError::Git("GitHub merges only through a pull request".into()))?;
         let merged = self.put::<MergeResult>(
             &self.route(&format!("pulls/{}/merge", request.number)),
             &json!({

@@ -1,0 +1,598 @@
+//! The gix calls the repository, the batch and the index share.
+
+use std::path::{Path, PathBuf};
+
+use gix::ObjectId;
+use gix::bstr::{BString, ByteSlice};
+use std::collections::HashMap;
+
+use gix::objs::tree::EntryKind;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::{FullName, Target};
+
+use crate::{Author, FileVersion, RepoError};
+
+/// What `Conflict` reports when the branch does not exist (or must not).
+pub(crate) const NO_BRANCH: &str = "no branch";
+
+/// What a commit changed against its first parent (path → blob), that parent, and the incident
+/// it is marked with.
+pub(crate) type Changes = (HashMap<String, ObjectId>, Option<ObjectId>, Option<String>);
+
+/// The full message of commit `id`, without the trailing newline(s).
+pub(crate) fn commit_message(repo: &gix::Repository, id: ObjectId) -> Result<String, RepoError> {
+    let commit = repo
+        .find_commit(id)
+        .map_err(git_err(format!("cannot find commit {id}")))?;
+    let message = commit
+        .message_raw()
+        .map_err(git_err(format!("cannot read the message of commit {id}")))?;
+    Ok(String::from_utf8_lossy(message.as_bytes())
+        .trim_end_matches(['\n', '\r'])
+        .to_owned())
+}
+
+/// Changes to a [`LocalRepository`] made in memory and written together by [`Batch::flush`]:
+/// every object in one pack (or loose, when there are few), every ref in one transaction. Reads
+/// selfheal's own identity, for ref updates it makes on its own behalf.
+pub(crate) fn selfheal_committer() -> Author {
+    Author {
+        name: "selfheal".to_owned(),
+        email: "selfheal@localhost".to_owned(),
+    }
+}
+
+pub(crate) fn read_file_in(repo: &gix::Repository, commit: &str, path: &str) -> Result<Option<String>, RepoError> {
+    let components = path_components(path)?;
+    let commit_id = parse_id(commit)?;
+    let tree = commit_tree(repo, commit_id)?;
+    let Some(entry) = tree
+        .lookup_entry(components.iter().copied())
+        .map_err(git_err(format!("cannot look up {path} at {commit}")))?
+    else {
+        return Ok(None);
+    };
+    match entry.mode().kind() {
+        EntryKind::Blob | EntryKind::BlobExecutable => read_text(repo, entry.object_id(), path, commit).map(Some),
+        other => Err(RepoError::Git(format!(
+            "{path} at {commit} is not a regular file but a {}",
+            kind_name(other)
+        ))),
+    }
+}
+
+/// Writes the blob, trees and commit that set `path` to `content` on top of `parent`; no ref.
+pub(crate) fn write_file_commit(
+    repo: &gix::Repository,
+    parent: &str,
+    path: &str,
+    content: &str,
+    message: &str,
+    author: &Author,
+) -> Result<ObjectId, RepoError> {
+    let parent_id = parse_id(parent)?;
+    path_components(path)?;
+    validate_author(author)?;
+    let parent_tree = commit_tree(repo, parent_id)?.id;
+    let kind = checked_file_kind(repo, parent_tree, path)?;
+    let blob = repo
+        .write_blob(content.as_bytes())
+        .map_err(git_err(format!("cannot write blob for {path}")))?
+        .detach();
+    let mut editor = repo
+        .edit_tree(parent_tree)
+        .map_err(git_err(format!("cannot edit the tree of {parent}")))?;
+    editor
+        .upsert(path, kind, blob)
+        .map_err(git_err(format!("cannot set {path} in the tree of {parent}")))?;
+    let tree = editor.write().map_err(git_err("cannot write the tree"))?.detach();
+    write_commit(repo, tree, Some(parent_id), message, author)
+}
+
+/// Refuses to point `branch` at something that is not a commit this repository has.
+pub(crate) fn check_commit(repo: &gix::Repository, branch: &str, new: ObjectId) -> Result<(), RepoError> {
+    repo.find_commit(new).map_err(git_err(format!(
+        "cannot move {branch} to {new}: not a commit in this repository"
+    )))?;
+    Ok(())
+}
+
+pub(crate) fn is_ancestor_in(repo: &gix::Repository, ancestor: &str, descendant: &str) -> Result<bool, RepoError> {
+    let ancestor_id = parse_id(ancestor)?;
+    let descendant_id = parse_id(descendant)?;
+    for id in [ancestor_id, descendant_id] {
+        repo.find_commit(id)
+            .map_err(git_err(format!("{id} is not a commit in this repository")))?;
+    }
+    if ancestor_id == descendant_id {
+        return Ok(true);
+    }
+    // A plain walk of everything reachable from `descendant` (using the commit-graph file when
+    // present). No time-based cutoff: clock skew between committers would make it unsafe.
+    let walk = repo
+        .rev_walk([descendant_id])
+        .all()
+        .map_err(git_err(format!("cannot walk the history of {descendant}")))?;
+    for info in walk {
+        let info = info.map_err(git_err(format!("cannot walk the history of {descendant}")))?;
+        if info.id == ancestor_id {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Writes `objects` as one pack (and its index) in the repository's pack directory.
+/// Returns the pack's `.keep` file, which protects it from `git gc` until refs point into it: the
+/// caller removes it then.
+pub(crate) fn write_pack(
+    repo: &gix::Repository,
+    objects: &gix::odb::memory::Storage,
+) -> Result<Option<PathBuf>, RepoError> {
+    use std::io::Write as _;
+    let io = |e: std::io::Error| RepoError::Git(format!("cannot write a pack: {e}"));
+    let count = u32::try_from(objects.len()).map_err(|_| RepoError::Git("too many objects for one pack".into()))?;
+    let mut pack = Vec::with_capacity(64 + objects.values().map(|(_, data)| data.len()).sum::<usize>());
+    pack.extend_from_slice(b"PACK");
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&count.to_be_bytes());
+    for (kind, data) in objects.values() {
+        // The entry header: type and size, seven bits at a time after the first four.
+        let type_id: usize = match kind {
+            gix::object::Kind::Commit => 1,
+            gix::object::Kind::Tree => 2,
+            gix::object::Kind::Blob => 3,
+            gix::object::Kind::Tag => 4,
+        };
+        let mut size = data.len();
+        let mut byte = ((type_id << 4) | (size & 0x0f)) as u8;
+        size >>= 4;
+        while size > 0 {
+            pack.push(byte | 0x80);
+            byte = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        pack.push(byte);
+        let mut deflate = gix::zlib::stream::deflate::Write::new(&mut pack, gix::zlib::Compression::BEST_SPEED);
+        deflate.write_all(data).map_err(io)?;
+        deflate.flush().map_err(io)?;
+    }
+    let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
+    hasher.update(&pack);
+    let digest = hasher
+        .try_finalize()
+        .map_err(|e| RepoError::Git(format!("cannot hash a pack: {e}")))?;
+    pack.extend_from_slice(digest.as_slice());
+    let directory = repo.objects.store_ref().path().join("pack");
+    let written = gix_pack::Bundle::write_to_directory(
+        &mut std::io::Cursor::new(pack),
+        Some(&directory),
+        &mut gix::progress::Discard,
+        &std::sync::atomic::AtomicBool::new(false),
+        None::<gix::odb::Cache<gix::odb::store::Handle<std::sync::Arc<gix::odb::Store>>>>,
+        gix::hash::Kind::Sha1,
+        gix_pack::bundle::write::Options {
+            thread_limit: Some(1),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| RepoError::Git(format!("cannot write a pack: {e}")))?;
+    Ok(written.keep_path)
+}
+
+/// All messages of a gix error tree, outermost first, de-duplicated.
+pub(crate) fn describe(e: &gix::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in e.iter_errors() {
+        let s = err.to_string();
+        if !s.is_empty() && !parts.contains(&s) {
+            parts.push(s);
+        }
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+pub(crate) fn git_err(context: impl std::fmt::Display) -> impl FnOnce(gix::Error) -> RepoError {
+    move |e| RepoError::Git(format!("{context}: {}", describe(&e)))
+}
+
+/// `refs/heads/<branch>`, validated like git does.
+pub(crate) fn branch_ref_name(branch: &str) -> Result<FullName, RepoError> {
+    if branch.is_empty() || branch.starts_with("refs/") {
+        return Err(RepoError::Git(format!(
+            "invalid branch name {branch:?}: give the short name (without refs/heads/)"
+        )));
+    }
+    FullName::try_from(format!("refs/heads/{branch}"))
+        .map_err(|e| RepoError::Git(format!("invalid branch name {branch:?}: {e}")))
+}
+
+/// A full hexadecimal object id.
+pub(crate) fn parse_id(hex: &str) -> Result<ObjectId, RepoError> {
+    ObjectId::from_hex(hex.as_bytes())
+        .map_err(|e| RepoError::Git(format!("invalid commit id {hex:?} (a full hex id is required): {e}")))
+}
+
+/// The `/`-separated components of a repository-relative file path.
+pub(crate) fn path_components(path: &str) -> Result<Vec<&str>, RepoError> {
+    let invalid = |why: &str| RepoError::Git(format!("invalid file path {path:?}: {why}"));
+    if path.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err(invalid("contains NUL or a backslash"));
+    }
+    let components: Vec<&str> = path.split('/').collect();
+    for c in &components {
+        match *c {
+            "" => return Err(invalid("must be relative, without empty components")),
+            "." | ".." => return Err(invalid("must not contain . or ..")),
+            c if c.eq_ignore_ascii_case(".git") => return Err(invalid("must not contain .git")),
+            _ => {}
+        }
+    }
+    Ok(components)
+}
+
+pub(crate) fn validate_author(author: &Author) -> Result<(), RepoError> {
+    let bad = |s: &str| s.contains(['<', '>', '\n', '\r', '\0']);
+    if author.name.trim().is_empty() || author.email.trim().is_empty() {
+        return Err(RepoError::Git("author name and email must not be empty".to_owned()));
+    }
+    if bad(&author.name) || bad(&author.email) {
+        return Err(RepoError::Git(format!(
+            "invalid author {:?} <{:?}>: must not contain '<', '>' or line breaks",
+            author.name, author.email
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn signature(author: &Author) -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: author.name.as_str().into(),
+        email: author.email.as_str().into(),
+        time: gix::date::Time::now_local_or_utc(),
+    }
+}
+
+pub(crate) fn log_change(message: String) -> LogChange {
+    LogChange {
+        mode: RefLog::AndReference,
+        force_create_reflog: false,
+        message: message.into(),
+    }
+}
+
+/// The first line of a commit message, for reflogs.
+pub(crate) fn summary(message: &str) -> &str {
+    message.lines().next().unwrap_or_default().trim()
+}
+
+pub(crate) fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Tree => "directory",
+        EntryKind::Blob => "file",
+        EntryKind::BlobExecutable => "executable file",
+        EntryKind::Link => "symbolic link",
+        EntryKind::Commit => "submodule",
+    }
+}
+
+/// What commit `id` changed against its first parent (the regular files whose blob is new there,
+/// by path), and that parent: None for a root commit, or a shallow clone's boundary (whose parent
+/// is absent), where every file counts as added.
+pub(crate) fn changes(repo: &gix::Repository, id: ObjectId) -> Result<Changes, RepoError> {
+    let commit = repo
+        .find_commit(id)
+        .map_err(git_err(format!("cannot find commit {id}")))?;
+    let mark = commit
+        .message_raw()
+        .ok()
+        .and_then(|message| incident_mark(&String::from_utf8_lossy(message.as_bytes())));
+    let tree = commit
+        .tree_id()
+        .map_err(git_err(format!("cannot read the tree of commit {id}")))?
+        .detach();
+    let parent = match commit.parent_ids().next().map(gix::Id::detach) {
+        Some(parent) => match repo
+            .try_find_object(parent)
+            .map_err(git_err(format!("cannot look for commit {parent}")))?
+        {
+            Some(object) => {
+                let tree = object
+                    .try_into_commit()
+                    .map_err(|e| RepoError::Git(format!("the parent {parent} of {id} is not a commit: {e}")))?
+                    .tree_id()
+                    .map_err(git_err(format!("cannot read the tree of commit {parent}")))?
+                    .detach();
+                Some((parent, tree))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let mut changed = HashMap::new();
+    changed_files(
+        repo,
+        tree,
+        parent.map(|(_, tree)| tree),
+        &mut String::new(),
+        &mut changed,
+    )?;
+    Ok((changed, parent.map(|(parent, _)| parent), mark))
+}
+
+/// The incident a commit message is marked with: its `Incident: <key>` line (selfheal writes one
+/// in every commit it makes; keys are alphanumeric).
+pub fn incident_mark(message: &str) -> Option<String> {
+    message.lines().rev().find_map(|line| {
+        let key = line.strip_prefix("Incident: ")?.trim();
+        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| key.to_string())
+    })
+}
+
+/// The regular files under `tree` (at `prefix`) whose blob differs from the one at the same path
+/// under `parent` (None: an empty tree), by path. Both trees' entries are in git's order, so one
+/// pass over them pairs the entries; only subtrees that differ are read.
+pub(crate) fn changed_files(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    parent: Option<ObjectId>,
+    prefix: &mut String,
+    changed: &mut HashMap<String, ObjectId>,
+) -> Result<(), RepoError> {
+    if Some(tree) == parent {
+        return Ok(());
+    }
+    let read = |id: ObjectId| repo.find_tree(id).map_err(git_err(format!("cannot read tree {id}")));
+    let new_tree = read(tree)?;
+    let old_tree = parent.map(read).transpose()?;
+    let mut old_entries = old_tree.iter().flat_map(|t| t.iter()).peekable();
+    let regular = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
+    for entry in new_tree.iter() {
+        let entry = entry
+            .map_err(|e| RepoError::Git(format!("cannot decode tree {tree}: {e}")))?
+            .inner;
+        // Skip the parent's entries that sort before this one (removed here).
+        let mut old = None;
+        while let Some(next) = old_entries.peek() {
+            let next = match next {
+                Ok(next) => next.inner,
+                Err(_) => {
+                    let error = old_entries.next().and_then(Result::err);
+                    return Err(RepoError::Git(format!(
+                        "cannot decode tree {}: {}",
+                        parent.unwrap_or(tree),
+                        error.map(|e| e.to_string()).unwrap_or_default()
+                    )));
+                }
+            };
+            match next.cmp(&entry) {
+                std::cmp::Ordering::Less => {
+                    old_entries.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    old = Some(next);
+                    old_entries.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        let kind = entry.mode.kind();
+        // Unchanged: the same object as the same sort of entry (a mode change alone, such as the
+        // executable bit, is not a new version of a file).
+        if old.is_some_and(|old| old.oid == entry.oid && regular(old.mode.kind()) == regular(kind)) {
+            continue;
+        }
+        let length = prefix.len();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(&String::from_utf8_lossy(entry.filename));
+        match kind {
+            EntryKind::Tree => {
+                // Equal names in git's order are both trees or both not.
+                let old = old.map(|old| old.oid.to_owned());
+                changed_files(repo, entry.oid.to_owned(), old, prefix, changed)?;
+            }
+            EntryKind::Blob | EntryKind::BlobExecutable => {
+                changed.insert(prefix.clone(), entry.oid.to_owned());
+            }
+            EntryKind::Link | EntryKind::Commit => {}
+        }
+        prefix.truncate(length);
+    }
+    Ok(())
+}
+
+/// Where `name` points now (peeled to an object), or None if it does not exist.
+pub(crate) fn current_tip(repo: &gix::Repository, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
+    let what = || format!("cannot read {}", name.as_bstr());
+    let Some(reference) = repo.try_find_reference(name.as_ref()).map_err(git_err(what()))? else {
+        return Ok(None);
+    };
+    let id = reference.into_fully_peeled_id().map_err(git_err(what()))?;
+    Ok(Some(id.detach()))
+}
+
+/// The tree of commit `id` (which must exist and be a commit).
+pub(crate) fn commit_tree(repo: &gix::Repository, id: ObjectId) -> Result<gix::Tree<'_>, RepoError> {
+    let commit = repo
+        .find_commit(id)
+        .map_err(git_err(format!("cannot find commit {id}")))?;
+    commit
+        .tree()
+        .map_err(git_err(format!("cannot read the tree of commit {id}")))
+}
+
+pub(crate) fn read_text(repo: &gix::Repository, blob: ObjectId, path: &str, commit: &str) -> Result<String, RepoError> {
+    let mut object = repo
+        .find_blob(blob)
+        .map_err(git_err(format!("cannot read {path} at {commit}")))?;
+    String::from_utf8(object.take_data())
+        .map_err(|e| RepoError::Git(format!("{path} at {commit} is not UTF-8 text: {e}")))
+}
+
+pub(crate) fn file_version(
+    repo: &gix::Repository,
+    commit: &gix::Commit<'_>,
+    blob: ObjectId,
+    path: &str,
+) -> Result<FileVersion, RepoError> {
+    let id = commit.id.to_string();
+    let message = commit
+        .message_raw()
+        .map_err(git_err(format!("cannot read the message of commit {id}")))?;
+    let message = String::from_utf8_lossy(message.as_bytes())
+        .trim_end_matches(['\n', '\r'])
+        .to_owned();
+    Ok(FileVersion {
+        content: read_text(repo, blob, path, &id)?,
+        commit: id,
+        message,
+    })
+}
+
+/// The entry kind to write `path` with on top of `tree`: an existing file keeps its mode (e.g.
+/// executable); errors if `path` or one of its parent directories is something else than expected
+/// (a directory where the file should be, a file where a directory should be, a symlink...).
+pub(crate) fn checked_file_kind(repo: &gix::Repository, tree: ObjectId, path: &str) -> Result<EntryKind, RepoError> {
+    let components = path_components(path)?;
+    let tree = repo
+        .find_tree(tree)
+        .map_err(git_err(format!("cannot read tree {tree}")))?;
+    for depth in 1..=components.len() {
+        let prefix = &components[..depth];
+        let Some(entry) = tree
+            .lookup_entry(prefix.iter().copied())
+            .map_err(git_err(format!("cannot look up {path}")))?
+        else {
+            // Absent: this and everything below it will be created.
+            return Ok(EntryKind::Blob);
+        };
+        let kind = entry.mode().kind();
+        let is_leaf = depth == components.len();
+        match (is_leaf, kind) {
+            (false, EntryKind::Tree) => {}
+            (true, EntryKind::Blob | EntryKind::BlobExecutable) => return Ok(kind),
+            (_, other) => {
+                return Err(RepoError::Git(format!(
+                    "cannot write {path}: {} is a {}",
+                    prefix.join("/"),
+                    kind_name(other)
+                )));
+            }
+        }
+    }
+    Ok(EntryKind::Blob)
+}
+
+/// Writes a commit object (author = committer = `author`, now); does not touch any ref.
+pub(crate) fn write_commit(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    parent: Option<ObjectId>,
+    message: &str,
+    author: &Author,
+) -> Result<ObjectId, RepoError> {
+    let sig = signature(author);
+    let mut message = message.to_owned();
+    if !message.ends_with('\n') {
+        message.push('\n');
+    }
+    let commit = gix::objs::Commit {
+        tree,
+        parents: parent.into_iter().collect(),
+        author: sig.clone(),
+        committer: sig,
+        encoding: None,
+        message: BString::from(message),
+        extra_headers: Vec::new(),
+    };
+    Ok(repo
+        .write_object(&commit)
+        .map_err(git_err("cannot write the commit"))?
+        .detach())
+}
+
+/// Compare-and-set `name` from `expected` (None: must not exist) to `new`.
+pub(crate) fn set_ref(
+    repo: &gix::Repository,
+    branch: &str,
+    name: &FullName,
+    expected: Option<ObjectId>,
+    new: ObjectId,
+    reflog_message: String,
+    committer: &Author,
+) -> Result<(), RepoError> {
+    let previous = match expected {
+        Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id)),
+        None => PreviousValue::MustNotExist,
+    };
+    let edit = RefEdit {
+        change: Change::Update {
+            log: log_change(reflog_message),
+            expected: previous,
+            new: Target::Object(new),
+        },
+        name: name.clone(),
+        deref: false,
+    };
+    let sig = signature(committer);
+    let mut time_buf = gix::date::parse::TimeBuf::default();
+    let result = repo.edit_references_as(Some(edit), Some(sig.to_ref(&mut time_buf)));
+    let Err(err) = result else {
+        return Ok(());
+    };
+
+    let expected_text = expected.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string());
+    let conflict = |found: String| RepoError::Conflict {
+        branch: branch.to_owned(),
+        expected: expected_text.clone(),
+        found,
+    };
+    use gix::refs::file::transaction::prepare::{MustNotExist, ReferenceOutOfDate};
+    if let Some(e) = err.downcast_any_ref::<ReferenceOutOfDate>() {
+        return Err(conflict(target_text(&e.actual)));
+    }
+    if let Some(e) = err.downcast_any_ref::<MustNotExist>() {
+        return Err(conflict(target_text(&e.actual)));
+    }
+    // e.g. "must exist with content ..." when the branch is gone: look at what is there now.
+    match current_tip(repo, name) {
+        Ok(now) if now != expected => Err(conflict(now.map_or_else(|| NO_BRANCH.to_owned(), |id| id.to_string()))),
+        _ => Err(RepoError::Git(format!(
+            "cannot update {}: {}",
+            name.as_bstr(),
+            describe(&err)
+        ))),
+    }
+}
+
+pub(crate) fn target_text(target: &Target) -> String {
+    match target {
+        Target::Object(id) => id.to_string(),
+        Target::Symbolic(name) => format!("symbolic ref to {}", name.as_bstr()),
+    }
+}
+
+/// Sets `core.logAllRefUpdates = true` in the repository config at `config_path`, so bare
+/// repositories keep reflogs (git's default for bare repositories is not to).
+pub(crate) fn enable_reflogs(config_path: &Path) -> Result<(), String> {
+    let mut config = gix::config::File::from_path_no_includes(config_path.to_path_buf(), gix::config::Source::Local)
+        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    config
+        .set_raw_value_by("core", None, "logAllRefUpdates", "true")
+        .map_err(|e| format!("cannot set core.logAllRefUpdates: {e}"))?;
+    let mut bytes = Vec::new();
+    config
+        .write_to(&mut bytes)
+        .map_err(|e| format!("cannot serialize the config: {e}"))?;
+    std::fs::write(config_path, bytes).map_err(|e| format!("cannot write {}: {e}", config_path.display()))
+}

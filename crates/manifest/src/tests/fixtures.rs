@@ -1,0 +1,187 @@
+//! Every edit on the real Argo CD and Flux example files in `shared/fixtures/gitops`.
+
+use super::*;
+
+fn fixture(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/gitops")
+        .join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Exactly one line differs, and it is `expected`.
+fn one_line_changed(before: &str, after: &str, expected: &str) {
+    let (old, new): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    assert_eq!(old.len(), new.len(), "line count changed:\n{after}");
+    let changed: Vec<(&&str, &&str)> = old.iter().zip(new.iter()).filter(|(a, b)| a != b).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].1.trim().trim_start_matches("- "), expected, "{changed:?}");
+}
+
+/// Every original line is still there, in order, and only `added` lines were added.
+fn block_added(before: &str, after: &str, added: usize) {
+    let old: Vec<&str> = before.lines().collect();
+    let new: Vec<&str> = after.lines().collect();
+    assert_eq!(new.len(), old.len() + added, "{after}");
+    let mut next = new.iter();
+    for line in &old {
+        assert!(next.any(|n| n == line), "line {line:?} lost or moved:\n{after}");
+    }
+}
+
+fn comments(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.trim_start().starts_with('#')).collect()
+}
+
+fn value(text: &str, path: &[&str]) -> serde_norway::Value {
+    let mut value: serde_norway::Value = serde_norway::from_str(text.trim_start_matches("---\n")).expect("valid YAML");
+    for key in path {
+        value = match key.parse::<usize>() {
+            Ok(index) => value[index].clone(),
+            Err(_) => value[*key].clone(),
+        };
+    }
+    value
+}
+
+#[test]
+fn helm_values_change_one_line_and_keep_every_comment() {
+    let before = fixture("argocd-example-apps/helm-guestbook/values.yaml");
+    assert_eq!(
+        read_tag(Kind::HelmValues, "v", &before, "guestbook", None),
+        Ok(Some("v5".into()))
+    );
+    let after = set_tag(Kind::HelmValues, "v", &before, "guestbook", None, "v4").expect("edit");
+    one_line_changed(&before, &after, "tag: v4");
+    assert_eq!(comments(&before), comments(&after));
+    assert_eq!(
+        value(&after, &["image", "tag"]),
+        serde_norway::Value::String("v4".into())
+    );
+    let after = set_replicas(Kind::HelmValues, "v", &before, "guestbook", 3).expect("edit");
+    one_line_changed(&before, &after, "replicaCount: 3");
+    assert_eq!(read_replicas(Kind::HelmValues, "v", &after, "guestbook"), Ok(Some(3)));
+}
+
+#[test]
+fn deployments_change_the_image_and_replicas_line() {
+    for (path, service, expected_image) in [
+        (
+            "argocd-example-apps/guestbook/guestbook-ui-deployment.yaml",
+            "guestbook-ui",
+            "gcr.io/google-samples/gb-frontend:v4",
+        ),
+        (
+            "argocd-example-apps/sock-shop/base/carts-dep.yaml",
+            "carts",
+            "weaveworksdemos/carts:v4",
+        ),
+        (
+            "argocd-example-apps/sock-shop/base/front-end-dep.yaml",
+            "front-end",
+            "weaveworksdemos/front-end:v4",
+        ),
+        (
+            "argocd-example-apps/sock-shop/base/orders-dep.yaml",
+            "orders",
+            "weaveworksdemos/orders:v4",
+        ),
+    ] {
+        let before = fixture(path);
+        let after =
+            set_tag(Kind::Manifest, path, &before, service, None, "v4").unwrap_or_else(|e| panic!("{path}: {e}"));
+        one_line_changed(&before, &after, &format!("image: {expected_image}"));
+        assert_eq!(comments(&before), comments(&after), "{path}");
+        assert_eq!(
+            read_tag(Kind::Manifest, path, &after, service, None),
+            Ok(Some("v4".into())),
+            "{path}"
+        );
+        let after = set_replicas(Kind::Manifest, path, &before, service, 4).unwrap_or_else(|e| panic!("{path}: {e}"));
+        one_line_changed(&before, &after, "replicas: 4");
+        assert_eq!(
+            value(&after, &["spec", "replicas"]),
+            serde_norway::Value::Number(4.into()),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_kustomization_without_images_gets_a_small_block() {
+    let path = "argocd-example-apps/kustomize-guestbook/kustomization.yaml";
+    let before = fixture(path);
+    assert_eq!(read_tag(Kind::Kustomize, path, &before, "guestbook-ui", None), Ok(None));
+    let image = Some("gcr.io/google-samples/gb-frontend");
+    let after = set_tag(Kind::Kustomize, path, &before, "guestbook-ui", image, "1.10").expect("edit");
+    block_added(&before, &after, 3);
+    assert_eq!(
+        value(&after, &["images", "0", "newTag"]),
+        serde_norway::Value::String("1.10".into())
+    );
+    assert_eq!(
+        value(&after, &["kind"]),
+        serde_norway::Value::String("Kustomization".into()),
+        "the rest is intact"
+    );
+    assert_eq!(
+        read_tag(Kind::Kustomize, path, &after, "guestbook-ui", image),
+        Ok(Some("1.10".into()))
+    );
+    let after = set_replicas(Kind::Kustomize, path, &before, "guestbook-ui", 2).expect("edit");
+    block_added(&before, &after, 3);
+    assert_eq!(
+        value(&after, &["replicas", "0", "count"]),
+        serde_norway::Value::Number(2.into())
+    );
+    assert!(
+        set_tag(Kind::Kustomize, path, &before, "guestbook-ui", None, "v1").is_err(),
+        "without a configured image name there is nothing to add"
+    );
+}
+
+#[test]
+fn a_helm_release_keeps_its_comments() {
+    let path = "flux2-kustomize-helm-example/apps/base/podinfo/release.yaml";
+    let before = fixture(path);
+    let after = set_replicas(Kind::HelmRelease, path, &before, "podinfo", 2).expect("edit");
+    block_added(&before, &after, 1);
+    assert_eq!(comments(&before), comments(&after));
+    assert_eq!(
+        value(&after, &["spec", "values", "replicaCount"]),
+        serde_norway::Value::Number(2.into())
+    );
+    assert_eq!(
+        value(&after, &["spec", "values", "redis", "tag"]),
+        value(&before, &["spec", "values", "redis", "tag"])
+    );
+    let after = set_tag(Kind::HelmRelease, path, &before, "podinfo", None, "6.9.2").expect("edit");
+    assert_eq!(comments(&before), comments(&after));
+    assert_eq!(
+        value(&after, &["spec", "values", "image", "tag"]),
+        serde_norway::Value::String("6.9.2".into())
+    );
+    block_added(&before, &after, 2);
+}
+
+#[test]
+fn restart_sets_the_pod_template_annotation() {
+    let path = "argocd-example-apps/guestbook/guestbook-ui-deployment.yaml";
+    let before = fixture(path);
+    let after = set_restarted_at(path, &before, "2026-11-28T15:00:00Z").expect("edit");
+    let annotations = value(&after, &["spec", "template", "metadata", "annotations"]);
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/restartedAt"],
+        serde_norway::Value::String("2026-11-28T15:00:00Z".into()),
+        "{after}"
+    );
+    assert!(
+        after.contains("kubectl.kubernetes.io/restartedAt: \"2026-11-28T15:00:00Z\""),
+        "quoted:\n{after}"
+    );
+    block_added(&before, &after, 2);
+    assert_eq!(
+        value(&after, &["spec", "template", "metadata", "labels"]),
+        value(&before, &["spec", "template", "metadata", "labels"])
+    );
+}

@@ -1,0 +1,362 @@
+//! [`RemediationHandler`]: a decision in, its change made (in the next batch, or alone), the
+//! remediation's new state recorded and its event published.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use prost::Message as _;
+use selfheal_bus::{
+    Delivery, Headers, Outgoing, SharedBus,
+    consumer::{Disposition, Handler},
+    kv::SharedKeyValue,
+    subjects,
+};
+use selfheal_proto::{
+    Timestamp, names,
+    v1::{Action, Decision, RemediationEvent, RemediationState},
+};
+use tracing::Instrument;
+
+use crate::{
+    CONSUMER,
+    batch::{BatchJob, run_batches},
+    reconcile::{ReconcileError, Reconciler},
+    sync, verify,
+};
+
+/// Carries out decisions.
+pub struct RemediationHandler {
+    reconciler: Arc<Reconciler>,
+    bus: SharedBus,
+    verifier: Option<verify::Verifier>,
+    sync: Option<Arc<sync::SyncNow>>,
+    /// On a repository that batches: where decisions queue to be carried out together.
+    batches: Option<tokio::sync::mpsc::UnboundedSender<BatchJob>>,
+    /// The operators' switches (`selfheal_control`): the kill switch stops decisions still
+    /// waiting in the stream, not only new ones.
+    control: Option<selfheal_bus::control::KillSwitch>,
+}
+
+/// What a remediation stopped by the kill switch says.
+pub const KILL_SWITCH_REFUSAL: &str =
+    "not carried out: the kill switch is on (`selfheal remediations retry` carries it out by hand)";
+
+impl RemediationHandler {
+    /// Carries out decisions with `reconciler`, publishing their events on `bus`.
+    pub fn new(reconciler: Reconciler, bus: SharedBus) -> Self {
+        let reconciler = Arc::new(reconciler);
+        let batches = reconciler.git().start_batch().is_some().then(|| {
+            let (queue, jobs) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(run_batches(reconciler.clone(), jobs));
+            queue
+        });
+        Self {
+            reconciler,
+            bus,
+            verifier: None,
+            sync: None,
+            batches,
+            control: None,
+        }
+    }
+
+    /// Reads the kill switch in `control` (the `selfheal_control` bucket) before every automatic
+    /// change.
+    pub fn with_kill_switch(mut self, control: SharedKeyValue) -> Self {
+        self.control = Some(selfheal_bus::control::KillSwitch::new(control));
+        self
+    }
+
+    /// Whether the kill switch stops this automatic decision: it is on, and the change was not
+    /// already made (a redelivery after a crash announces a merged change; it does not undo it).
+    async fn kill_switch_stops(&self, decision: &Decision) -> Result<bool, CarryOutError> {
+        let Some(control) = &self.control else { return Ok(false) };
+        if !control
+            .is_on()
+            .await
+            .map_err(|e| CarryOutError::Control(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        if let Some(verifier) = &self.verifier
+            && let Some(record) = verifier.get(&decision.incident_key).await?
+            && record.state == RemediationState::Merged
+        {
+            return Ok(false);
+        }
+        // Made, but not yet recorded when the process died: the commit on main says so.
+        let (reconciler, decision) = (self.reconciler.clone(), decision.clone());
+        let on_main = tokio::task::spawn_blocking(move || reconciler.already_on_main(&decision))
+            .await
+            .map_err(|e| CarryOutError::Panicked(e.to_string()))?
+            .map_err(|e| CarryOutError::Repo(e.to_string()))?;
+        Ok(!on_main)
+    }
+
+    /// Whether decisions are carried out in batches (and so several may be in work at once).
+    pub fn batches(&self) -> bool {
+        self.batches.is_some()
+    }
+
+    /// Makes the change `decision` asks for: in the next batch when the repository batches,
+    /// otherwise on its own.
+    async fn reconcile(
+        &self,
+        decision: &Decision,
+        trace_id: String,
+    ) -> Result<Result<RemediationEvent, ReconcileError>, CarryOutError> {
+        if let Some(batches) = &self.batches {
+            let (outcome, receive) = tokio::sync::oneshot::channel();
+            let job = BatchJob {
+                decision: decision.clone(),
+                trace_id,
+                outcome,
+            };
+            if batches.send(job).is_ok() {
+                return receive
+                    .await
+                    .map_err(|_| CarryOutError::Panicked("the batch was dropped".into()));
+            }
+            return Err(CarryOutError::Panicked("the batch writer has stopped".into()));
+        }
+        let reconciler = self.reconciler.clone();
+        let decision = decision.clone();
+        tokio::task::spawn_blocking(move || reconciler.reconcile(&decision, &trace_id))
+            .await
+            .map_err(|e| CarryOutError::Panicked(e.to_string()))
+    }
+
+    /// Asks Argo CD or Flux to apply each merge at once.
+    pub fn with_sync(mut self, sync: sync::SyncNow) -> Self {
+        self.sync = (!sync.is_empty()).then(|| Arc::new(sync));
+        self
+    }
+
+    /// Records merged remediations for verification.
+    pub fn with_verifier(mut self, verifier: verify::Verifier) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+}
+
+#[async_trait]
+impl Handler for RemediationHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        let decision = match Decision::decode(delivery.payload.clone()) {
+            Ok(decision) => decision,
+            Err(error) => return Disposition::Reject(format!("undecodable Decision: {error}")),
+        };
+        let span = selfheal_telemetry::consumer_span!(
+            "pr_controller.reconcile",
+            delivery,
+            CONSUMER,
+            selfheal.incident.key = %decision.incident_key,
+            selfheal.action = names::action(decision.action()),
+            selfheal.remediation.state = tracing::field::Empty,
+        );
+        selfheal_telemetry::propagation::set_parent_from_headers(&span, &delivery.headers);
+        let service = delivery.subject.rsplit('.').next().unwrap_or("_none").to_string();
+        match self
+            .carry_out(decision, service, None, span.clone())
+            .instrument(span)
+            .await
+        {
+            Ok(_) => Disposition::Ack,
+            Err(error) => {
+                // Backs off by attempt: 2 s, 4 s, 8 s ... up to a minute.
+                let wait = Duration::from_secs(2u64.saturating_pow(delivery.delivered.clamp(1, 6) as u32).min(60));
+                tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "remediation not finished; retrying");
+                Disposition::Retry(wait)
+            }
+        }
+    }
+}
+
+/// Why a remediation did not finish this time; trying again later may.
+#[derive(Debug, thiserror::Error)]
+pub enum CarryOutError {
+    #[error("git change failed: {0}")]
+    Repo(String),
+    #[error("{0}")]
+    Store(#[from] verify::VerifyError),
+    #[error("event not published: {0}")]
+    Publish(#[from] selfheal_bus::BusError),
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+    #[error("the kill switch could not be read: {0}")]
+    Control(String),
+}
+
+impl RemediationHandler {
+    /// Carries out `decision`, records the remediation's new state and publishes its event
+    /// (`None` when there is nothing to do: no action, a dry run, or a remediation that was
+    /// rejected or has already ended). Each step is idempotent, so on error the caller tries the
+    /// whole again later. `note` (who approved, who retried) leads the event's message.
+    pub async fn carry_out(
+        &self,
+        decision: Decision,
+        service: String,
+        note: Option<&str>,
+        span: tracing::Span,
+    ) -> Result<Option<RemediationEvent>, CarryOutError> {
+        match decision.action() {
+            Action::Rollback | Action::Scale | Action::Restart => {}
+            Action::None | Action::Escalate | Action::Unspecified => return Ok(None),
+        }
+        if decision.dry_run {
+            tracing::info!("dry-run decision: nothing changed");
+            return Ok(None);
+        }
+        if let Some(verifier) = &self.verifier
+            && let Some(record) = verifier.get(&decision.incident_key).await?
+            && matches!(
+                record.state,
+                RemediationState::Rejected | RemediationState::Verified | RemediationState::Escalated
+            )
+        {
+            tracing::info!(
+                state = names::state(record.state),
+                "the remediation has ended; the decision is not carried out again"
+            );
+            return Ok(None);
+        }
+        let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
+        // Approve and Retry (`note`) are people's decisions; the kill switch stops only selfheal's.
+        let outcome = if note.is_none() && self.kill_switch_stops(&decision).await? {
+            tracing::warn!("the kill switch is on: the decision is not carried out");
+            Err(ReconcileError::Refused(KILL_SWITCH_REFUSAL.into()))
+        } else {
+            self.reconcile(&decision, trace_id).await?
+        };
+        let mut event = match outcome {
+            Ok(event) => event,
+            Err(error) if error.is_transient() => return Err(CarryOutError::Repo(error.to_string())),
+            Err(error) => failed_event(&decision, &error),
+        };
+        if let Some(note) = note {
+            event.message = format!("{note}: {}", event.message);
+        }
+        if event.at.is_none() {
+            // When the change was made (or refused): the hop "decision → change" ends here.
+            let now = chrono::Utc::now();
+            event.at = Some(Timestamp {
+                seconds: now.timestamp(),
+                nanos: now.timestamp_subsec_nanos() as i32,
+            });
+        }
+        if let Some(verifier) = &self.verifier {
+            // The change is made; on a store error, the redelivery finds it and records it then.
+            let now_in = verifier.record(&event, &service, chrono::Utc::now()).await?;
+            if now_in != event.state() {
+                // Rejected meanwhile, or ended before: the record stands and nothing is announced.
+                tracing::info!(
+                    state = names::state(now_in),
+                    event = names::state(event.state()),
+                    "remediation state kept"
+                );
+                return Ok(None);
+            }
+        }
+        if let (Some(sync), RemediationState::Merged) = (&self.sync, event.state()) {
+            sync.after_merge(&event, &span).await;
+        }
+        span.record("selfheal.remediation.state", names::state(event.state()));
+        if let (Some(decided), RemediationState::Merged | RemediationState::Opened) =
+            (decision.decided_at.as_ref(), event.state())
+        {
+            let decided = decided.seconds as f64 + f64::from(decided.nanos) / 1e9;
+            let now = chrono::Utc::now();
+            let now = now.timestamp() as f64 + f64::from(now.timestamp_subsec_nanos()) / 1e9;
+            metrics::histogram!(selfheal_telemetry::metrics::HOP_DECISION_TO_CHANGE).record((now - decided).max(0.0));
+        }
+        tracing::info!(commit = %event.commit, branch = %event.branch, from = %event.from_value, to = %event.to_value, message = %event.message, "remediation");
+        // The git change is made; if this fails, the redelivery finds it and publishes again.
+        publish_event(&self.bus, &service, &event, &span).await?;
+        Ok(Some(event))
+    }
+
+    /// The lifecycle store, when the handler has one.
+    pub fn lifecycle(&self) -> Option<&verify::Verifier> {
+        self.verifier.as_ref()
+    }
+
+    /// The reconciler the handler uses.
+    pub fn reconciler(&self) -> &Arc<Reconciler> {
+        &self.reconciler
+    }
+
+    /// Publishes `event` for `service`.
+    pub async fn publish(
+        &self,
+        service: &str,
+        event: &RemediationEvent,
+        span: &tracing::Span,
+    ) -> Result<(), CarryOutError> {
+        publish_event(&self.bus, service, event, span)
+            .await
+            .map_err(CarryOutError::from)
+    }
+}
+
+/// Publishes a remediation event, keyed by incident and state.
+pub(crate) async fn publish_event(
+    bus: &SharedBus,
+    service: &str,
+    event: &RemediationEvent,
+    span: &tracing::Span,
+) -> Result<(), selfheal_bus::BusError> {
+    let mut headers = Headers::new();
+    selfheal_telemetry::propagation::inject_headers(span, &mut headers);
+    let state = names::state(event.state());
+    let action = names::action(event.action());
+    metrics::counter!(selfheal_telemetry::metrics::REMEDIATIONS, "action" => action, "state" => state).increment(1);
+    metrics::counter!(selfheal_telemetry::metrics::ACTIONS, "action" => action, "result" => state).increment(1);
+    match event.state() {
+        RemediationState::Verified => {
+            metrics::counter!(selfheal_telemetry::metrics::VERIFICATIONS, "result" => "verified").increment(1);
+            metrics::histogram!(selfheal_telemetry::metrics::HOP_MERGE_TO_RESOLVED)
+                .record((event.mttr_seconds - event.time_to_remediate_seconds).max(0.0));
+            metrics::histogram!(selfheal_telemetry::metrics::MTTR_SECONDS).record(event.mttr_seconds);
+            metrics::histogram!(selfheal_telemetry::metrics::REMEDIATION_SECONDS)
+                .record(event.time_to_remediate_seconds);
+        }
+        RemediationState::Escalated => {
+            metrics::counter!(selfheal_telemetry::metrics::VERIFICATIONS, "result" => "escalated").increment(1);
+        }
+        _ => {}
+    }
+    bus.publish(Outgoing {
+        subject: subjects::remediation(service),
+        msg_id: format!("remediation.{}.{}", event.incident_key, state),
+        headers,
+        payload: event.encode_to_vec().into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+fn failed_event(decision: &Decision, error: &ReconcileError) -> RemediationEvent {
+    let now = chrono::Utc::now();
+    let service = decision
+        .alert
+        .as_ref()
+        .and_then(|e| e.alert.as_ref())
+        .and_then(|a| a.labels.get("service"))
+        .filter(|s| names::is_dns1123_label(s))
+        .cloned()
+        .unwrap_or_default();
+    let mut event = RemediationEvent {
+        incident_key: decision.incident_key.clone(),
+        action: decision.action,
+        service,
+        message: error.to_string(),
+        decision: Some(decision.clone()),
+        at: Some(Timestamp {
+            seconds: now.timestamp(),
+            nanos: now.timestamp_subsec_nanos() as i32,
+        }),
+        ..Default::default()
+    };
+    event.set_state(RemediationState::Failed);
+    event
+}

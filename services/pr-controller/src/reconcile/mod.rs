@@ -1,0 +1,396 @@
+//! The reconciler: one decision in, one git change out, idempotent per incident.
+//!
+//! Every step is keyed by the incident: the branch is `selfheal/<incident>`, so running the same
+//! decision twice finds the branch and reports what is there instead of committing again. On a
+//! repository without pull requests, an approved change goes straight onto main in a commit
+//! marked `Incident: <incident>`, which is what a second run finds. Refs move only by
+//! compare-and-set, so two replicas racing on one incident make one commit.
+//!
+//! Layout: this file holds the loop ([`Reconciler::reconcile`]) and the revert; `change` computes
+//! the edit and its commit message, `pr_text` the pull request's title and description,
+//! `trailers` what selfheal writes into its commits and reads back, `describe` what main says
+//! about a service (`DescribeTarget`).
+
+mod change;
+mod describe;
+mod pr_text;
+mod trailers;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use selfheal_git::{Author, ChangeRequestState, Forge, GitRepo, MergeMessage, MergeOutcome, Proposal, RepoError};
+use selfheal_manifest::EditError;
+use selfheal_proto::{
+    IncidentKey,
+    names::{self, is_dns1123_label},
+    v1::{Action, Approval, Decision, RemediationEvent, RemediationState},
+};
+use serde::{Deserialize, Serialize};
+
+pub use describe::TargetCache;
+pub use pr_text::{md, pr_title, unified_diff};
+
+use crate::labels::render_path;
+use trailers::{TRAILER_FROM, TRAILER_TO, trailers};
+
+/// Why a decision could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The decision can never be carried out as it stands; people are told.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// Git failed; the delivery is retried.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl ReconcileError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Repo(error) if error.is_transient())
+    }
+}
+
+/// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
+/// each label used must be a DNS-1123 label, or the decision is refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// The file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
+    pub path: String,
+    /// What the file is: `kustomize`, `helm-values`, `helm-release` or `manifest`.
+    pub kind: selfheal_manifest::Kind,
+    /// The image name in `images[].name`; unset matches the entry whose last path segment is the
+    /// service name (`ghcr.io/acme/checkout` for `checkout`).
+    pub image: Option<String>,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            path: "apps/{service}/kustomization.yaml".into(),
+            kind: selfheal_manifest::Kind::Kustomize,
+            image: None,
+        }
+    }
+}
+
+/// What the reconciler needs to know of the pr-controller's settings (built from its config).
+#[derive(Clone, Debug)]
+pub struct ReconcileSettings {
+    /// The branch Argo CD or Flux deploys from.
+    pub main_branch: String,
+    /// Where a service's manifests live.
+    pub target: TargetConfig,
+    /// Who commits.
+    pub author: Author,
+    /// How many changes of a file's history to search for the previous image tag.
+    pub history_depth: usize,
+    /// The most replicas a scale may set.
+    pub max_replicas: i32,
+    /// On a rollback, hold Flux image automation off the rolled-back line.
+    pub hold_image_automation: bool,
+}
+
+/// Carries out decisions on one repository: changes are written through `git`, and proposed
+/// and merged through `forge` when there is one (without one, an approved change goes straight
+/// onto main and a branch is merged by fast-forward).
+#[derive(Clone)]
+pub struct Reconciler {
+    git: Arc<dyn GitRepo>,
+    forge: Option<Arc<dyn Forge>>,
+    settings: ReconcileSettings,
+}
+
+impl Reconciler {
+    pub fn new(git: Arc<dyn GitRepo>, forge: Option<Arc<dyn Forge>>, settings: ReconcileSettings) -> Self {
+        Self { git, forge, settings }
+    }
+
+    /// The same reconciler writing through `git` instead (a batch of the same repository).
+    pub fn on(&self, git: Arc<dyn GitRepo>) -> Self {
+        Self {
+            git,
+            forge: self.forge.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// Where changes are written.
+    pub fn git(&self) -> &Arc<dyn GitRepo> {
+        &self.git
+    }
+
+    /// Where changes are proposed, when they are.
+    pub fn forge(&self) -> Option<&Arc<dyn Forge>> {
+        self.forge.as_ref()
+    }
+
+    pub fn settings(&self) -> &ReconcileSettings {
+        &self.settings
+    }
+
+    fn author(&self) -> &Author {
+        &self.settings.author
+    }
+
+    /// Whether the change `decision` asks for is on main already, in a commit marked with its
+    /// incident (made before a crash, say): reads only. Blocking.
+    pub fn already_on_main(&self, decision: &Decision) -> Result<bool, ReconcileError> {
+        let Ok(key) = IncidentKey::parse(&decision.incident_key) else {
+            return Ok(false);
+        };
+        Ok(self
+            .git
+            .marked_commit(&self.settings.main_branch, key.as_str())?
+            .is_some())
+    }
+
+    /// Makes the change `decision` asks for (or finds it already made) and says what happened.
+    /// Blocking: run it with `spawn_blocking`.
+    pub fn reconcile(&self, decision: &Decision, trace_id: &str) -> Result<RemediationEvent, ReconcileError> {
+        let labels: BTreeMap<String, String> = decision
+            .alert
+            .as_ref()
+            .and_then(|event| event.alert.as_ref())
+            .map(|alert| alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let service = labels.get("service").cloned().unwrap_or_default();
+        let mut event = RemediationEvent {
+            incident_key: decision.incident_key.clone(),
+            action: decision.action,
+            service: service.clone(),
+            repository: self.git.location(),
+            decision: Some(decision.clone()),
+            ..Default::default()
+        };
+        if let Err(invalid) = IncidentKey::parse(&decision.incident_key) {
+            return Err(ReconcileError::Refused(format!("incident_key: {invalid}")));
+        }
+        if !is_dns1123_label(&service) {
+            return Err(ReconcileError::Refused(
+                "the alert's service label is missing or not a DNS-1123 label".into(),
+            ));
+        }
+        let path = render_path(&self.settings.target.path, &labels)?;
+        let image = self
+            .settings
+            .target
+            .image
+            .as_deref()
+            .map(|image| image.replace("{service}", &service));
+        let branch = format!("selfheal/{}", decision.incident_key);
+        event.path = path.clone();
+        event.branch = branch.clone();
+        let main = self.settings.main_branch.as_str();
+
+        let auto = decision.approval() == Approval::Auto;
+
+        // Up to a few rounds: each lost compare-and-set (main or the branch moved under us)
+        // starts over from what is there now.
+        for _ in 0..5 {
+            let main_tip = self
+                .git
+                .branch_tip(main)?
+                .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
+            let branch_tip = self.git.branch_tip(&branch)?;
+            // 0. Approved already, on a repository without pull requests: straight onto main, in
+            // a commit marked with the incident, which is how a redelivery finds it again.
+            if auto && self.forge.is_none() && branch_tip.is_none() {
+                let (commit, message, how) = match self.git.marked_commit(main, &decision.incident_key)? {
+                    Some((commit, message)) => (commit, message, "is on"),
+                    None => {
+                        let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                        match self.git.commit_file(
+                            main,
+                            Some(&main_tip),
+                            &main_tip,
+                            &path,
+                            &change.content,
+                            &change.message,
+                            self.author(),
+                        ) {
+                            Ok(commit) => (commit, change.message, "committed to"),
+                            Err(RepoError::Conflict { .. }) => continue,
+                            Err(error) => return Err(error.into()),
+                        }
+                    }
+                };
+                let recorded = trailers(&message);
+                event.branch = main.to_string();
+                event.commit = commit;
+                event.from_value = recorded.get(TRAILER_FROM).cloned().unwrap_or_default();
+                event.to_value = recorded.get(TRAILER_TO).cloned().unwrap_or_default();
+                event.set_state(RemediationState::Merged);
+                event.message = format!("the change {how} {main}");
+                return Ok(event);
+            }
+            // 1. The branch: found (done before: a redelivery, or another replica) or made now.
+            let (tip, message, fresh) = match branch_tip {
+                Some(tip) => {
+                    let made = self.git.file_history(&branch, &path, 1)?;
+                    (
+                        tip,
+                        made.into_iter().next().map(|v| v.message).unwrap_or_default(),
+                        false,
+                    )
+                }
+                None => {
+                    let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                    match self.git.commit_file(
+                        &branch,
+                        None,
+                        &main_tip,
+                        &path,
+                        &change.content,
+                        &change.message,
+                        self.author(),
+                    ) {
+                        Ok(commit) => (commit, change.message, true),
+                        Err(RepoError::Conflict { .. }) => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            };
+            let recorded = trailers(&message);
+            event.commit = tip.clone();
+            event.from_value = recorded.get(TRAILER_FROM).cloned().unwrap_or_default();
+            event.to_value = recorded.get(TRAILER_TO).cloned().unwrap_or_default();
+            let title = pr_title(decision.action(), &labels, &service, &event.to_value);
+
+            // 2. The pull request, on a forge that has them: found in any state, or opened once.
+            let request = match &self.forge {
+                Some(forge) => match forge.find_request(&branch)? {
+                    Some(found) => Some(found),
+                    None => {
+                        let body = self.pr_body(decision, &event, &branch, trace_id)?;
+                        Some(forge.open_request(&Proposal {
+                            branch: &branch,
+                            base: main,
+                            title: &title,
+                            body: &body,
+                        })?)
+                    }
+                },
+                None => None,
+            };
+            if let Some(request) = &request {
+                event.pull_request_url = request.url.clone();
+            }
+            let merged = match &request {
+                Some(request) => match request.state {
+                    ChangeRequestState::Merged => {
+                        if let Some(commit) = &request.merge_commit {
+                            event.commit = commit.clone();
+                        }
+                        true
+                    }
+                    ChangeRequestState::Closed => {
+                        event.set_state(RemediationState::Rejected);
+                        event.message = format!("pull request #{} was closed without merging", request.number);
+                        return Ok(event);
+                    }
+                    ChangeRequestState::Open => false,
+                },
+                // A commit made just now on top of main is not in main; asking would walk all of
+                // main's history looking for it.
+                None => !fresh && self.git.is_ancestor(&tip, &main_tip)?,
+            };
+            if merged {
+                event.set_state(RemediationState::Merged);
+                event.message = format!("{branch} is merged into {main}");
+                return Ok(event);
+            }
+            if !auto {
+                event.set_state(RemediationState::Opened);
+                event.message = match &request {
+                    Some(request) => format!("pull request #{} waits for approval", request.number),
+                    None => format!("{branch} waits for approval"),
+                };
+                return Ok(event);
+            }
+
+            // 3. The merge, when approval is auto.
+            let how = MergeMessage {
+                title: &title,
+                message: &message,
+            };
+            let merged = match (&self.forge, &request) {
+                (Some(forge), Some(request)) => forge.merge(request, &tip, &how),
+                _ => selfheal_git::fast_forward(self.git.as_ref(), main, &main_tip, &tip),
+            };
+            match merged {
+                Ok(MergeOutcome::Merged(commit)) => {
+                    if let Some(commit) = commit {
+                        event.commit = commit;
+                    }
+                    event.set_state(RemediationState::Merged);
+                    event.message = match &request {
+                        Some(request) => format!("pull request #{} merged into {main}", request.number),
+                        None => format!("{branch} merged into {main} (fast-forward)"),
+                    };
+                    return Ok(event);
+                }
+                Ok(MergeOutcome::Blocked(why)) => {
+                    event.set_state(RemediationState::Opened);
+                    event.message = why;
+                    return Ok(event);
+                }
+                Ok(MergeOutcome::NeedsRebase) => {
+                    // main moved past the branch's base: make the change again on top of it.
+                    let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                    match self.git.commit_file(
+                        &branch,
+                        Some(&tip),
+                        &main_tip,
+                        &path,
+                        &change.content,
+                        &change.message,
+                        self.author(),
+                    ) {
+                        Ok(_) | Err(RepoError::Conflict { .. }) => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                Err(RepoError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ReconcileError::Repo(RepoError::Git(format!(
+            "{main} kept moving; will try again"
+        ))))
+    }
+
+    /// Undoes selfheal's own change for an escalated remediation: the value goes back to what it
+    /// was, through the same path as any change (a branch `selfheal/<incident>r`, fast-forwarded
+    /// into main), so it happens once however often it is asked for. Blocking.
+    pub fn revert(&self, merged: &RemediationEvent, trace_id: &str) -> Result<RemediationEvent, ReconcileError> {
+        let mut decision = merged.decision.clone().unwrap_or_default();
+        decision.incident_key = format!("{}r", merged.incident_key);
+        decision.reason = format!(
+            "revert: the alert still fired after {} {} → {}",
+            names::action(merged.action()),
+            merged.from_value,
+            merged.to_value
+        );
+        decision.set_approval(Approval::Auto);
+        let mut params = decision.params.clone().unwrap_or_default();
+        match merged.action() {
+            Action::Rollback => params.target_tag = merged.from_value.clone(),
+            Action::Scale => params.replicas = merged.from_value.parse().ok(),
+            other => {
+                return Err(ReconcileError::Refused(format!(
+                    "a {} is not reverted",
+                    names::action(other)
+                )));
+            }
+        }
+        decision.params = Some(params);
+        self.reconcile(&decision, trace_id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! The pr-controller's process: its consumers, the gRPC service and the health endpoints.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use selfheal_bus::{ConsumerSpec, SharedBus, consumer, subjects};
+use selfheal_git::{Forge, GitRepo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    CONSUMER, PrControllerConfig, VERIFY_CONSUMER, grpc,
+    handler::RemediationHandler,
+    lifecycle::{VerifyHandler, sweep_once},
+    reconcile::Reconciler,
+    sync, verify,
+};
+
+/// Where the pr-controller serves.
+pub struct Listeners {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http: TcpListener,
+    /// gRPC `selfheal.v1.Remediations`.
+    pub grpc: TcpListener,
+}
+
+/// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
+/// read. A repository that is gone, unreadable or without main fails every remediation, so the
+/// replica must not look ready. A forge is not called on every probe (GitHub counts the calls);
+/// its failures show as failed remediations and in the logs.
+pub fn readiness(
+    bus: SharedBus,
+    repo: Arc<dyn GitRepo>,
+    forge: Option<Arc<dyn Forge>>,
+    main: String,
+) -> selfheal_telemetry::health::ReadinessCheck {
+    Arc::new(move || {
+        let (bus, repo, main) = (bus.clone(), repo.clone(), main.clone());
+        let on_a_forge = forge.is_some();
+        Box::pin(async move {
+            bus.ready().await.map_err(|e| e.to_string())?;
+            if on_a_forge {
+                return Ok(());
+            }
+            let location = repo.location();
+            let tip = tokio::task::spawn_blocking(move || repo.branch_tip(&main).map(|tip| (tip, main)))
+                .await
+                .map_err(|e| format!("reading the repository panicked: {e}"))?
+                .map_err(|e| format!("the repository {location} cannot be read: {e}"))?;
+            match tip {
+                (Some(_), _) => Ok(()),
+                (None, main) => Err(format!("the repository {location} has no branch {main}")),
+            }
+        })
+    })
+}
+
+/// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
+pub async fn run(
+    config: PrControllerConfig,
+    repo: Arc<dyn GitRepo>,
+    forge: Option<Arc<dyn Forge>>,
+    bus: SharedBus,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
+        .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
+    let cancel = CancellationToken::new();
+    let (repo_for_ready, forge_for_ready, main_branch) = (repo.clone(), forge.clone(), config.main_branch.clone());
+    let (verify_window, verify_interval, auto_revert, ack_wait, concurrency) = (
+        config.verify_window,
+        config.verify_interval,
+        config.auto_revert,
+        config.ack_wait,
+        config.concurrency,
+    );
+    let remediations = bus
+        .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
+        .await?;
+    let mut verifier = verify::Verifier::new(remediations, verify_window);
+    for (action, window) in &config.verify_windows {
+        let window = humantime::parse_duration(window)
+            .map_err(|e| anyhow::anyhow!("verify_windows.{action}: {e} (use e.g. \"5m\")"))?;
+        verifier = verifier.with_window(action, window);
+    }
+    let sync = sync::SyncNow::from_config(&config.sync)?;
+    let control = selfheal_bus::control::open(&bus).await?;
+    let handler = Arc::new(
+        RemediationHandler::new(Reconciler::new(repo, forge, config.reconcile_settings()), bus.clone())
+            .with_verifier(verifier.clone())
+            .with_sync(sync)
+            .with_kill_switch(control.clone()),
+    );
+    let reconciler = handler.reconciler().clone();
+    {
+        // Read main's history now rather than on the first decision (a large repository takes
+        // seconds); decisions arriving meanwhile wait on the same index, not on a second walk.
+        let reconciler = reconciler.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let main = reconciler.settings().main_branch.clone();
+            match reconciler.git().warm(&main) {
+                Ok(()) => {
+                    tracing::info!(branch = %main, elapsed_ms = started.elapsed().as_millis() as u64, "history read")
+                }
+                Err(error) => tracing::warn!(branch = %main, error = %error, "history not read ahead"),
+            }
+        });
+    }
+    let grpc_handler = handler.clone();
+    let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
+    decisions.ack_wait = ack_wait;
+    decisions.concurrency = if handler.batches() { concurrency.max(1) } else { 1 };
+    let consumer_task = tokio::spawn(consumer::run(
+        bus.clone(),
+        decisions,
+        handler,
+        cancel.clone().cancelled_owned(),
+    ));
+    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+        bus.clone(),
+        vec![CONSUMER.to_string(), VERIFY_CONSUMER.to_string()],
+        Duration::from_secs(5),
+        cancel.clone().cancelled_owned(),
+    ));
+    let verify_task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new(VERIFY_CONSUMER, &["selfheal.alerts.resolved.>"]),
+        Arc::new(VerifyHandler {
+            verifier: verifier.clone(),
+            bus: bus.clone(),
+        }),
+        cancel.clone().cancelled_owned(),
+    ));
+    let sweep_task = {
+        let (bus, cancel) = (bus.clone(), cancel.clone());
+        let revert_with = auto_revert.then(|| reconciler.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(verify_interval);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let swept = sweep_once(
+                    &verifier,
+                    revert_with.as_ref(),
+                    Some(&control),
+                    &bus,
+                    chrono::Utc::now(),
+                )
+                .await;
+                if let Err(error) = swept {
+                    tracing::warn!(error = %error, "verification sweep failed");
+                }
+            }
+        })
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService>>()
+        .await;
+    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "pr-controller running");
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(grpc::server(grpc_handler, token))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
+    let health = selfheal_telemetry::health::router(
+        readiness(bus, repo_for_ready, forge_for_ready, main_branch),
+        selfheal_telemetry::metrics::install(),
+    );
+    let http_task = tokio::spawn(
+        axum::serve(listeners.http, health)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .into_future(),
+    );
+    shutdown.await;
+    cancel.cancel();
+    consumer_task.await??;
+    verify_task.await??;
+    sweep_task.await?;
+    grpc_task.await??;
+    http_task.await??;
+    Ok(())
+}
