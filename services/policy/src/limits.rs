@@ -546,8 +546,15 @@ mod tests {
         let kept = kv.get("service.checkout").await.map_err(store)?.map(|e| e.value);
         assert_eq!(kept.as_deref(), Some(&b"{not json"[..]), "never overwritten");
 
-        let global = kv.get("global").await.map_err(store)?.map(|e| e.revision).unwrap_or_default();
-        kv.update("global", "[{\"incident\": 1}]".into(), global).await.map_err(store)?;
+        let global = kv
+            .get("global")
+            .await
+            .map_err(store)?
+            .map(|e| e.revision)
+            .unwrap_or_default();
+        kv.update("global", "[{\"incident\": 1}]".into(), global)
+            .await
+            .map_err(store)?;
         let Verdict::Refused(reason) = limiter.reserve("cart", "c", "rollback", now).await? else {
             panic!("an unreadable global record must refuse every action");
         };
