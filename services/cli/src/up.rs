@@ -19,9 +19,12 @@ use selfheal_bus::{
     nats::{NatsBus, NatsOptions},
 };
 use selfheal_config::Secret;
+use selfheal_gateway::{Gateway, GatewayConfig};
 use selfheal_git::{Author, GitRepo, LocalRepository};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use selfheal_notifier::{Notifier, NotifierConfig};
+use selfheal_policy::{Policy, PolicyConfig};
+use selfheal_pr_controller::{PrController, PrControllerConfig};
+use selfheal_runtime::{Service as _, Supervisor};
 
 /// The default policy, shipped in the binary.
 const DEFAULT_POLICY: &str = include_str!("../../../deploy/policies/selfheal.rego");
@@ -72,7 +75,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         _ => load_or_create_token(&token_file)?,
     };
     let repo_path = args.repo.clone().unwrap_or_else(|| dir.join("gitops.git"));
-    let repo = open_or_create_repo(&repo_path)?;
+    open_or_create_repo(&repo_path)?;
     let policy_dir = match args.policy_dir {
         Some(policy_dir) => policy_dir,
         None => {
@@ -85,17 +88,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             policy_dir
         }
     };
-    let bus: SharedBus = match &args.nats_url {
-        Some(url) => Arc::new(NatsBus::connect(NatsOptions::new(url, "selfheal-up")).await?),
-        None => Arc::new(MemoryBus::default()),
-    };
-
-    let gateway_config = selfheal_gateway::GatewayConfig {
+    // Every service is built from its config as its own binary builds it (each setting
+    // checked), then all four run on one bus.
+    let internal: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let gateway = Gateway::from_config(GatewayConfig {
         listen: args.listen,
+        grpc_listen: args.gateway_grpc_listen,
         token: Some(token.clone()),
         ..Default::default()
-    };
-    let policy_config = selfheal_policy::PolicyConfig {
+    })
+    .await?;
+    let policy = Policy::from_config(PolicyConfig {
+        listen: internal,
         grpc_listen: args.grpc_listen,
         policy_dir: policy_dir.clone(),
         grpc_token: Some(token.clone()),
@@ -105,78 +109,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         ..Default::default()
-    };
-    let engine = selfheal_policy::engine::ReloadingEngine::load(&policy_dir, &policy_config.query)?;
-    let pr_config = selfheal_pr_controller::PrControllerConfig {
-        repository: repo_path.clone(),
+    })
+    .await?;
+    let pr_controller = PrController::from_config(PrControllerConfig {
+        listen: internal,
         grpc_listen: args.pr_controller_grpc_listen,
+        repository: repo_path.clone(),
         grpc_token: Some(token.clone()),
         ..Default::default()
-    };
-    let notifier_config = selfheal_notifier::NotifierConfig {
+    })
+    .await?;
+    let notifier = Notifier::from_config(NotifierConfig {
+        listen: internal,
+        grpc_listen: args.audit_grpc_listen,
+        grpc_token: Some(token.clone()),
         database_url: Some(Secret::new(format!("sqlite://{}", dir.join("audit.db").display()))),
         webhook_url: args.webhook_url.map(Secret::new),
         ..Default::default()
+    })
+    .await?;
+    let bus: SharedBus = match &args.nats_url {
+        Some(url) => Arc::new(NatsBus::connect(NatsOptions::new(url, "selfheal-up")).await?),
+        None => Arc::new(MemoryBus::default()),
     };
-    let store = selfheal_notifier::audit::SqlAuditStore::connect(notifier_config.database_url().expose()).await?;
-    let routes = selfheal_notifier::routes_from(&notifier_config)?;
-
-    let gateway_listeners = selfheal_gateway::Listeners {
-        http: TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?,
-        grpc: TcpListener::bind(args.gateway_grpc_listen)
-            .await
-            .with_context(|| format!("binding {}", args.gateway_grpc_listen))?,
-    };
-    let policy_listeners = selfheal_policy::Listeners {
-        http: TcpListener::bind("127.0.0.1:0").await?,
-        grpc: TcpListener::bind(args.grpc_listen)
-            .await
-            .with_context(|| format!("binding {}", args.grpc_listen))?,
-    };
-    let cancel = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(selfheal_gateway::run(
-        gateway_config,
-        bus.clone(),
-        gateway_listeners,
-        cancel.clone().cancelled_owned(),
-    ));
-    tasks.spawn(selfheal_policy::run(
-        policy_config,
-        Arc::new(engine),
-        bus.clone(),
-        policy_listeners,
-        cancel.clone().cancelled_owned(),
-    ));
-    tasks.spawn(selfheal_pr_controller::run(
-        pr_config,
-        Arc::new(repo),
-        None,
-        bus.clone(),
-        selfheal_pr_controller::Listeners {
-            http: TcpListener::bind("127.0.0.1:0").await?,
-            grpc: TcpListener::bind(args.pr_controller_grpc_listen)
-                .await
-                .with_context(|| format!("binding {}", args.pr_controller_grpc_listen))?,
-        },
-        cancel.clone().cancelled_owned(),
-    ));
-    tasks.spawn(selfheal_notifier::run(
-        Arc::new(store),
-        routes,
-        selfheal_notifier::Pacing::from_config(&notifier_config),
-        token.clone(),
-        bus.clone(),
-        selfheal_notifier::Listeners {
-            http: TcpListener::bind("127.0.0.1:0").await?,
-            grpc: TcpListener::bind(args.audit_grpc_listen)
-                .await
-                .with_context(|| format!("binding {}", args.audit_grpc_listen))?,
-        },
-        cancel.clone().cancelled_owned(),
-    ));
+    let mut supervisor = Supervisor::default();
+    supervisor.start(gateway, bus.clone()).await?;
+    supervisor.start(policy, bus.clone()).await?;
+    supervisor.start(pr_controller, bus.clone()).await?;
+    supervisor.start(notifier, bus).await?;
 
     let bus_name = if args.nats_url.is_some() {
         "NATS JetStream"
@@ -192,25 +152,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         audit = dir.join("audit.db").display(),
     );
 
-    let mut failed = false;
-    tokio::select! {
-        () = selfheal_telemetry::shutdown_signal() => {}
-        Some(result) = tasks.join_next() => {
-            failed = true;
-            match result {
-                Ok(Ok(())) => tracing::error!("a service stopped"),
-                Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "a service failed"),
-                Err(error) => tracing::error!(error = %error, "a service panicked"),
-            }
-        }
-    }
-    cancel.cancel();
-    while let Some(result) = tasks.join_next().await {
-        if let Ok(Err(error)) = result {
-            tracing::error!(error = format!("{error:#}"), "service stopped with an error");
-        }
-    }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(supervisor.run_until_signal().await)
 }
 
 fn load_or_create_token(path: &Path) -> anyhow::Result<Secret> {

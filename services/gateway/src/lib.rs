@@ -17,7 +17,7 @@ pub mod incident;
 pub mod incidents;
 pub mod webhook;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -25,13 +25,12 @@ use axum::{
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     routing::post,
-    serve::ListenerExt,
 };
 use prost::Message as _;
-use selfheal_bus::{Headers, Outgoing, SharedBus, subjects};
+use selfheal_bus::{Headers, Outgoing, SharedBus, nats::NatsOptions, subjects};
 use selfheal_proto::v1::AlertEvent;
+use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tracing::Instrument;
 
 pub use config::GatewayConfig;
@@ -52,8 +51,11 @@ pub struct AppState {
 
 impl AppState {
     /// State for `config`: opens the incidents bucket; fails when no token is configured.
-    pub async fn new(config: &GatewayConfig, bus: SharedBus) -> anyhow::Result<Self> {
-        let auth = auth::Auth::new(config.tokens()?, config.hmac_keys()?);
+    pub async fn new(config: &GatewayConfig, bus: SharedBus) -> Result<Self, RunError> {
+        let auth = auth::Auth::new(
+            config.tokens().map_err(StartError::from)?,
+            config.hmac_keys().map_err(StartError::from)?,
+        );
         let bucket = bus.key_value(incidents::BUCKET, config.incident_max_age).await?;
         Ok(Self {
             incidents: incidents::Incidents::new(bucket),
@@ -96,53 +98,58 @@ pub fn app(state: AppState) -> Router {
         .merge(selfheal_telemetry::health::router(ready, metrics))
 }
 
-/// Where the gateway serves.
-pub struct Listeners {
-    /// The webhook, `/healthz`, `/readyz`, `/metrics`.
-    pub http: TcpListener,
-    /// gRPC `selfheal.v1.Gateway`.
-    pub grpc: TcpListener,
+pub use selfheal_runtime::Listeners;
+
+/// The gateway, built from its config with every setting checked.
+pub struct Gateway {
+    config: GatewayConfig,
 }
 
-/// Serves the gateway until `shutdown` completes, then finishes in-flight requests.
-pub async fn run(
-    config: GatewayConfig,
-    bus: SharedBus,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let state = AppState::new(&config, bus).await?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<selfheal_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
-        .await;
-    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "gateway listening");
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+#[async_trait::async_trait]
+impl Service for Gateway {
+    type Config = GatewayConfig;
+    const NAME: &'static str = "selfheal-gateway";
+    const ENV_PREFIX: &'static str = "SELFHEAL_GATEWAY_";
+    const ABOUT: &'static str = "selfheal's ingest: Alertmanager webhooks into the SELFHEAL stream.";
+
+    /// Checks the tokens and HMAC keys (at least one of them must be set).
+    async fn from_config(config: GatewayConfig) -> Result<Self, StartError> {
+        config.tokens()?;
+        config.hmac_keys()?;
+        Ok(Self { config })
+    }
+
+    fn addresses(&self) -> Addresses {
+        Addresses {
+            http: self.config.listen,
+            grpc: self.config.grpc_listen,
+        }
+    }
+
+    fn bus_options(&self) -> NatsOptions {
+        let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME);
+        options.duplicate_window = self.config.duplicate_window;
+        options.publish_timeout = self.config.publish_timeout;
+        options
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+        let state = AppState::new(&self.config, bus).await?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<selfheal_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
+            .await;
+        tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "gateway listening");
+        let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(grpc::server(state.clone()))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-                cancel.clone().cancelled_owned(),
-            ),
-    );
-    let http_task = tokio::spawn(
-        axum::serve(
-            listeners.http.tap_io(|tcp| {
-                // Answers are small and latency matters: no Nagle.
-                let _ = tcp.set_nodelay(true);
-            }),
-            app(state),
-        )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .into_future(),
-    );
-    shutdown.await;
-    cancel.cancel();
-    grpc_task.await??;
-    http_task.await??;
-    Ok(())
+            .add_service(grpc::server(state.clone()));
+        let servers = selfheal_runtime::serve(listeners, grpc, app(state), &cancel);
+        shutdown.await;
+        cancel.cancel();
+        servers.join().await
+    }
 }
 
 /// The answer to an accepted body.

@@ -5,11 +5,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use selfheal_bus::memory::MemoryBus;
 use selfheal_config::Secret;
-use selfheal_gateway::{GatewayConfig, Listeners};
+use selfheal_gateway::{Gateway, GatewayConfig, Listeners};
 use selfheal_proto::{
     Timestamp,
     v1::{Alert, GetIncidentRequest, IngestRequest, ListIncidentsRequest, gateway_client::GatewayClient},
 };
+use selfheal_runtime::Service as _;
 use tokio::net::TcpListener;
 use tonic::{Code, Request};
 
@@ -57,9 +58,14 @@ async fn ingest_get_and_list_incidents() -> anyhow::Result<()> {
     };
     let grpc_addr = listeners.grpc.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(selfheal_gateway::run(config, Arc::new(bus.clone()), listeners, async {
-        let _ = stopped.await;
-    }));
+    let gateway = Gateway::from_config(config).await?;
+    let server = tokio::spawn(gateway.run(
+        Arc::new(bus.clone()),
+        listeners,
+        Box::pin(async {
+            let _ = stopped.await;
+        }),
+    ));
     let mut client = GatewayClient::connect(format!("http://{grpc_addr}")).await?;
 
     let unauthenticated = client

@@ -11,7 +11,7 @@ pub mod channel;
 pub mod config;
 pub mod grpc;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
@@ -19,14 +19,15 @@ use prost::Message as _;
 use selfheal_bus::{
     ConsumerSpec, Delivery, SharedBus,
     consumer::{self, Disposition, Handler},
+    nats::NatsOptions,
     subjects,
 };
 use selfheal_proto::{
     names,
     v1::{Action, Decision, RemediationEvent, RemediationState},
 };
+use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -291,14 +292,7 @@ impl Handler for NotifyHandler {
     }
 }
 
-/// Runs the consumer and the health endpoints until `shutdown` completes.
-/// Where the notifier serves.
-pub struct Listeners {
-    /// `/healthz`, `/readyz`, `/metrics`.
-    pub http: TcpListener,
-    /// gRPC `selfheal.v1.Audit`.
-    pub grpc: TcpListener,
-}
+pub use selfheal_runtime::Listeners;
 
 /// How the notifier paces its work.
 #[derive(Clone, Copy, Debug)]
@@ -318,71 +312,112 @@ impl Pacing {
     }
 }
 
-pub async fn run(
+/// The notifier, built from its config with every setting checked: the gRPC token, the
+/// channels and routes, and the audit log (opened, and migrated).
+pub struct Notifier {
+    config: NotifierConfig,
     store: Arc<dyn AuditStore>,
     routes: Vec<channel::Route>,
-    pacing: Pacing,
     token: selfheal_config::Secret,
-    bus: SharedBus,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    let handler = Arc::new(NotifyHandler::new(store.clone(), routes, pacing.retry_base));
-    let grpc_store = store.clone();
-    let mut events = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]);
-    events.ack_wait = pacing.ack_wait;
-    let consumer_task = tokio::spawn(consumer::run(
-        bus.clone(),
-        events,
-        handler,
-        cancel.clone().cancelled_owned(),
-    ));
-    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
-        bus.clone(),
-        vec![CONSUMER.to_string()],
-        Duration::from_secs(5),
-        cancel.clone().cancelled_owned(),
-    ));
-    let ready: selfheal_telemetry::health::ReadinessCheck = Arc::new(move || {
-        let bus = bus.clone();
-        let store = store.clone();
-        Box::pin(async move {
-            bus.ready().await.map_err(|e| e.to_string())?;
-            store.ping().await.map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl Service for Notifier {
+    type Config = NotifierConfig;
+    const NAME: &'static str = "selfheal-notifier";
+    const ENV_PREFIX: &'static str = "SELFHEAL_NOTIFIER_";
+    const ABOUT: &'static str = "selfheal's feedback and record: notifications and the audit log.";
+
+    async fn from_config(config: NotifierConfig) -> Result<Self, StartError> {
+        let config = config.with_secret_files()?;
+        let token =
+            selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
+                .ok_or_else(|| {
+                    StartError::config("no gRPC token: set SELFHEAL_NOTIFIER_GRPC_TOKEN or grpc_token_file")
+                })?;
+        let routes = routes_from(&config).map_err(|e| StartError::config(e.to_string()))?;
+        let store = audit::SqlAuditStore::connect(config.database_url().expose())
+            .await
+            .map_err(|e| StartError::unavailable("the audit log", e))?;
+        Ok(Self {
+            config,
+            store: Arc::new(store),
+            routes,
+            token,
         })
-    });
-    let health = selfheal_telemetry::health::router(ready, selfheal_telemetry::metrics::install());
-    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "notifier running");
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<selfheal_proto::v1::audit_server::AuditServer<grpc::AuditService>>()
-        .await;
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+    }
+
+    fn addresses(&self) -> Addresses {
+        Addresses {
+            http: self.config.listen,
+            grpc: self.config.grpc_listen,
+        }
+    }
+
+    fn bus_options(&self) -> NatsOptions {
+        NatsOptions::new(&self.config.nats_url, Self::NAME)
+    }
+
+    /// Runs the consumer, the audit gRPC service and the health endpoints until `shutdown`.
+    async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+        let pacing = Pacing::from_config(&self.config);
+        let Self {
+            store, routes, token, ..
+        } = self;
+        let cancel = CancellationToken::new();
+        let handler = Arc::new(NotifyHandler::new(store.clone(), routes, pacing.retry_base));
+        let grpc_store = store.clone();
+        let mut events = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS, subjects::REMEDIATIONS]);
+        events.ack_wait = pacing.ack_wait;
+        let consumer_task = tokio::spawn(consumer::run(
+            bus.clone(),
+            events,
+            handler,
+            cancel.clone().cancelled_owned(),
+        ));
+        tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+            bus.clone(),
+            vec![CONSUMER.to_string()],
+            Duration::from_secs(5),
+            cancel.clone().cancelled_owned(),
+        ));
+        let ready: selfheal_telemetry::health::ReadinessCheck = Arc::new(move || {
+            let bus = bus.clone();
+            let store = store.clone();
+            Box::pin(async move {
+                bus.ready().await.map_err(|e| e.to_string())?;
+                store.ping().await.map_err(|e| e.to_string())
+            })
+        });
+        let health = selfheal_telemetry::health::router(ready, selfheal_telemetry::metrics::install());
+        tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "notifier running");
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<selfheal_proto::v1::audit_server::AuditServer<grpc::AuditService>>()
+            .await;
+        let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(grpc::server(grpc_store, token))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-                cancel.clone().cancelled_owned(),
-            ),
-    );
-    let http_task = tokio::spawn(
-        axum::serve(listeners.http, health)
-            .with_graceful_shutdown(cancel.clone().cancelled_owned())
-            .into_future(),
-    );
-    shutdown.await;
-    cancel.cancel();
-    consumer_task.await??;
-    grpc_task.await??;
-    http_task.await??;
-    Ok(())
+            .add_service(grpc::server(grpc_store, token));
+        let servers = selfheal_runtime::serve(listeners, grpc, health, &cancel);
+        shutdown.await;
+        cancel.cancel();
+        consumer_task.await??;
+        servers.join().await
+    }
+}
+
+/// Why the routes cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Channel(#[from] channel::ChannelError),
+    #[error("routes: channel {0:?} is not configured (set webhook_url or slack_webhook_url, or use \"log\")")]
+    Unknown(String),
 }
 
 /// The routes `config` asks for. Without routes, every configured channel gets everything;
 /// with none configured, notifications go to the log.
-pub fn routes_from(config: &NotifierConfig) -> anyhow::Result<Vec<channel::Route>> {
+pub fn routes_from(config: &NotifierConfig) -> Result<Vec<channel::Route>, RouteError> {
     let mut channels: Vec<Arc<dyn Channel>> = Vec::new();
     if let Some(url) = config.webhook_url.as_ref().filter(|u| !u.is_empty()) {
         channels.push(Arc::new(channel::WebhookChannel::new(
@@ -419,12 +454,7 @@ pub fn routes_from(config: &NotifierConfig) -> anyhow::Result<Vec<channel::Route
                 .iter()
                 .find(|c| c.name() == route.channel)
                 .cloned()
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "routes: channel {:?} is not configured (set webhook_url or slack_webhook_url, or use \"log\")",
-                        route.channel
-                    )
-                })?;
+                .ok_or_else(|| RouteError::Unknown(route.channel.clone()))?;
             Ok(channel::Route {
                 channel,
                 severities: route.severities.clone(),

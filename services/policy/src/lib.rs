@@ -16,17 +16,18 @@ pub mod opa;
 pub mod promql;
 pub mod target;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use prost::Message as _;
 use selfheal_bus::{
     ConsumerSpec, Delivery, Headers, Outgoing, SharedBus,
     consumer::{self, Disposition, Handler},
+    nats::NatsOptions,
     subjects,
 };
 use selfheal_proto::v1::AlertEvent;
-use tokio::net::TcpListener;
+use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -167,88 +168,146 @@ impl DecisionHandler {
     }
 }
 
-/// Listeners the service serves on.
-pub struct Listeners {
-    /// `/healthz`, `/readyz`, `/metrics`.
-    pub http: TcpListener,
-    /// gRPC `selfheal.v1.Policy`.
-    pub grpc: TcpListener,
-}
+pub use selfheal_runtime::Listeners;
 
-/// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
-pub async fn run(
+/// The policy service, built from its config with every setting checked: the gRPC token, the
+/// policies (Rego files, or OPA), the Prometheus and pr-controller clients.
+pub struct Policy {
     config: PolicyConfig,
     engine: Arc<dyn PolicyEngine>,
-    bus: SharedBus,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
-        .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file"))?;
-    let cancel = CancellationToken::new();
-    let window = config
-        .limits
-        .per_service_window
-        .max(config.limits.global_window)
-        .max(config.limits.cooldown);
-    let actions = bus.key_value(limits::BUCKET, window * 2).await?;
-    let control = limits::control_bucket(&bus).await?;
-    if limits::carry_over_kill_switch(&actions, &control).await? {
-        tracing::warn!(
-            "the kill switch was on in selfheal_actions (before the upgrade); it stays on, now in selfheal_control"
-        );
-    }
-    let limiter = limits::Limiter::new(actions, control, config.limits.clone());
-    let grpc_limiter = limiter.clone();
-    let metric_reader = promql::MetricsReader::from_config(&config.metrics)?;
-    let target_reader = target::TargetReader::from_config(&config.target)?;
-    let handler = Arc::new(DecisionHandler::new(
-        engine.clone(),
-        bus.clone(),
-        config.dry_run,
-        limiter,
-        metric_reader.clone(),
-        target_reader.clone(),
-    ));
-    let mut alerts = ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]);
-    alerts.ack_wait = config.ack_wait;
-    alerts.concurrency = config.concurrency;
-    let consumer_task = tokio::spawn(consumer::run(
-        bus.clone(),
-        alerts,
-        handler,
-        cancel.clone().cancelled_owned(),
-    ));
-    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
-        bus.clone(),
-        vec![CONSUMER.to_string()],
-        Duration::from_secs(5),
-        cancel.clone().cancelled_owned(),
-    ));
+    token: selfheal_config::Secret,
+    metrics: promql::MetricsReader,
+    target: target::TargetReader,
+}
 
-    let reload_task = (!config.reload_interval.is_zero()).then(|| {
-        let (engine, cancel, interval) = (engine.clone(), cancel.clone(), config.reload_interval);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = ticks.tick() => {
-                        let engine = engine.clone();
-                        // Parsing policies is CPU work; keep it off the async workers.
-                        let _ = tokio::task::spawn_blocking(move || engine.reload_if_changed()).await;
+impl Policy {
+    /// The policy engine the service evaluates with.
+    pub fn engine(&self) -> &Arc<dyn PolicyEngine> {
+        &self.engine
+    }
+}
+
+#[async_trait]
+impl Service for Policy {
+    type Config = PolicyConfig;
+    const NAME: &'static str = "selfheal-policy";
+    const ENV_PREFIX: &'static str = "SELFHEAL_POLICY_";
+    const ABOUT: &'static str = "selfheal's decision layer: Rego policies over firing alerts.";
+
+    async fn from_config(config: PolicyConfig) -> Result<Self, StartError> {
+        let token =
+            selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
+                .ok_or_else(|| {
+                    StartError::config("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file")
+                })?;
+        let engine: Arc<dyn PolicyEngine> = match &config.opa_url {
+            Some(url) if !url.is_empty() => Arc::new(
+                opa::OpaEngine::new(url, &config.query, config.opa_timeout)
+                    .map_err(|e| StartError::config(format!("opa_url: {e}")))?,
+            ),
+            _ => Arc::new(
+                engine::ReloadingEngine::load(&config.policy_dir, &config.query)
+                    .map_err(|e| StartError::config(format!("policy_dir: {e}")))?,
+            ),
+        };
+        let metrics = promql::MetricsReader::from_config(&config.metrics)
+            .map_err(|e| StartError::config(format!("metrics: {e}")))?;
+        let target =
+            target::TargetReader::from_config(&config.target).map_err(|e| StartError::config(e.to_string()))?;
+        Ok(Self {
+            config,
+            engine,
+            token,
+            metrics,
+            target,
+        })
+    }
+
+    fn addresses(&self) -> Addresses {
+        Addresses {
+            http: self.config.listen,
+            grpc: self.config.grpc_listen,
+        }
+    }
+
+    fn bus_options(&self) -> NatsOptions {
+        NatsOptions::new(&self.config.nats_url, Self::NAME)
+    }
+
+    /// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
+    async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+        let Self {
+            config,
+            engine,
+            token,
+            metrics: metric_reader,
+            target: target_reader,
+        } = self;
+        let cancel = CancellationToken::new();
+        let window = config
+            .limits
+            .per_service_window
+            .max(config.limits.global_window)
+            .max(config.limits.cooldown);
+        let actions = bus.key_value(limits::BUCKET, window * 2).await?;
+        let control = limits::control_bucket(&bus).await?;
+        if limits::carry_over_kill_switch(&actions, &control)
+            .await
+            .map_err(|e| StartError::unavailable("the kill switch", e))?
+        {
+            tracing::warn!(
+                "the kill switch was on in selfheal_actions (before the upgrade); it stays on, now in selfheal_control"
+            );
+        }
+        let limiter = limits::Limiter::new(actions, control, config.limits.clone());
+        let grpc_limiter = limiter.clone();
+        let handler = Arc::new(DecisionHandler::new(
+            engine.clone(),
+            bus.clone(),
+            config.dry_run,
+            limiter,
+            metric_reader.clone(),
+            target_reader.clone(),
+        ));
+        let mut alerts = ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]);
+        alerts.ack_wait = config.ack_wait;
+        alerts.concurrency = config.concurrency;
+        let consumer_task = tokio::spawn(consumer::run(
+            bus.clone(),
+            alerts,
+            handler,
+            cancel.clone().cancelled_owned(),
+        ));
+        tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+            bus.clone(),
+            vec![CONSUMER.to_string()],
+            Duration::from_secs(5),
+            cancel.clone().cancelled_owned(),
+        ));
+
+        let reload_task = (!config.reload_interval.is_zero()).then(|| {
+            let (engine, cancel, interval) = (engine.clone(), cancel.clone(), config.reload_interval);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        _ = ticks.tick() => {
+                            let engine = engine.clone();
+                            // Parsing policies is CPU work; keep it off the async workers.
+                            let _ = tokio::task::spawn_blocking(move || engine.reload_if_changed()).await;
+                        }
                     }
                 }
-            }
-        })
-    });
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService>>()
-        .await;
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+            })
+        });
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService>>()
+            .await;
+        let grpc_addr = listeners.grpc.local_addr()?;
+        let http_addr = listeners.http.local_addr()?;
+        let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(grpc::server(
                 engine,
@@ -257,30 +316,19 @@ pub async fn run(
                 grpc_limiter,
                 config.dry_run,
                 token,
-            ))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-                cancel.clone().cancelled_owned(),
-            ),
-    );
-    let http_addr = listeners.http.local_addr()?;
-    let health = selfheal_telemetry::health::router(
-        selfheal_telemetry::health::bus_ready(bus),
-        selfheal_telemetry::metrics::install(),
-    );
-    let http_task = tokio::spawn(
-        axum::serve(listeners.http, health)
-            .with_graceful_shutdown(cancel.clone().cancelled_owned())
-            .into_future(),
-    );
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "policy service running");
-    shutdown.await;
-    cancel.cancel();
-    consumer_task.await??;
-    if let Some(reload_task) = reload_task {
-        reload_task.await?;
+            ));
+        let health = selfheal_telemetry::health::router(
+            selfheal_telemetry::health::bus_ready(bus),
+            selfheal_telemetry::metrics::install(),
+        );
+        let servers = selfheal_runtime::serve(listeners, grpc, health, &cancel);
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "policy service running");
+        shutdown.await;
+        cancel.cancel();
+        consumer_task.await??;
+        if let Some(reload_task) = reload_task {
+            reload_task.await?;
+        }
+        servers.join().await
     }
-    grpc_task.await??;
-    http_task.await??;
-    Ok(())
 }

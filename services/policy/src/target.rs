@@ -39,6 +39,17 @@ impl Default for TargetConfig {
 /// Service, cluster and namespace: what a target is asked by.
 type Asked = (String, String, String);
 
+/// A `[target]` setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetConfigError {
+    #[error("target.token_file: {0}")]
+    Token(#[source] selfheal_config::ConfigError),
+    #[error("target.token: must be set when target.url is")]
+    NoToken,
+    #[error("target.url: {0}")]
+    Url(#[source] tonic::transport::Error),
+}
+
 /// Asks the pr-controller.
 #[derive(Clone)]
 pub struct TargetReader {
@@ -49,13 +60,15 @@ pub struct TargetReader {
 
 impl TargetReader {
     /// A reader for `config`; connects lazily, so a pr-controller that starts later is fine.
-    pub fn from_config(config: &TargetConfig) -> anyhow::Result<Self> {
+    pub fn from_config(config: &TargetConfig) -> Result<Self, TargetConfigError> {
         let Some(url) = config.url.as_ref().filter(|u| !u.is_empty()) else {
             return Ok(Self::none());
         };
-        let token = Secret::inline_or_file(config.token.clone(), config.token_file.as_deref())?
-            .ok_or_else(|| anyhow::anyhow!("target.url is set but target.token is not"))?;
-        let channel = Endpoint::from_shared(url.clone())?
+        let token = Secret::inline_or_file(config.token.clone(), config.token_file.as_deref())
+            .map_err(TargetConfigError::Token)?
+            .ok_or(TargetConfigError::NoToken)?;
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(TargetConfigError::Url)?
             .timeout(config.timeout)
             .connect_lazy();
         Ok(Self {

@@ -30,7 +30,7 @@ pub mod verify;
 pub use config::PrControllerConfig;
 pub use handler::{CarryOutError, KILL_SWITCH_REFUSAL, RemediationHandler};
 pub use lifecycle::{VerifyHandler, sweep_once};
-pub use server::{Listeners, readiness, run};
+pub use server::{Listeners, PrController, readiness};
 
 /// The durable consumer name.
 pub const CONSUMER: &str = "pr-controller";

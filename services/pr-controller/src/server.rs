@@ -1,10 +1,12 @@
 //! The pr-controller's process: its consumers, the gRPC service and the health endpoints.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use selfheal_bus::{ConsumerSpec, SharedBus, consumer, subjects};
-use selfheal_git::{Forge, GitRepo};
-use tokio::net::TcpListener;
+use selfheal_bus::{ConsumerSpec, SharedBus, consumer, nats::NatsOptions, subjects};
+use selfheal_config::Secret;
+use selfheal_forge_github::GitHubRepository;
+use selfheal_git::{Forge, GitRepo, LocalRepository};
+use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -15,12 +17,17 @@ use crate::{
     sync, verify,
 };
 
-/// Where the pr-controller serves.
-pub struct Listeners {
-    /// `/healthz`, `/readyz`, `/metrics`.
-    pub http: TcpListener,
-    /// gRPC `selfheal.v1.Remediations`.
-    pub grpc: TcpListener,
+pub use selfheal_runtime::Listeners;
+
+/// The pr-controller, built from its config with every setting checked: the gRPC token, the
+/// repository (a local one, or GitHub), the verification windows and sync-now.
+pub struct PrController {
+    config: PrControllerConfig,
+    repo: Arc<dyn GitRepo>,
+    forge: Option<Arc<dyn Forge>>,
+    token: Secret,
+    verify_windows: Vec<(String, Duration)>,
+    sync: sync::SyncNow,
 }
 
 /// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
@@ -54,137 +61,175 @@ pub fn readiness(
     })
 }
 
-/// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
-pub async fn run(
-    config: PrControllerConfig,
-    repo: Arc<dyn GitRepo>,
-    forge: Option<Arc<dyn Forge>>,
-    bus: SharedBus,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let token = selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
-        .ok_or_else(|| anyhow::anyhow!("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file"))?;
-    let cancel = CancellationToken::new();
-    let (repo_for_ready, forge_for_ready, main_branch) = (repo.clone(), forge.clone(), config.main_branch.clone());
-    let (verify_window, verify_interval, auto_revert, ack_wait, concurrency) = (
-        config.verify_window,
-        config.verify_interval,
-        config.auto_revert,
-        config.ack_wait,
-        config.concurrency,
-    );
-    let remediations = bus
-        .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
-        .await?;
-    let mut verifier = verify::Verifier::new(remediations, verify_window);
-    for (action, window) in &config.verify_windows {
-        let window = humantime::parse_duration(window)
-            .map_err(|e| anyhow::anyhow!("verify_windows.{action}: {e} (use e.g. \"5m\")"))?;
-        verifier = verifier.with_window(action, window);
-    }
-    let sync = sync::SyncNow::from_config(&config.sync)?;
-    let control = selfheal_bus::control::open(&bus).await?;
-    let handler = Arc::new(
-        RemediationHandler::new(Reconciler::new(repo, forge, config.reconcile_settings()), bus.clone())
-            .with_verifier(verifier.clone())
-            .with_sync(sync)
-            .with_kill_switch(control.clone()),
-    );
-    let reconciler = handler.reconciler().clone();
-    {
-        // Read main's history now rather than on the first decision (a large repository takes
-        // seconds); decisions arriving meanwhile wait on the same index, not on a second walk.
-        let reconciler = reconciler.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let main = reconciler.settings().main_branch.clone();
-            match reconciler.git().warm(&main) {
-                Ok(()) => {
-                    tracing::info!(branch = %main, elapsed_ms = started.elapsed().as_millis() as u64, "history read")
-                }
-                Err(error) => tracing::warn!(branch = %main, error = %error, "history not read ahead"),
-            }
-        });
-    }
-    let grpc_handler = handler.clone();
-    let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
-    decisions.ack_wait = ack_wait;
-    decisions.concurrency = if handler.batches() { concurrency.max(1) } else { 1 };
-    let consumer_task = tokio::spawn(consumer::run(
-        bus.clone(),
-        decisions,
-        handler,
-        cancel.clone().cancelled_owned(),
-    ));
-    tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
-        bus.clone(),
-        vec![CONSUMER.to_string(), VERIFY_CONSUMER.to_string()],
-        Duration::from_secs(5),
-        cancel.clone().cancelled_owned(),
-    ));
-    let verify_task = tokio::spawn(consumer::run(
-        bus.clone(),
-        ConsumerSpec::new(VERIFY_CONSUMER, &["selfheal.alerts.resolved.>"]),
-        Arc::new(VerifyHandler {
-            verifier: verifier.clone(),
-            bus: bus.clone(),
-        }),
-        cancel.clone().cancelled_owned(),
-    ));
-    let sweep_task = {
-        let (bus, cancel) = (bus.clone(), cancel.clone());
-        let revert_with = auto_revert.then(|| reconciler.clone());
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(verify_interval);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                let swept = sweep_once(
-                    &verifier,
-                    revert_with.as_ref(),
-                    Some(&control),
-                    &bus,
-                    chrono::Utc::now(),
-                )
-                .await;
-                if let Err(error) = swept {
-                    tracing::warn!(error = %error, "verification sweep failed");
-                }
-            }
+#[async_trait::async_trait]
+impl Service for PrController {
+    type Config = PrControllerConfig;
+    const NAME: &'static str = "selfheal-pr-controller";
+    const ENV_PREFIX: &'static str = "SELFHEAL_PR_CONTROLLER_";
+    const ABOUT: &'static str = "selfheal's execution layer: decisions into GitOps commits.";
+
+    async fn from_config(config: PrControllerConfig) -> Result<Self, StartError> {
+        let token =
+            Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?.ok_or_else(|| {
+                StartError::config("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file")
+            })?;
+        let (repo, forge): (Arc<dyn GitRepo>, Option<Arc<dyn Forge>>) = if config.github.enabled() {
+            let github = GitHubRepository::new(config.github.clone(), tokio::runtime::Handle::current())
+                .map_err(|e| StartError::config(format!("github: {e}")))?;
+            let github = Arc::new(github);
+            (github.clone(), Some(github))
+        } else {
+            let local = LocalRepository::open(&config.repository)
+                .map_err(|e| StartError::config(format!("repository: {e}")))?;
+            (Arc::new(local), None)
+        };
+        let verify_windows = config
+            .verify_windows
+            .iter()
+            .map(|(action, window)| {
+                humantime::parse_duration(window)
+                    .map(|window| (action.clone(), window))
+                    .map_err(|e| StartError::config(format!("verify_windows.{action}: {e} (use e.g. \"5m\")")))
+            })
+            .collect::<Result<_, _>>()?;
+        let sync = sync::SyncNow::from_config(&config.sync).map_err(|e| StartError::config(e.to_string()))?;
+        Ok(Self {
+            config,
+            repo,
+            forge,
+            token,
+            verify_windows,
+            sync,
         })
-    };
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService>>()
-        .await;
-    tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "pr-controller running");
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+    }
+
+    fn addresses(&self) -> Addresses {
+        Addresses {
+            http: self.config.listen,
+            grpc: self.config.grpc_listen,
+        }
+    }
+
+    fn bus_options(&self) -> NatsOptions {
+        NatsOptions::new(&self.config.nats_url, Self::NAME)
+    }
+
+    /// Runs the consumers, the gRPC service and the health endpoints until `shutdown` completes.
+    async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+        let Self {
+            config,
+            repo,
+            forge,
+            token,
+            verify_windows,
+            sync,
+        } = self;
+        let cancel = CancellationToken::new();
+        let (repo_for_ready, forge_for_ready, main_branch) = (repo.clone(), forge.clone(), config.main_branch.clone());
+        let (verify_window, verify_interval, auto_revert, ack_wait, concurrency) = (
+            config.verify_window,
+            config.verify_interval,
+            config.auto_revert,
+            config.ack_wait,
+            config.concurrency,
+        );
+        let remediations = bus
+            .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
+            .await?;
+        let mut verifier = verify::Verifier::new(remediations, verify_window);
+        for (action, window) in verify_windows {
+            verifier = verifier.with_window(&action, window);
+        }
+        let control = selfheal_bus::control::open(&bus).await?;
+        let handler = Arc::new(
+            RemediationHandler::new(Reconciler::new(repo, forge, config.reconcile_settings()), bus.clone())
+                .with_verifier(verifier.clone())
+                .with_sync(sync)
+                .with_kill_switch(control.clone()),
+        );
+        let reconciler = handler.reconciler().clone();
+        {
+            // Read main's history now rather than on the first decision (a large repository takes
+            // seconds); decisions arriving meanwhile wait on the same index, not on a second walk.
+            let reconciler = reconciler.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let main = reconciler.settings().main_branch.clone();
+                match reconciler.git().warm(&main) {
+                    Ok(()) => {
+                        tracing::info!(branch = %main, elapsed_ms = started.elapsed().as_millis() as u64, "history read")
+                    }
+                    Err(error) => tracing::warn!(branch = %main, error = %error, "history not read ahead"),
+                }
+            });
+        }
+        let grpc_handler = handler.clone();
+        let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
+        decisions.ack_wait = ack_wait;
+        decisions.concurrency = if handler.batches() { concurrency.max(1) } else { 1 };
+        let consumer_task = tokio::spawn(consumer::run(
+            bus.clone(),
+            decisions,
+            handler,
+            cancel.clone().cancelled_owned(),
+        ));
+        tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
+            bus.clone(),
+            vec![CONSUMER.to_string(), VERIFY_CONSUMER.to_string()],
+            Duration::from_secs(5),
+            cancel.clone().cancelled_owned(),
+        ));
+        let verify_task = tokio::spawn(consumer::run(
+            bus.clone(),
+            ConsumerSpec::new(VERIFY_CONSUMER, &["selfheal.alerts.resolved.>"]),
+            Arc::new(VerifyHandler {
+                verifier: verifier.clone(),
+                bus: bus.clone(),
+            }),
+            cancel.clone().cancelled_owned(),
+        ));
+        let sweep_task = {
+            let (bus, cancel) = (bus.clone(), cancel.clone());
+            let revert_with = auto_revert.then(|| reconciler.clone());
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(verify_interval);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        _ = ticks.tick() => {}
+                    }
+                    let swept = sweep_once(
+                        &verifier,
+                        revert_with.as_ref(),
+                        Some(&control),
+                        &bus,
+                        chrono::Utc::now(),
+                    )
+                    .await;
+                    if let Err(error) = swept {
+                        tracing::warn!(error = %error, "verification sweep failed");
+                    }
+                }
+            })
+        };
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService>>()
+            .await;
+        tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "pr-controller running");
+        let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(grpc::server(grpc_handler, token))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-                cancel.clone().cancelled_owned(),
-            ),
-    );
-    let health = selfheal_telemetry::health::router(
-        readiness(bus, repo_for_ready, forge_for_ready, main_branch),
-        selfheal_telemetry::metrics::install(),
-    );
-    let http_task = tokio::spawn(
-        axum::serve(listeners.http, health)
-            .with_graceful_shutdown(cancel.clone().cancelled_owned())
-            .into_future(),
-    );
-    shutdown.await;
-    cancel.cancel();
-    consumer_task.await??;
-    verify_task.await??;
-    sweep_task.await?;
-    grpc_task.await??;
-    http_task.await??;
-    Ok(())
+            .add_service(grpc::server(grpc_handler, token));
+        let health = selfheal_telemetry::health::router(
+            readiness(bus, repo_for_ready, forge_for_ready, main_branch),
+            selfheal_telemetry::metrics::install(),
+        );
+        let servers = selfheal_runtime::serve(listeners, grpc, health, &cancel);
+        shutdown.await;
+        cancel.cancel();
+        consumer_task.await??;
+        verify_task.await??;
+        sweep_task.await?;
+        servers.join().await
+    }
 }
