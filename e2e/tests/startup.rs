@@ -23,6 +23,9 @@ fn start(name: &str, env: &[(&str, String)]) -> anyhow::Result<(Option<i32>, Str
     Ok((out.status.code(), text))
 }
 
+/// A binary, its environment, and what its error must name.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 #[test]
 fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Result<()> {
     let nowhere = format!("nats://127.0.0.1:{}", free_port()?);
@@ -30,7 +33,7 @@ fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Resul
     let repo = dir.path().join("gitops.git");
     let git = Command::new("git").args(["init", "-q", "--bare"]).arg(&repo).status()?;
     assert!(git.success());
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "selfheal-gateway",
             vec![("SELFHEAL_GATEWAY_NATS_URL", nowhere.clone())],
