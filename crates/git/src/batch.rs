@@ -6,7 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use gix::refs::transaction::{Change, PreviousValue, RefEdit};
 use gix::refs::{FullName, Target};
 
-use crate::{Author, Batched, FileVersion, GitRepo, LocalRepository, RepoError, index::BranchIndex, plumbing::*};
+use crate::{
+    error::RepoError,
+    index::BranchIndex,
+    plumbing::*,
+    repo::{Author, Batched, FileVersion, GitRepo},
+    store::{OBJECT_CACHE_BYTES, Store},
+};
 
 /// see the batch's own changes. Until the flush, nothing is on disk; if the flush fails, nothing
 /// the batch made is referenced (objects already written stay unreferenced until `git gc`).
@@ -15,7 +21,7 @@ use crate::{Author, Batched, FileVersion, GitRepo, LocalRepository, RepoError, i
 /// remediation written alone creates seven files (five objects, two refs), a batch of fifty
 /// creates about fifty-three.
 pub struct Batch {
-    pub(crate) local: LocalRepository,
+    pub(crate) store: Store,
     pub(crate) state: std::sync::Mutex<BatchState>,
 }
 
@@ -42,11 +48,26 @@ pub(crate) const PACK_AT: usize = 10;
 
 impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch").field("path", &self.local.path).finish()
+        f.debug_struct("Batch").field("path", &self.store.path).finish()
     }
 }
 
 impl Batch {
+    /// A batch on `store`: changes made through it are kept in memory, and [`Batch::flush`]
+    /// writes them all at once.
+    pub(crate) fn new(store: Store) -> Self {
+        let mut repo = store.shared_repo().to_thread_local().with_object_memory();
+        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+        Batch {
+            store,
+            state: std::sync::Mutex::new(BatchState {
+                repo,
+                refs: BTreeMap::new(),
+                made: Default::default(),
+            }),
+        }
+    }
+
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, BatchState> {
         // A panic mid-change leaves a batch that is never flushed (its caller failed).
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -110,11 +131,11 @@ impl Batched for Batch {
         if refs.is_empty() {
             return Ok(0);
         }
-        let disk = self.local.local()?;
+        let disk = self.store.local()?;
         let mut keep = None;
         if objects.len() >= PACK_AT {
             keep = write_pack(&disk, &objects)?;
-            self.local.pack_written()?;
+            self.store.pack_written()?;
         } else {
             for (id, (kind, data)) in objects.iter() {
                 let written = gix::objs::Write::write_buf(&disk, *kind, data)
@@ -165,14 +186,14 @@ impl Batched for Batch {
             }
             return Err(RepoError::Git(format!("cannot update refs: {}", describe(&error))));
         }
-        tracing::debug!(location = %self.local.location(), refs = refs.len(), objects = objects.len(), "batch written");
+        tracing::debug!(location = %self.store.location(), refs = refs.len(), objects = objects.len(), "batch written");
         Ok(refs.len())
     }
 }
 
 impl GitRepo for Batch {
     fn location(&self) -> String {
-        self.local.location()
+        self.store.location()
     }
 
     fn branch_tip(&self, branch: &str) -> Result<Option<String>, RepoError> {
@@ -214,7 +235,7 @@ impl GitRepo for Batch {
         let Some(base) = next else { return Ok(versions) };
         let rest = limit - versions.len();
         let older = if current_tip(&state.repo, &name)? == Some(base) {
-            self.local.indexed_history(&state.repo, branch, base, path, rest)?
+            self.store.indexed_history(&state.repo, branch, base, path, rest)?
         } else {
             // A branch the batch made, on top of another one: walk from where it starts.
             let mut index = BranchIndex::new(base);
@@ -284,7 +305,7 @@ impl GitRepo for Batch {
         }
         let Some(base) = next else { return Ok(None) };
         let found = if current_tip(&state.repo, &name)? == Some(base) {
-            self.local
+            self.store
                 .with_index(&state.repo, branch, base, |index| index.marked(&state.repo, incident))?
         } else {
             BranchIndex::new(base).marked(&state.repo, incident)?

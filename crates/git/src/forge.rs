@@ -2,7 +2,7 @@
 //! request), found again by its branch, merged through the forge so its branch protection and
 //! required checks apply, or withdrawn. Each forge is one adapter behind [`Forge`].
 
-use crate::RepoError;
+use crate::{error::RepoError, repo::GitRepo};
 
 /// A forge: proposes changes for review and merges them. Blocking, like [`crate::GitRepo`].
 pub trait Forge: Send + Sync + 'static {
@@ -73,4 +73,20 @@ pub enum MergeOutcome {
     /// The base moved so that the branch no longer applies as it is: make the change again on
     /// top of the base, then merge.
     NeedsRebase,
+}
+
+/// Merges `branch_tip` into `base` without a forge: a fast-forward by compare-and-set from
+/// `base_tip`, where the caller saw `base`. `NeedsRebase` when `base` has moved past the
+/// branch's base, `Conflict` when it moved meanwhile.
+pub fn fast_forward(
+    repo: &(impl GitRepo + ?Sized),
+    base: &str,
+    base_tip: &str,
+    branch_tip: &str,
+) -> Result<MergeOutcome, RepoError> {
+    if !repo.is_ancestor(base_tip, branch_tip)? {
+        return Ok(MergeOutcome::NeedsRebase);
+    }
+    repo.update_branch(base, base_tip, branch_tip)?;
+    Ok(MergeOutcome::Merged(None))
 }

@@ -3,7 +3,7 @@
 use gix::ObjectId;
 use std::collections::HashMap;
 
-use crate::{FileVersion, RepoError, plumbing::*};
+use crate::{error::RepoError, plumbing::*, repo::FileVersion};
 
 /// The first-parent history of a branch from its tip down to `next`, as the versions of every
 /// regular file changed on the way. Walked lazily (a query walks only as deep as it needs) and

@@ -1,76 +1,46 @@
 //! [`LocalRepository`]: a repository on local disk, opened with gix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gix::ObjectId;
-use std::collections::{BTreeMap, HashMap};
 
 use gix::refs::transaction::{PreviousValue, RefEdit};
 use gix::refs::{FullName, Target};
 
 use crate::{
-    Author, Batched, FileVersion, GitRepo, RepoError,
-    batch::{Batch, BatchState},
-    index::{BranchIndex, INDEXED_VERSIONS},
+    batch::Batch,
+    error::RepoError,
     plumbing::*,
+    repo::{Author, Batched, FileVersion, GitRepo},
+    store::Store,
 };
 
 /// The repository is opened once; every call takes a thread-local handle of it (refs are read
 /// from disk on every call, and objects written by other processes are found).
-#[derive(Clone)]
 /// A repository on local disk, bare or not, opened with gix.
 ///
 /// For a non-bare repository whose checked-out branch is updated, the work tree and index are
 /// **not** touched: selfheal treats the repository like a remote, only writing objects and refs.
 /// Bare repositories are recommended.
+#[derive(Clone)]
 pub struct LocalRepository {
-    pub(crate) path: PathBuf,
-    pub(crate) shared: std::sync::Arc<std::sync::RwLock<Shared>>,
-    /// What is known of each branch's first-parent history (on disk), by branch name.
-    pub(crate) histories: std::sync::Arc<std::sync::Mutex<HashMap<String, BranchIndex>>>,
-}
-
-/// The repository as opened, and how many packs this process wrote since.
-pub(crate) struct Shared {
-    pub(crate) repo: gix::ThreadSafeRepository,
-    pub(crate) packs_written: usize,
-}
-
-/// After writing this many packs the repository is opened again: gix's object store has a fixed
-/// number of slots for pack indexes, sized when it is opened (twice the packs then on disk, at
-/// least [`MIN_PACK_SLOTS`]).
-pub(crate) const REOPEN_AFTER_PACKS: usize = 256;
-pub(crate) const MIN_PACK_SLOTS: usize = 1024;
-
-pub(crate) fn open_shared(path: &Path) -> Result<gix::ThreadSafeRepository, RepoError> {
-    let options = gix::open::Options::default().object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
-        multiplier: 2.0,
-        minimum: MIN_PACK_SLOTS,
-    });
-    gix::ThreadSafeRepository::open_opts(path, options).map_err(|e| RepoError::Open {
-        path: path.display().to_string(),
-        reason: describe(&e),
-    })
+    pub(crate) store: Store,
 }
 
 impl std::fmt::Debug for LocalRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalRepository").field("path", &self.path).finish()
+        f.debug_struct("LocalRepository")
+            .field("path", &self.store.path)
+            .finish()
     }
 }
-
-/// Object cache for history walks: commits and trees are read repeatedly there.
-pub(crate) const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 impl LocalRepository {
     /// Opens the repository at `path`: a bare repository's directory, a work tree containing `.git`,
     /// or a `.git` directory. No discovery upwards is done.
     pub fn open(path: &Path) -> Result<Self, RepoError> {
-        let repo = open_shared(path)?;
         Ok(Self {
-            path: path.to_path_buf(),
-            shared: std::sync::Arc::new(std::sync::RwLock::new(Shared { repo, packs_written: 0 })),
-            histories: Default::default(),
+            store: Store::open(path)?,
         })
     }
 
@@ -106,7 +76,7 @@ impl LocalRepository {
         enable_reflogs(&config_path).map_err(open_err)?;
 
         let this = Self::open(path)?;
-        let repo = this.local()?;
+        let repo = this.store.local()?;
 
         // HEAD -> refs/heads/<branch>, so `git log` and clones pick the branch by default.
         let head: FullName = "HEAD"
@@ -159,123 +129,38 @@ impl LocalRepository {
         Ok(this)
     }
 
-    pub(crate) fn shared_repo(&self) -> gix::ThreadSafeRepository {
-        self.shared
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .repo
-            .clone()
-    }
-
-    /// Counts a pack written, and opens the repository again when the store's slots may run out.
-    pub(crate) fn pack_written(&self) -> Result<(), RepoError> {
-        let mut shared = self.shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        shared.packs_written += 1;
-        if shared.packs_written >= REOPEN_AFTER_PACKS {
-            shared.repo = open_shared(&self.path)?;
-            shared.packs_written = 0;
-        }
-        Ok(())
-    }
-
-    /// A handle on the repository for this thread, with an object cache for history walks.
-    pub(crate) fn local(&self) -> Result<gix::Repository, RepoError> {
-        let mut repo = self.shared_repo().to_thread_local();
-        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
-        Ok(repo)
-    }
-}
-
-impl LocalRepository {
-    /// The versions of `path` on `branch` as of `tip` (the branch's tip on disk), from the
-    /// shared index: walked only as deep as asked, and brought forward when the branch moved.
-    pub(crate) fn indexed_history(
-        &self,
-        repo: &gix::Repository,
-        branch: &str,
-        tip: ObjectId,
-        path: &str,
-        limit: usize,
-    ) -> Result<Vec<FileVersion>, RepoError> {
-        self.with_index(repo, branch, tip, |index| index.versions(repo, path, limit))
-    }
-
-    /// Runs `query` on the shared index of `branch`, brought to `tip` (the branch's tip on disk).
-    pub(crate) fn with_index<T>(
-        &self,
-        repo: &gix::Repository,
-        branch: &str,
-        tip: ObjectId,
-        query: impl FnOnce(&mut BranchIndex) -> Result<T, RepoError>,
-    ) -> Result<T, RepoError> {
-        // One caller at a time walks a branch; the others then find the walk done. A poisoned
-        // lock only means a panic mid-walk: start the indexes afresh.
-        let mut histories = self.histories.lock().unwrap_or_else(|poisoned| {
-            self.histories.clear_poison();
-            let mut histories = poisoned.into_inner();
-            histories.clear();
-            histories
-        });
-        if histories.values().map(|index| index.entries).sum::<usize>() > INDEXED_VERSIONS {
-            // Other branches go first; the one asked about is kept, however large.
-            histories.retain(|name, _| name == branch);
-        }
-        let index = histories
-            .entry(branch.to_string())
-            .or_insert_with(|| BranchIndex::new(tip));
-        if index.tip != tip && !index.advance(repo, tip, branch)? {
-            // Either the caller read the branch before another caller brought the index past
-            // that (the index is current: use it), or the old tip is no longer on the branch
-            // (history rewritten): start afresh.
-            let now = current_tip(repo, &branch_ref_name(branch)?)?;
-            if now != Some(index.tip) {
-                *index = BranchIndex::new(tip);
-            }
-        }
-        query(index)
-    }
-
     /// Starts a batch: changes made through it are kept in memory, and [`Batch::flush`] writes
     /// them all at once.
     pub fn batch(&self) -> Batch {
-        let mut repo = self.shared_repo().to_thread_local().with_object_memory();
-        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
-        Batch {
-            local: self.clone(),
-            state: std::sync::Mutex::new(BatchState {
-                repo,
-                refs: BTreeMap::new(),
-                made: Default::default(),
-            }),
-        }
+        Batch::new(self.store.clone())
     }
 }
 
 impl GitRepo for LocalRepository {
     fn location(&self) -> String {
-        self.path.display().to_string()
+        self.store.path.display().to_string()
     }
 
     fn branch_tip(&self, branch: &str) -> Result<Option<String>, RepoError> {
         let name = branch_ref_name(branch)?;
-        Ok(current_tip(&self.local()?, &name)?.map(|id| id.to_string()))
+        Ok(current_tip(&self.store.local()?, &name)?.map(|id| id.to_string()))
     }
 
     fn read_file(&self, commit: &str, path: &str) -> Result<Option<String>, RepoError> {
-        read_file_in(&self.local()?, commit, path)
+        read_file_in(&self.store.local()?, commit, path)
     }
 
     fn file_history(&self, branch: &str, path: &str, limit: usize) -> Result<Vec<FileVersion>, RepoError> {
         path_components(path)?;
         let name = branch_ref_name(branch)?;
-        let repo = self.local()?;
+        let repo = self.store.local()?;
         if limit == 0 {
             return Ok(Vec::new());
         }
         let Some(tip) = current_tip(&repo, &name)? else {
             return Ok(Vec::new());
         };
-        self.indexed_history(&repo, branch, tip, path, limit)
+        self.store.indexed_history(&repo, branch, tip, path, limit)
     }
 
     fn commit_file(
@@ -290,7 +175,7 @@ impl GitRepo for LocalRepository {
     ) -> Result<String, RepoError> {
         let name = branch_ref_name(branch)?;
         let expected = expected_tip.map(parse_id).transpose()?;
-        let repo = self.local()?;
+        let repo = self.store.local()?;
         let commit = write_file_commit(&repo, parent, path, content, message, author)?;
         set_ref(
             &repo,
@@ -309,7 +194,7 @@ impl GitRepo for LocalRepository {
         let name = branch_ref_name(branch)?;
         let expected = parse_id(expected_tip)?;
         let new = parse_id(new_tip)?;
-        let repo = self.local()?;
+        let repo = self.store.local()?;
         check_commit(&repo, branch, new)?;
         set_ref(
             &repo,
@@ -325,16 +210,18 @@ impl GitRepo for LocalRepository {
     }
 
     fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, RepoError> {
-        is_ancestor_in(&self.local()?, ancestor, descendant)
+        is_ancestor_in(&self.store.local()?, ancestor, descendant)
     }
 
     fn marked_commit(&self, branch: &str, incident: &str) -> Result<Option<(String, String)>, RepoError> {
         let name = branch_ref_name(branch)?;
-        let repo = self.local()?;
+        let repo = self.store.local()?;
         let Some(tip) = current_tip(&repo, &name)? else {
             return Ok(None);
         };
-        let found = self.with_index(&repo, branch, tip, |index| index.marked(&repo, incident))?;
+        let found = self
+            .store
+            .with_index(&repo, branch, tip, |index| index.marked(&repo, incident))?;
         found
             .map(|id| commit_message(&repo, id).map(|m| (id.to_string(), m)))
             .transpose()
@@ -344,11 +231,11 @@ impl GitRepo for LocalRepository {
     /// is marked with its incident, instead of walking the repository's age to learn it.
     fn warm(&self, branch: &str) -> Result<(), RepoError> {
         let name = branch_ref_name(branch)?;
-        let repo = self.local()?;
+        let repo = self.store.local()?;
         let Some(tip) = current_tip(&repo, &name)? else {
             return Ok(());
         };
-        self.with_index(&repo, branch, tip, |index| {
+        self.store.with_index(&repo, branch, tip, |index| {
             while index.next.is_some() {
                 index.walk_one(&repo)?;
             }

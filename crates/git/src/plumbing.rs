@@ -10,7 +10,10 @@ use gix::objs::tree::EntryKind;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
 
-use crate::{Author, FileVersion, RepoError};
+use crate::{
+    error::RepoError,
+    repo::{Author, FileVersion},
+};
 
 /// What `Conflict` reports when the branch does not exist (or must not).
 pub(crate) const NO_BRANCH: &str = "no branch";

@@ -197,10 +197,13 @@ fn a_caller_with_an_older_tip_does_not_throw_the_index_away() {
         )
         .unwrap();
     assert_eq!(repo.file_history("main", path, 10).unwrap().len(), 2);
-    let handle = repo.local().unwrap();
+    let handle = repo.store.local().unwrap();
     let older = parse_id(&f.main[0]).unwrap();
     // Read before the move, asked after it: the index stays where main is.
-    let tip = repo.with_index(&handle, "main", older, |index| Ok(index.tip)).unwrap();
+    let tip = repo
+        .store
+        .with_index(&handle, "main", older, |index| Ok(index.tip))
+        .unwrap();
     assert_eq!(tip.to_string(), newer);
 }
 

@@ -3,7 +3,7 @@
 use yaml_edit::{Document, path::YamlPath};
 
 use crate::{
-    EditError,
+    kind::EditError,
     yaml::{parse, scalar},
 };
 

@@ -2,7 +2,7 @@
 //! than looking a text up, and the same versions of a file are read again and again (the current
 //! one by every alert on its service, the earlier ones by every rollback's history search).
 
-use crate::{EditError, Kind};
+use crate::kind::{EditError, Kind};
 
 /// Answers by what was asked and the text they were read from, bounded (see [`Reads::MAX`]).
 pub(crate) struct Reads {

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use yaml_edit::{Document, YamlNode, path::YamlPath};
 
-use crate::EditError;
+use crate::kind::EditError;
 
 pub(crate) fn parse(file: &str, text: &str) -> Result<Document, EditError> {
     Document::from_str(text).map_err(|e| EditError::Parse {

@@ -8,7 +8,12 @@ use selfheal_proto::v1::{
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
-use crate::{AppState, RequestError, incidents, webhook};
+use crate::{
+    error::RequestError,
+    incidents,
+    ingest::{AppState, Ingress, ingest},
+    webhook,
+};
 
 impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
@@ -111,7 +116,7 @@ impl Gateway for GatewayService {
         let results = futures::future::join_all(
             events
                 .into_iter()
-                .map(|event| crate::ingest(&self.state, event, &caller, crate::Ingress::Grpc)),
+                .map(|event| ingest(&self.state, event, &caller, Ingress::Grpc)),
         )
         .await;
         let mut alerts = Vec::with_capacity(results.len());

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, service::interceptor::InterceptedService}
 use tracing::Instrument as _;
 
 use crate::{
-    CarryOutError, RemediationHandler,
+    handler::{CarryOutError, RemediationHandler},
     reconcile::ReconcileError,
     verify::{Record, VerifyError},
 };

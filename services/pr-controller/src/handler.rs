@@ -18,11 +18,13 @@ use selfheal_proto::{
 use tracing::Instrument;
 
 use crate::{
-    CONSUMER,
     batch::{BatchJob, run_batches},
     reconcile::{ReconcileError, Reconciler},
     sync, verify,
 };
+
+/// The durable consumer name.
+pub const CONSUMER: &str = "pr-controller";
 
 /// Carries out decisions.
 pub struct RemediationHandler {

@@ -20,7 +20,6 @@ mod batch;
 pub mod config;
 pub mod grpc;
 mod handler;
-pub mod labels;
 mod lifecycle;
 pub mod reconcile;
 mod server;
@@ -28,14 +27,9 @@ pub mod sync;
 pub mod verify;
 
 pub use config::PrControllerConfig;
-pub use handler::{CarryOutError, KILL_SWITCH_REFUSAL, RemediationHandler};
-pub use lifecycle::{VerifyHandler, sweep_once};
+pub use handler::{CONSUMER, CarryOutError, KILL_SWITCH_REFUSAL, RemediationHandler};
+pub use lifecycle::{VERIFY_CONSUMER, VerifyHandler, sweep_once};
 pub use server::{Listeners, PrController, readiness};
-
-/// The durable consumer name.
-pub const CONSUMER: &str = "pr-controller";
-/// The durable consumer of resolved alerts (verification).
-pub const VERIFY_CONSUMER: &str = "pr-controller-verify";
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,10 @@ use selfheal_bus::{
     kv::SharedKeyValue,
 };
 
-use crate::{VERIFY_CONSUMER, handler::publish_event, reconcile::Reconciler, verify};
+use crate::{handler::publish_event, reconcile::Reconciler, verify};
+
+/// The durable consumer of resolved alerts (verification).
+pub const VERIFY_CONSUMER: &str = "pr-controller-verify";
 
 /// Verifies merged remediations when their alert resolves.
 pub struct VerifyHandler {

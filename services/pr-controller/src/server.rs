@@ -10,9 +10,10 @@ use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    CONSUMER, PrControllerConfig, VERIFY_CONSUMER, grpc,
-    handler::RemediationHandler,
-    lifecycle::{VerifyHandler, sweep_once},
+    config::PrControllerConfig,
+    grpc,
+    handler::{CONSUMER, RemediationHandler},
+    lifecycle::{VERIFY_CONSUMER, VerifyHandler, sweep_once},
     reconcile::Reconciler,
     sync, verify,
 };

@@ -8,12 +8,12 @@ use selfheal_proto::{
     v1::{Action, Decision},
 };
 
+use super::labels::is_image_tag;
 use super::{
-    ReconcileError, Reconciler,
     pr_text::one_line,
+    settings::{ReconcileError, Reconciler},
     trailers::{TRAILER_FROM, TRAILER_HELD_POLICY, TRAILER_ROLLBACK_FROM, TRAILER_TO, trailers},
 };
-use crate::labels::is_image_tag;
 
 /// The change to make, computed from the file on the main branch.
 pub(super) struct Change {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use selfheal_manifest as manifest;
 use selfheal_proto::{names::is_dns1123_label, v1::Target};
 
-use super::{ReconcileError, Reconciler};
-use crate::labels::render_path;
+use super::labels::render_path;
+use super::settings::{ReconcileError, Reconciler};
 
 impl Reconciler {
     /// What the main branch says about the service the labels name. Blocking.

@@ -13,129 +13,28 @@
 
 mod change;
 mod describe;
+mod labels;
 mod pr_text;
+mod settings;
 mod trailers;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
-use selfheal_git::{Author, ChangeRequestState, Forge, GitRepo, MergeMessage, MergeOutcome, Proposal, RepoError};
-use selfheal_manifest::EditError;
+use selfheal_git::{ChangeRequestState, MergeMessage, MergeOutcome, Proposal, RepoError};
 use selfheal_proto::{
     IncidentKey,
     names::{self, is_dns1123_label},
     v1::{Action, Approval, Decision, RemediationEvent, RemediationState},
 };
-use serde::{Deserialize, Serialize};
 
 pub use describe::TargetCache;
+pub use labels::{is_image_tag, render_path};
 pub use pr_text::{md, pr_title, unified_diff};
+pub use settings::{ReconcileError, ReconcileSettings, Reconciler, TargetConfig};
 
-use crate::labels::render_path;
 use trailers::{TRAILER_FROM, TRAILER_TO, trailers};
 
-/// Why a decision could not be carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The decision can never be carried out as it stands; people are told.
-    #[error("{0}")]
-    Refused(String),
-    #[error(transparent)]
-    Edit(#[from] EditError),
-    /// Git failed; the delivery is retried.
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-}
-
-impl ReconcileError {
-    /// Whether trying again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Repo(error) if error.is_transient())
-    }
-}
-
-/// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
-/// each label used must be a DNS-1123 label, or the decision is refused.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetConfig {
-    /// The file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
-    pub path: String,
-    /// What the file is: `kustomize`, `helm-values`, `helm-release` or `manifest`.
-    pub kind: selfheal_manifest::Kind,
-    /// The image name in `images[].name`; unset matches the entry whose last path segment is the
-    /// service name (`ghcr.io/acme/checkout` for `checkout`).
-    pub image: Option<String>,
-}
-
-impl Default for TargetConfig {
-    fn default() -> Self {
-        Self {
-            path: "apps/{service}/kustomization.yaml".into(),
-            kind: selfheal_manifest::Kind::Kustomize,
-            image: None,
-        }
-    }
-}
-
-/// What the reconciler needs to know of the pr-controller's settings (built from its config).
-#[derive(Clone, Debug)]
-pub struct ReconcileSettings {
-    /// The branch Argo CD or Flux deploys from.
-    pub main_branch: String,
-    /// Where a service's manifests live.
-    pub target: TargetConfig,
-    /// Who commits.
-    pub author: Author,
-    /// How many changes of a file's history to search for the previous image tag.
-    pub history_depth: usize,
-    /// The most replicas a scale may set.
-    pub max_replicas: i32,
-    /// On a rollback, hold Flux image automation off the rolled-back line.
-    pub hold_image_automation: bool,
-}
-
-/// Carries out decisions on one repository: changes are written through `git`, and proposed
-/// and merged through `forge` when there is one (without one, an approved change goes straight
-/// onto main and a branch is merged by fast-forward).
-#[derive(Clone)]
-pub struct Reconciler {
-    git: Arc<dyn GitRepo>,
-    forge: Option<Arc<dyn Forge>>,
-    settings: ReconcileSettings,
-}
-
 impl Reconciler {
-    pub fn new(git: Arc<dyn GitRepo>, forge: Option<Arc<dyn Forge>>, settings: ReconcileSettings) -> Self {
-        Self { git, forge, settings }
-    }
-
-    /// The same reconciler writing through `git` instead (a batch of the same repository).
-    pub fn on(&self, git: Arc<dyn GitRepo>) -> Self {
-        Self {
-            git,
-            forge: self.forge.clone(),
-            settings: self.settings.clone(),
-        }
-    }
-
-    /// Where changes are written.
-    pub fn git(&self) -> &Arc<dyn GitRepo> {
-        &self.git
-    }
-
-    /// Where changes are proposed, when they are.
-    pub fn forge(&self) -> Option<&Arc<dyn Forge>> {
-        self.forge.as_ref()
-    }
-
-    pub fn settings(&self) -> &ReconcileSettings {
-        &self.settings
-    }
-
-    fn author(&self) -> &Author {
-        &self.settings.author
-    }
-
     /// Whether the change `decision` asks for is on main already, in a commit marked with its
     /// incident (made before a crash, say): reads only. Blocking.
     pub fn already_on_main(&self, decision: &Decision) -> Result<bool, ReconcileError> {

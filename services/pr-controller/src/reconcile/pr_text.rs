@@ -9,7 +9,7 @@ use selfheal_proto::{
 };
 
 use super::{
-    ReconcileError, Reconciler,
+    settings::{ReconcileError, Reconciler},
     trailers::{TRAILER_HELD_POLICY, trailers},
 };
 

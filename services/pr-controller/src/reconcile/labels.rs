@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use selfheal_proto::names::is_dns1123_label;
 
-use crate::reconcile::ReconcileError;
+use super::settings::ReconcileError;
 
 /// Whether `tag` is a valid OCI image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 pub fn is_image_tag(tag: &str) -> bool {

@@ -1,0 +1,40 @@
+//! What an edit works on and how it fails: [`Kind`] and [`EditError`].
+
+/// Why an edit could not be made.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EditError {
+    #[error("{file} is not valid YAML: {reason}")]
+    Parse { file: String, reason: String },
+    #[error("{file} has no images entry for {image}")]
+    NoImage { file: String, image: String },
+    #[error("{file} has no replicas entry named {name}")]
+    NoReplicas { file: String, name: String },
+    #[error("cannot set {path} in {file}: {reason}")]
+    Set { file: String, path: String, reason: String },
+}
+
+/// What kind of file holds a service's image tag and replica count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A Kustomize `kustomization.yaml`: `images[].newTag`, `replicas[].count`.
+    Kustomize,
+    /// A Helm values file: `image.tag`, `replicaCount`.
+    HelmValues,
+    /// A Flux `HelmRelease`: `spec.values.image.tag`, `spec.values.replicaCount`.
+    HelmRelease,
+    /// A plain Deployment: a container's `image`, `spec.replicas`.
+    Manifest,
+}
+
+impl Kind {
+    /// The name used in configuration and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kustomize => "kustomize",
+            Kind::HelmValues => "helm-values",
+            Kind::HelmRelease => "helm-release",
+            Kind::Manifest => "manifest",
+        }
+    }
+}

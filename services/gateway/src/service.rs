@@ -1,0 +1,60 @@
+//! [`Gateway`]: the service, built from its config and run on its listeners.
+
+use selfheal_bus::{SharedBus, nats::NatsOptions};
+use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
+
+use crate::{config::GatewayConfig, grpc, http::app, ingest::AppState};
+
+pub use selfheal_runtime::Listeners;
+
+/// The gateway, built from its config with every setting checked.
+pub struct Gateway {
+    config: GatewayConfig,
+}
+
+#[async_trait::async_trait]
+impl Service for Gateway {
+    type Config = GatewayConfig;
+    const NAME: &'static str = "selfheal-gateway";
+    const ENV_PREFIX: &'static str = "SELFHEAL_GATEWAY_";
+    const ABOUT: &'static str = "selfheal's ingest: Alertmanager webhooks into the SELFHEAL stream.";
+
+    /// Checks the tokens and HMAC keys (at least one of them must be set).
+    async fn from_config(config: GatewayConfig) -> Result<Self, StartError> {
+        config.tokens()?;
+        config.hmac_keys()?;
+        Ok(Self { config })
+    }
+
+    fn addresses(&self) -> Addresses {
+        Addresses {
+            http: self.config.listen,
+            grpc: self.config.grpc_listen,
+        }
+    }
+
+    fn bus_options(&self) -> NatsOptions {
+        let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME);
+        options.duplicate_window = self.config.duplicate_window;
+        options.publish_timeout = self.config.publish_timeout;
+        options
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+        let state = AppState::new(&self.config, bus).await?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<selfheal_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
+            .await;
+        tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "gateway listening");
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(grpc::server(state.clone()));
+        let servers = selfheal_runtime::serve(listeners, grpc, app(state), &cancel);
+        shutdown.await;
+        cancel.cancel();
+        servers.join().await
+    }
+}
