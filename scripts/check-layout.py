@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""Import circles between the modules of each workspace crate (ARCHITECTURE.md's rule).
+"""The layout rules of ARCHITECTURE.md, checked: no import circle between the modules of a
+crate, no non-test source file over 800 lines, and no library crate (crates/, proto/) that
+depends on a service crate (services/). Prints what breaks a rule and exits 1 if anything does.
 
+Import circles: 
 A module depends on another when its non-test code names it: `crate::a::…` or `super::…`
 (resolved), or an item defined in another module's file (a crate-root item named from a child is
 an edge to the root). `#[cfg(test)]` modules and files under tests/ are left out. Prints each
@@ -132,6 +135,46 @@ def cycles(graph):
             visit(n)
     return found
 
+MAX_LINES = 800
+
+def is_test_file(path):
+    parts = path.split(os.sep)
+    return 'tests' in parts or os.path.basename(path) == 'tests.rs' or os.path.basename(path).endswith('_tests.rs')
+
+def long_files(root):
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ('target', '.git', 'node_modules')]
+        for f in files:
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, root)
+            if f.endswith('.rs') and not is_test_file(rel):
+                lines = sum(1 for _ in open(path, encoding='utf-8', errors='replace'))
+                if lines > MAX_LINES:
+                    yield rel, lines
+
+def packages(root):
+    """name -> (folder, [dependency names]) for every workspace package."""
+    found = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ('target', '.git', 'node_modules')]
+        if 'Cargo.toml' in files and dirpath != root:
+            text = open(os.path.join(dirpath, 'Cargo.toml')).read()
+            name = re.search(r'^name\s*=\s*"([^"]+)"', text, re.M)
+            deps = re.search(r'^\[dependencies\](.*?)(?=^\[|\Z)', text, re.M | re.S)
+            names = re.findall(r'^([\w-]+)\s*[.=]', deps.group(1), re.M) if deps else []
+            if name:
+                found[name.group(1)] = (os.path.relpath(dirpath, root), names)
+    return found
+
+def wrong_direction(root):
+    pkgs = packages(root)
+    for name, (folder, deps) in sorted(pkgs.items()):
+        if folder.split(os.sep)[0] not in ('crates', 'proto'):
+            continue
+        for dep in deps:
+            if dep in pkgs and pkgs[dep][0].split(os.sep)[0] == 'services':
+                yield name, dep
+
 root = sys.argv[1] if len(sys.argv) > 1 else '.'
 bad = 0
 for dirpath, dirs, files in os.walk(root):
@@ -141,5 +184,11 @@ for dirpath, dirs, files in os.walk(root):
         for c in cycles(crate_graph(src)):
             bad += 1
             print(f"{os.path.relpath(dirpath, root)}: " + ', '.join('::'.join(m) or 'crate' for m in c))
-print(f"{bad} import circle(s)")
+for rel, lines in long_files(root):
+    bad += 1
+    print(f"{rel}: {lines} lines (at most {MAX_LINES} outside tests)")
+for library, service in wrong_direction(root):
+    bad += 1
+    print(f"{library} is a library and depends on the service crate {service}")
+print(f"layout: {bad} problem(s)")
 sys.exit(1 if bad else 0)
