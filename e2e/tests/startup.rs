@@ -78,7 +78,17 @@ fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Resul
                 ("SELFHEAL_PR_CONTROLLER_REPOSITORY", repo.display().to_string()),
                 ("SELFHEAL_PR_CONTROLLER_VERIFY_WINDOWS", "{scale=\"soon\"}".into()),
             ],
-            "verify_windows.scale",
+            "VERIFY_WINDOWS",
+        ),
+        (
+            "selfheal-pr-controller",
+            vec![
+                ("SELFHEAL_PR_CONTROLLER_NATS_URL", nowhere.clone()),
+                ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", "t".into()),
+                ("SELFHEAL_PR_CONTROLLER_REPOSITORY", repo.display().to_string()),
+                ("SELFHEAL_PR_CONTROLLER_VERIFY_WINDOWS", "{scael=\"5m\"}".into()),
+            ],
+            "verify_windows.scael: not an action",
         ),
         (
             "selfheal-notifier",

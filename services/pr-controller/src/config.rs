@@ -47,7 +47,7 @@ pub struct PrControllerConfig {
     pub auto_revert: bool,
     /// Per action (`rollback`, `scale`, `restart`), a verification window other than
     /// `verify_window`, e.g. `{ scale = "5m" }`.
-    pub verify_windows: std::collections::BTreeMap<String, String>,
+    pub verify_windows: std::collections::BTreeMap<String, humantime_serde::Serde<std::time::Duration>>,
     /// How often to look for remediations past their verification window.
     #[serde(with = "humantime_serde")]
     pub verify_interval: std::time::Duration,

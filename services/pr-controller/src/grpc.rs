@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, service::interceptor::InterceptedService}
 use tracing::Instrument as _;
 
 use crate::{
-    handler::{CarryOutError, RemediationHandler},
+    handler::RemediationHandler,
     reconcile::ReconcileError,
     verify::{Record, VerifyError},
 };
@@ -38,11 +38,8 @@ pub fn server(
     RemediationsServer::with_interceptor(RemediationsService::new(handler), TokenCheck::new(token))
 }
 
-fn store(error: VerifyError) -> Status {
-    Status::unavailable(error.to_string())
-}
-
-fn carry_out(error: CarryOutError) -> Status {
+/// The lifecycle store could not be read or written: that may pass.
+fn store_unavailable(error: VerifyError) -> Status {
     Status::unavailable(error.to_string())
 }
 
@@ -82,7 +79,7 @@ impl RemediationsService {
         lifecycle
             .get(incident_key)
             .await
-            .map_err(store)?
+            .map_err(store_unavailable)?
             .ok_or_else(|| Status::not_found(format!("no remediation for incident {incident_key}")))
     }
 
@@ -93,7 +90,7 @@ impl RemediationsService {
         approval: Option<Approval>,
         note: String,
     ) -> Result<RemediationEvent, Status> {
-        let event = record.event().map_err(store)?;
+        let event = record.event().map_err(store_unavailable)?;
         let mut decision = event
             .decision
             .clone()
@@ -112,11 +109,11 @@ impl RemediationsService {
             .handler
             .carry_out(decision, record.subject_service.clone(), Some(&note), span)
             .await
-            .map_err(carry_out)?;
+            .map_err(Status::from)?;
         match done {
             Some(event) => Ok(event),
             // Moved meanwhile (another replica, a redelivery): report where it is now.
-            None => self.record(&record.incident).await?.event().map_err(store),
+            None => self.record(&record.incident).await?.event().map_err(store_unavailable),
         }
     }
 }
@@ -170,7 +167,7 @@ impl Remediations for RemediationsService {
 
     async fn get(&self, request: Request<GetRemediationRequest>) -> Result<Response<RemediationEvent>, Status> {
         let record = self.record(&request.into_inner().incident_key).await?;
-        Ok(Response::new(record.event().map_err(store)?))
+        Ok(Response::new(record.event().map_err(store_unavailable)?))
     }
 
     async fn list(
@@ -193,7 +190,7 @@ impl Remediations for RemediationsService {
             .lifecycle()
             .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
         let mut remediations = Vec::new();
-        for record in lifecycle.list().await.map_err(store)? {
+        for record in lifecycle.list().await.map_err(store_unavailable)? {
             if state != RemediationState::Unspecified && record.state != state {
                 continue;
             }
@@ -239,7 +236,7 @@ impl Remediations for RemediationsService {
             .handler
             .lifecycle()
             .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
-        let mut event = record.event().map_err(store)?;
+        let mut event = record.event().map_err(store_unavailable)?;
         // First the record, so that no redelivery carries the decision out from here on; then
         // the pull request is closed.
         event.set_state(RemediationState::Rejected);
@@ -257,7 +254,7 @@ impl Remediations for RemediationsService {
         let state = lifecycle
             .record(&event, &record.subject_service, now)
             .await
-            .map_err(store)?;
+            .map_err(store_unavailable)?;
         if state != RemediationState::Rejected {
             return Err(Status::failed_precondition(format!(
                 "remediation {} became {} meanwhile",
@@ -288,7 +285,7 @@ impl Remediations for RemediationsService {
         self.handler
             .publish(&record.subject_service, &event, &span)
             .await
-            .map_err(carry_out)?;
+            .map_err(Status::from)?;
         Ok(Response::new(event))
     }
 

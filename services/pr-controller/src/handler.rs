@@ -73,11 +73,7 @@ impl RemediationHandler {
     /// already made (a redelivery after a crash announces a merged change; it does not undo it).
     async fn kill_switch_stops(&self, decision: &Decision) -> Result<bool, CarryOutError> {
         let Some(control) = &self.control else { return Ok(false) };
-        if !control
-            .is_on()
-            .await
-            .map_err(|e| CarryOutError::Control(e.to_string()))?
-        {
+        if !control.is_on().await.map_err(CarryOutError::Control)? {
             return Ok(false);
         }
         if let Some(verifier) = &self.verifier
@@ -90,8 +86,8 @@ impl RemediationHandler {
         let (reconciler, decision) = (self.reconciler.clone(), decision.clone());
         let on_main = tokio::task::spawn_blocking(move || reconciler.already_on_main(&decision))
             .await
-            .map_err(|e| CarryOutError::Panicked(e.to_string()))?
-            .map_err(|e| CarryOutError::Repo(e.to_string()))?;
+            .map_err(CarryOutError::Panicked)?
+            .map_err(CarryOutError::Repo)?;
         Ok(!on_main)
     }
 
@@ -115,17 +111,15 @@ impl RemediationHandler {
                 outcome,
             };
             if batches.send(job).is_ok() {
-                return receive
-                    .await
-                    .map_err(|_| CarryOutError::Panicked("the batch was dropped".into()));
+                return receive.await.map_err(|_| CarryOutError::Stopped);
             }
-            return Err(CarryOutError::Panicked("the batch writer has stopped".into()));
+            return Err(CarryOutError::Stopped);
         }
         let reconciler = self.reconciler.clone();
         let decision = decision.clone();
         tokio::task::spawn_blocking(move || reconciler.reconcile(&decision, &trace_id))
             .await
-            .map_err(|e| CarryOutError::Panicked(e.to_string()))
+            .map_err(CarryOutError::Panicked)
     }
 
     /// Asks Argo CD or Flux to apply each merge at once.
@@ -177,16 +171,31 @@ impl Handler for RemediationHandler {
 /// Why a remediation did not finish this time; trying again later may.
 #[derive(Debug, thiserror::Error)]
 pub enum CarryOutError {
+    /// Git or the forge failed for a reason that may pass.
     #[error("git change failed: {0}")]
-    Repo(String),
+    Repo(#[source] ReconcileError),
     #[error("{0}")]
     Store(#[from] verify::VerifyError),
     #[error("event not published: {0}")]
     Publish(#[from] selfheal_bus::BusError),
+    /// A bug: the blocking work panicked.
     #[error("reconcile panicked: {0}")]
-    Panicked(String),
+    Panicked(#[source] tokio::task::JoinError),
+    /// The batch writer is gone (the service is stopping).
+    #[error("the batch writer has stopped")]
+    Stopped,
     #[error("the kill switch could not be read: {0}")]
-    Control(String),
+    Control(#[source] selfheal_bus::kv::KvError),
+}
+
+impl From<CarryOutError> for tonic::Status {
+    /// What a gRPC caller is told: a bug is `Internal`, anything else may pass (`Unavailable`).
+    fn from(error: CarryOutError) -> Self {
+        match error {
+            CarryOutError::Panicked(_) => tonic::Status::internal(error.to_string()),
+            other => tonic::Status::unavailable(other.to_string()),
+        }
+    }
 }
 
 impl RemediationHandler {
@@ -232,7 +241,7 @@ impl RemediationHandler {
         };
         let mut event = match outcome {
             Ok(event) => event,
-            Err(error) if error.is_transient() => return Err(CarryOutError::Repo(error.to_string())),
+            Err(error) if error.is_transient() => return Err(CarryOutError::Repo(error)),
             Err(error) => failed_event(&decision, &error),
         };
         if let Some(note) = note {

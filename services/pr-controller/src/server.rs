@@ -87,10 +87,11 @@ impl Service for PrController {
         let verify_windows = config
             .verify_windows
             .iter()
-            .map(|(action, window)| {
-                humantime::parse_duration(window)
-                    .map(|window| (action.clone(), window))
-                    .map_err(|e| StartError::config(format!("verify_windows.{action}: {e} (use e.g. \"5m\")")))
+            .map(|(action, window)| match action.as_str() {
+                "rollback" | "scale" | "restart" => Ok((action.clone(), **window)),
+                other => Err(StartError::config(format!(
+                    "verify_windows.{other}: not an action (rollback, scale or restart)"
+                ))),
             })
             .collect::<Result<_, _>>()?;
         let sync = sync::SyncNow::from_config(&config.sync).map_err(|e| StartError::config(e.to_string()))?;

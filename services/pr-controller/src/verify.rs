@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use prost::Message as _;
 use selfheal_bus::kv::{KvError, SharedKeyValue};
 use selfheal_proto::{
@@ -33,14 +33,15 @@ pub struct Record {
     pub state: RemediationState,
     /// The subject token the remediation events go to.
     pub subject_service: String,
-    /// When it was merged ("" before).
-    #[serde(default)]
-    pub merged_at: String,
-    /// When the alert must have resolved by ("" before the merge).
-    #[serde(default)]
-    pub verify_by: String,
-    #[serde(default)]
-    pub updated_at: String,
+    /// When it was merged (None before; stored as RFC 3339, `""` before).
+    #[serde(default, with = "time_or_empty")]
+    pub merged_at: Option<DateTime<Utc>>,
+    /// When the alert must have resolved by (None before the merge).
+    #[serde(default, with = "time_or_empty")]
+    pub verify_by: Option<DateTime<Utc>>,
+    /// When the record last changed.
+    #[serde(default, with = "time_or_empty")]
+    pub updated_at: Option<DateTime<Utc>>,
     /// The latest event, protobuf-encoded: the base of the events that follow.
     pub event: Vec<u8>,
 }
@@ -64,6 +65,30 @@ mod state_name {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RemediationState, D::Error> {
         let name = String::deserialize(deserializer)?;
         names::parse_state(&name).ok_or_else(|| D::Error::custom(format!("{name:?} is not a remediation state")))
+    }
+}
+
+/// A time as RFC 3339 with milliseconds in the stored record, and `""` for none (as records
+/// written before these were typed hold it).
+mod time_or_empty {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => serializer.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        DateTime::parse_from_rfc3339(&text)
+            .map(|time| Some(time.with_timezone(&Utc)))
+            .map_err(|e| D::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
     }
 }
 
@@ -96,10 +121,6 @@ fn stamp(t: DateTime<Utc>) -> Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
-}
-
-fn parse(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Records merges, verifies on resolution, escalates on timeout.
@@ -152,7 +173,7 @@ impl Verifier {
                 records.push(record);
             }
         }
-        records.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        records.sort_by_key(|record| std::cmp::Reverse(record.updated_at));
         Ok(records)
     }
 
@@ -182,16 +203,16 @@ impl Verifier {
                 incident: event.incident_key.clone(),
                 state: to,
                 subject_service: subject_service.into(),
-                merged_at: String::new(),
-                verify_by: String::new(),
-                updated_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+                merged_at: None,
+                verify_by: None,
+                updated_at: Some(now),
                 event: event.encode_to_vec(),
             };
             if to == RemediationState::Merged
                 && let Some(opened) = previous
                     .as_ref()
                     .filter(|p| p.state == RemediationState::Opened)
-                    .and_then(|p| parse(&p.updated_at))
+                    .and_then(|p| p.updated_at)
             {
                 // It waited for approval: how long, from the commit on its branch to the merge.
                 metrics::histogram!(selfheal_telemetry::metrics::HOP_COMMIT_TO_MERGE)
@@ -200,8 +221,8 @@ impl Verifier {
             if to == RemediationState::Merged {
                 let window = chrono::Duration::from_std(self.window_for(selfheal_proto::names::action(event.action())))
                     .unwrap_or_else(|_| chrono::Duration::minutes(15));
-                record.merged_at = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-                record.verify_by = (now + window).to_rfc3339_opts(SecondsFormat::Millis, true);
+                record.merged_at = Some(now);
+                record.verify_by = Some(now + window);
             }
             let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
             let written = match &entry {
@@ -251,7 +272,7 @@ impl Verifier {
             event.set_state(state);
             finish(&record, &mut event);
             record.state = state;
-            record.updated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+            record.updated_at = Some(Utc::now());
             record.event = event.encode_to_vec();
             let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
             match self.kv.update(incident, value.into(), entry.revision).await {
@@ -277,7 +298,7 @@ impl Verifier {
             .or_else(|| time(alert.received_at.as_ref()))
             .unwrap_or(now);
         self.transition(&alert.incident_key, RemediationState::Verified, |record, event| {
-            let merged = parse(&record.merged_at);
+            let merged = record.merged_at;
             if let Some(started) = started {
                 event.mttr_seconds = (resolved - started).num_milliseconds() as f64 / 1000.0;
                 if let Some(merged) = merged {
@@ -314,7 +335,7 @@ impl Verifier {
             let Ok(record) = serde_json::from_slice::<Record>(&entry.value) else {
                 continue;
             };
-            if record.state != RemediationState::Merged || parse(&record.verify_by).is_none_or(|by| by > now) {
+            if record.state != RemediationState::Merged || record.verify_by.is_none_or(|by| by > now) {
                 continue;
             }
             if let Ok(event) = record.event() {
@@ -357,6 +378,25 @@ mod tests {
 
     use super::*;
 
+    /// A record written before its state and times were typed reads the same; one written now
+    /// keeps the stored shape (state by name, RFC 3339 times, "" for none).
+    #[test]
+    fn records_keep_their_stored_shape() -> Result<(), serde_json::Error> {
+        let old = r#"{"incident":"k1","state":"opened","subject_service":"cart","merged_at":"","verify_by":"","updated_at":"2026-11-22T10:00:00.000Z","event":[]}"#;
+        let record: Record = serde_json::from_str(old)?;
+        assert_eq!(record.state, RemediationState::Opened);
+        assert_eq!((record.merged_at, record.verify_by), (None, None));
+        assert_eq!(record.updated_at.map(|t| t.timestamp()), Some(1_795_341_600));
+        assert_eq!(serde_json::to_string(&record)?, old);
+        let unknown = old.replace("\"opened\"", "\"open\"");
+        let error = serde_json::from_str::<Record>(&unknown)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("\"open\" is not a remediation state"), "{error}");
+        Ok(())
+    }
+
     fn merged(incident: &str) -> RemediationEvent {
         let mut event = RemediationEvent {
             incident_key: incident.into(),
@@ -368,7 +408,7 @@ mod tests {
     }
 
     fn at(text: &str) -> DateTime<Utc> {
-        parse(text).expect("time")
+        DateTime::parse_from_rfc3339(text).expect("time").with_timezone(&Utc)
     }
 
     #[tokio::test]

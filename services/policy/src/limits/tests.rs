@@ -1,4 +1,3 @@
-
 use std::sync::Arc;
 
 use selfheal_bus::kv::MemoryKeyValue;
