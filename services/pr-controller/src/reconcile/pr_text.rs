@@ -68,44 +68,16 @@ fn safe_url(url: &str) -> Option<&str> {
     ok.then_some(url)
 }
 
-/// A unified diff of one file's two versions: one hunk around the lines that differ, with
-/// three lines of context.
+/// A unified diff of one file's two versions (three lines of context), for the reviewer.
 pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
-    let old_lines: Vec<&str> = old.lines().collect();
-    let new_lines: Vec<&str> = new.lines().collect();
-    let prefix = old_lines.iter().zip(&new_lines).take_while(|(a, b)| a == b).count();
-    let suffix = old_lines[prefix..]
-        .iter()
-        .rev()
-        .zip(new_lines[prefix..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    if prefix == old_lines.len() && prefix == new_lines.len() {
+    if old == new {
         return String::new();
     }
-    let start = prefix.saturating_sub(3);
-    let old_end = (old_lines.len() - suffix + 3).min(old_lines.len());
-    let new_end = (new_lines.len() - suffix + 3).min(new_lines.len());
-    let mut out = format!(
-        "--- a/{path}\n+++ b/{path}\n@@ -{},{} +{},{} @@\n",
-        start + 1,
-        old_end - start,
-        start + 1,
-        new_end - start
-    );
-    for line in &old_lines[start..prefix] {
-        out.push_str(&format!(" {line}\n"));
-    }
-    for line in &old_lines[prefix..old_lines.len() - suffix] {
-        out.push_str(&format!("-{line}\n"));
-    }
-    for line in &new_lines[prefix..new_lines.len() - suffix] {
-        out.push_str(&format!("+{line}\n"));
-    }
-    for line in &new_lines[new_lines.len() - suffix..new_end] {
-        out.push_str(&format!(" {line}\n"));
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .to_string()
 }
 
 impl Reconciler {
@@ -204,5 +176,27 @@ impl Reconciler {
              merging rejects the remediation.\n",
         );
         Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diff_shows_the_changed_line_with_three_lines_around_it() {
+        let old = "a\nb\nc\nd\ne\nf\ng\nh\ni\n";
+        let new = old.replace("e\n", "E\n");
+        assert_eq!(
+            unified_diff("k.yaml", old, &new),
+            "--- a/k.yaml\n+++ b/k.yaml\n@@ -2,7 +2,7 @@\n b\n c\n d\n-e\n+E\n f\n g\n h\n"
+        );
+        assert_eq!(unified_diff("k.yaml", old, old), "", "no change, no diff");
+        // An appended block is one hunk at the end.
+        let appended = format!("{old}images:\n- name: x\n");
+        assert_eq!(
+            unified_diff("k.yaml", old, &appended),
+            "--- a/k.yaml\n+++ b/k.yaml\n@@ -7,3 +7,5 @@\n g\n h\n i\n+images:\n+- name: x\n"
+        );
     }
 }
