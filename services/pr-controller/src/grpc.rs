@@ -38,9 +38,13 @@ pub fn server(
     RemediationsServer::with_interceptor(RemediationsService::new(handler), TokenCheck::new(token))
 }
 
-/// The lifecycle store could not be read or written: that may pass.
-fn store_unavailable(error: VerifyError) -> Status {
-    Status::unavailable(error.to_string())
+/// What a gRPC caller is told of the lifecycle store: an outage or a lost race may pass
+/// (`Unavailable`); a record that does not read is `DataLoss`.
+fn lifecycle_status(error: VerifyError) -> Status {
+    match error {
+        VerifyError::Store(_) | VerifyError::Contended(_) => Status::unavailable(error.to_string()),
+        VerifyError::Record { .. } | VerifyError::Event { .. } => Status::data_loss(error.to_string()),
+    }
 }
 
 /// Who acted, made safe for messages and logs: one line, at most 100 characters.
@@ -79,7 +83,7 @@ impl RemediationsService {
         lifecycle
             .get(incident_key)
             .await
-            .map_err(store_unavailable)?
+            .map_err(lifecycle_status)?
             .ok_or_else(|| Status::not_found(format!("no remediation for incident {incident_key}")))
     }
 
@@ -90,7 +94,7 @@ impl RemediationsService {
         approval: Option<Approval>,
         note: String,
     ) -> Result<RemediationEvent, Status> {
-        let event = record.event().map_err(store_unavailable)?;
+        let event = record.event().map_err(lifecycle_status)?;
         let mut decision = event
             .decision
             .clone()
@@ -113,7 +117,7 @@ impl RemediationsService {
         match done {
             Some(event) => Ok(event),
             // Moved meanwhile (another replica, a redelivery): report where it is now.
-            None => self.record(&record.incident).await?.event().map_err(store_unavailable),
+            None => self.record(&record.incident).await?.event().map_err(lifecycle_status),
         }
     }
 }
@@ -167,7 +171,7 @@ impl Remediations for RemediationsService {
 
     async fn get(&self, request: Request<GetRemediationRequest>) -> Result<Response<RemediationEvent>, Status> {
         let record = self.record(&request.into_inner().incident_key).await?;
-        Ok(Response::new(record.event().map_err(store_unavailable)?))
+        Ok(Response::new(record.event().map_err(lifecycle_status)?))
     }
 
     async fn list(
@@ -190,7 +194,7 @@ impl Remediations for RemediationsService {
             .lifecycle()
             .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
         let mut remediations = Vec::new();
-        for record in lifecycle.list().await.map_err(store_unavailable)? {
+        for record in lifecycle.list().await.map_err(lifecycle_status)? {
             if state != RemediationState::Unspecified && record.state != state {
                 continue;
             }
@@ -236,7 +240,7 @@ impl Remediations for RemediationsService {
             .handler
             .lifecycle()
             .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
-        let mut event = record.event().map_err(store_unavailable)?;
+        let mut event = record.event().map_err(lifecycle_status)?;
         // First the record, so that no redelivery carries the decision out from here on; then
         // the pull request is closed.
         event.set_state(RemediationState::Rejected);
@@ -254,7 +258,7 @@ impl Remediations for RemediationsService {
         let state = lifecycle
             .record(&event, &record.subject_service, now)
             .await
-            .map_err(store_unavailable)?;
+            .map_err(lifecycle_status)?;
         if state != RemediationState::Rejected {
             return Err(Status::failed_precondition(format!(
                 "remediation {} became {} meanwhile",

@@ -49,7 +49,10 @@ pub struct Record {
 impl Record {
     /// The latest event.
     pub fn event(&self) -> Result<RemediationEvent, VerifyError> {
-        RemediationEvent::decode(self.event.as_slice()).map_err(|e| VerifyError::Store(e.to_string()))
+        RemediationEvent::decode(self.event.as_slice()).map_err(|source| VerifyError::Event {
+            incident: self.incident.clone(),
+            source,
+        })
     }
 }
 
@@ -108,8 +111,26 @@ pub fn allowed(from: Option<RemediationState>, to: RemediationState) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The bucket could not be read or written.
     #[error("remediation store: {0}")]
-    Store(String),
+    Store(#[source] KvError),
+    /// A record that is not one (it fails the request, never the whole sweep).
+    #[error("remediation record of {incident} is unreadable: {source}")]
+    Record {
+        incident: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record's event that does not decode.
+    #[error("remediation event of {incident} is unreadable: {source}")]
+    Event {
+        incident: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// Others kept writing the record (compare-and-set lost every time); trying later may pass.
+    #[error("remediation {0} kept changing; retry")]
+    Contended(String),
 }
 
 fn time(t: Option<&Timestamp>) -> Option<DateTime<Utc>> {
@@ -152,7 +173,7 @@ impl Verifier {
     }
 
     fn store_error(error: KvError) -> VerifyError {
-        VerifyError::Store(error.to_string())
+        VerifyError::Store(error)
     }
 
     /// The remediation of `incident`, if selfheal acted on it.
@@ -162,7 +183,10 @@ impl Verifier {
         };
         serde_json::from_slice(&entry.value)
             .map(Some)
-            .map_err(|e| VerifyError::Store(e.to_string()))
+            .map_err(|source| VerifyError::Record {
+                incident: incident.to_owned(),
+                source,
+            })
     }
 
     /// Every remediation, most recently updated first. Reads the whole bucket.
@@ -190,9 +214,12 @@ impl Verifier {
         for _ in 0..16 {
             let entry = self.kv.get(&event.incident_key).await.map_err(Self::store_error)?;
             let previous: Option<Record> = match &entry {
-                Some(entry) => {
-                    Some(serde_json::from_slice(&entry.value).map_err(|e| VerifyError::Store(e.to_string()))?)
-                }
+                Some(entry) => Some(
+                    serde_json::from_slice(&entry.value).map_err(|source| VerifyError::Record {
+                        incident: event.incident_key.clone(),
+                        source,
+                    })?,
+                ),
                 None => None,
             };
             let from = previous.as_ref().map(|r| r.state);
@@ -224,7 +251,10 @@ impl Verifier {
                 record.merged_at = Some(now);
                 record.verify_by = Some(now + window);
             }
-            let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
+            let value = serde_json::to_vec(&record).map_err(|source| VerifyError::Record {
+                incident: record.incident.clone(),
+                source,
+            })?;
             let written = match &entry {
                 None => self.kv.create(&event.incident_key, value.into()).await,
                 Some(entry) => self.kv.update(&event.incident_key, value.into(), entry.revision).await,
@@ -235,10 +265,7 @@ impl Verifier {
                 Err(error) => return Err(Self::store_error(error)),
             }
         }
-        Err(VerifyError::Store(format!(
-            "remediation {} kept changing; retry",
-            event.incident_key
-        )))
+        Err(VerifyError::Contended(event.incident_key.clone()))
     }
 
     /// Notes a merged remediation (once; a redelivery finds it recorded).
@@ -263,8 +290,10 @@ impl Verifier {
             let Some(entry) = self.kv.get(incident).await.map_err(Self::store_error)? else {
                 return Ok(None);
             };
-            let mut record: Record =
-                serde_json::from_slice(&entry.value).map_err(|e| VerifyError::Store(e.to_string()))?;
+            let mut record: Record = serde_json::from_slice(&entry.value).map_err(|source| VerifyError::Record {
+                incident: incident.to_owned(),
+                source,
+            })?;
             if record.state != RemediationState::Merged {
                 return Ok(None);
             }
@@ -274,16 +303,17 @@ impl Verifier {
             record.state = state;
             record.updated_at = Some(Utc::now());
             record.event = event.encode_to_vec();
-            let value = serde_json::to_vec(&record).map_err(|e| VerifyError::Store(e.to_string()))?;
+            let value = serde_json::to_vec(&record).map_err(|source| VerifyError::Record {
+                incident: record.incident.clone(),
+                source,
+            })?;
             match self.kv.update(incident, value.into(), entry.revision).await {
                 Ok(_) => return Ok(Some((record.subject_service, event))),
                 Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(Self::store_error(error)),
             }
         }
-        Err(VerifyError::Store(format!(
-            "remediation {incident} kept changing; retry"
-        )))
+        Err(VerifyError::Contended(incident.to_owned()))
     }
 
     /// A resolved alert: its merged remediation is verified, with MTTR from the alert's own times.

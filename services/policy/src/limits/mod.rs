@@ -31,21 +31,21 @@ pub use selfheal_bus::control::{BUCKET as CONTROL_BUCKET, KILL_SWITCH_KEY, open 
 pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), LimitError> {
     selfheal_bus::control::set_kill_switch(kv, on)
         .await
-        .map_err(|e| LimitError::Store(e.to_string()))
+        .map_err(LimitError::Store)
 }
 
 /// Whether the runtime kill switch is on; `kv` is [`CONTROL_BUCKET`].
 pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, LimitError> {
     selfheal_bus::control::kill_switch_on(kv)
         .await
-        .map_err(|e| LimitError::Store(e.to_string()))
+        .map_err(LimitError::Store)
 }
 
 /// Before `selfheal_control` existed the kill switch was a key of [`BUCKET`], where it aged out.
 /// A switch still on there, with none set in [`CONTROL_BUCKET`], is carried over, so that an
 /// upgrade never turns it off. Says whether it carried one over.
 pub async fn carry_over_kill_switch(actions: &SharedKeyValue, control: &SharedKeyValue) -> Result<bool, LimitError> {
-    let store = |e: KvError| LimitError::Store(e.to_string());
+    let store = LimitError::Store;
     let old = actions.get(KILL_SWITCH_KEY).await.map_err(store)?;
     if old.is_none_or(|entry| entry.value.as_ref() != b"on") {
         return Ok(false);
@@ -136,8 +136,18 @@ pub enum Verdict {
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum LimitError {
+    /// The buckets could not be read or written; trying again later may pass.
     #[error("action history unavailable: {0}")]
-    Store(String),
+    Store(#[from] KvError),
+    /// A record could not be encoded (a bug).
+    #[error("action record not encoded: {0}")]
+    Encode(std::sync::Arc<serde_json::Error>),
+    /// The reservation's batch went away before answering (the service is stopping).
+    #[error("the reservation was dropped; retry")]
+    Dropped,
+    /// Other replicas kept writing the counts (every compare-and-set lost); retry.
+    #[error("the action counts kept changing; retry")]
+    Contended,
 }
 
 fn human(duration: Duration) -> String {
@@ -159,7 +169,7 @@ struct Read {
 /// (corrupt, or written by something else) is reported as unreadable, never read as empty: an
 /// empty read would lift every limit it holds.
 async fn read_records(kv: &SharedKeyValue, key: &str) -> Result<Read, LimitError> {
-    match kv.get(key).await.map_err(|e| LimitError::Store(e.to_string()))? {
+    match kv.get(key).await.map_err(LimitError::Store)? {
         None => Ok(Read::default()),
         Some(entry) => match serde_json::from_slice(&entry.value) {
             Ok(records) => Ok(Read {
@@ -252,7 +262,7 @@ impl Limiter {
     }
 
     async fn write(&self, key: &str, records: &[ActionRecord], revision: Option<u64>) -> Result<bool, LimitError> {
-        let value = serde_json::to_vec(records).map_err(|e| LimitError::Store(e.to_string()))?;
+        let value = serde_json::to_vec(records).map_err(|e| LimitError::Encode(std::sync::Arc::new(e)))?;
         let written = match revision {
             None => self.kv.create(key, value.into()).await,
             Some(revision) => self.kv.update(key, value.into(), revision).await,
@@ -260,7 +270,7 @@ impl Limiter {
         match written {
             Ok(_) => Ok(true),
             Err(KvError::Exists(_) | KvError::Conflict { .. }) => Ok(false),
-            Err(error) => Err(LimitError::Store(error.to_string())),
+            Err(error) => Err(LimitError::Store(error)),
         }
     }
 
@@ -349,7 +359,7 @@ impl Limiter {
             match answer.try_recv() {
                 Ok(verdict) => return verdict,
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                    return Err(LimitError::Store("the reservation was dropped; retry".into()));
+                    return Err(LimitError::Dropped);
                 }
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
             }
@@ -363,9 +373,7 @@ impl Limiter {
             if requests.is_empty() {
                 // Ours is in the hands of a caller that has not answered yet.
                 drop(taking);
-                return answer
-                    .await
-                    .map_err(|_| LimitError::Store("the reservation was dropped; retry".into()))?;
+                return answer.await.map_err(|_| LimitError::Dropped)?;
             }
             let records: Vec<(ActionRecord, DateTime<Utc>)> =
                 requests.iter().map(|r| (r.record.clone(), r.now)).collect();
@@ -373,7 +381,7 @@ impl Limiter {
             for (index, request) in requests.into_iter().enumerate() {
                 let verdict = match &verdicts {
                     Ok(verdicts) => Ok(verdicts[index].clone()),
-                    Err(error) => Err(LimitError::Store(error.to_string())),
+                    Err(error) => Err(error.clone()),
                 };
                 let _ = request.verdict.send(verdict);
             }
@@ -431,7 +439,7 @@ impl Limiter {
                 _ => return Ok(verdicts),
             }
         }
-        Err(LimitError::Store("the action counts kept changing; retry".into()))
+        Err(LimitError::Contended)
     }
 
     /// Takes a slot in `scope` for `record`, in `held`, or says which limit refuses it.

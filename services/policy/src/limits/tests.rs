@@ -18,7 +18,7 @@ fn limiter(config: LimitsConfig) -> Limiter {
 async fn an_unreadable_record_refuses_what_it_counts_and_is_kept() -> Result<(), LimitError> {
     let kv: SharedKeyValue = Arc::new(MemoryKeyValue::default());
     let limiter = Limiter::new(kv.clone(), Arc::new(MemoryKeyValue::default()), LimitsConfig::default());
-    let store = |e: KvError| LimitError::Store(e.to_string());
+    let store = LimitError::Store;
     kv.create("service.checkout", "{not json".into()).await.map_err(store)?;
     let now = Utc::now();
     let Verdict::Refused(reason) = limiter.reserve("checkout", "a", "rollback", now).await? else {
@@ -197,7 +197,7 @@ async fn a_reservation_refused_after_a_lost_race_holds_no_slot() -> Result<(), L
         matches!(&verdict, Verdict::Refused(r) if r.contains("rate limit")),
         "{verdict:?}"
     );
-    let global: Vec<ActionRecord> = match kv.get("global").await.map_err(|e| LimitError::Store(e.to_string()))? {
+    let global: Vec<ActionRecord> = match kv.get("global").await.map_err(LimitError::Store)? {
         Some(entry) => serde_json::from_slice(&entry.value).expect("json"),
         None => Vec::new(),
     };
@@ -255,7 +255,7 @@ async fn a_kill_switch_left_on_in_the_old_place_is_carried_over_once() -> Result
     actions
         .create(KILL_SWITCH_KEY, "on".into())
         .await
-        .map_err(|e| LimitError::Store(e.to_string()))?;
+        .map_err(LimitError::Store)?;
     assert!(carry_over_kill_switch(&actions, &control).await?);
     assert!(kill_switch_on(&control).await?, "still on after the upgrade");
     // Turned off in the new place: a restart does not turn it on again.
@@ -278,11 +278,7 @@ async fn the_runtime_kill_switch_is_read_from_the_control_bucket() -> Result<(),
         "{refused:?}"
     );
     assert!(
-        actions
-            .get(KILL_SWITCH_KEY)
-            .await
-            .map_err(|e| LimitError::Store(e.to_string()))?
-            .is_none(),
+        actions.get(KILL_SWITCH_KEY).await.map_err(LimitError::Store)?.is_none(),
         "the switch is not kept among the reservations, which expire"
     );
     set_kill_switch(&control, false).await?;
