@@ -2,12 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use crate::client::authorized;
 use anyhow::Context as _;
 use clap::Args;
 use selfheal_config::Secret;
 use selfheal_proto::v1::{AuditQueryRequest, AuditRow, AuditStatsRequest, audit_client::AuditClient};
 use serde_json::json;
-use tonic::Request;
 
 #[derive(Args)]
 pub struct AuditArgs {
@@ -35,14 +35,6 @@ pub struct AuditArgs {
     /// File holding the gRPC token (`selfheal up` writes it there).
     #[arg(long, default_value = ".selfheal/token")]
     token_file: PathBuf,
-}
-
-fn authorized<T>(message: T, token: &Secret) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {}", token.expose()).parse()?);
-    Ok(request)
 }
 
 fn row_json(row: &AuditRow) -> serde_json::Value {

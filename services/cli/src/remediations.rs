@@ -3,18 +3,18 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use crate::client::authorized;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use selfheal_config::Secret;
 use selfheal_proto::{
     names,
     v1::{
-        ApproveRequest, GetRemediationRequest, ListRemediationsRequest, RejectRequest, RemediationEvent,
-        RemediationState, RetryRequest, remediations_client::RemediationsClient,
+        ApproveRequest, GetRemediationRequest, ListRemediationsRequest, RejectRequest, RemediationEvent, RetryRequest,
+        remediations_client::RemediationsClient,
     },
 };
 use serde_json::json;
-use tonic::Request;
 
 #[derive(Args)]
 pub struct RemediationsArgs {
@@ -81,26 +81,6 @@ enum RemediationsCommand {
     },
 }
 
-fn authorized<T>(message: T, token: &Secret) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {}", token.expose()).parse()?);
-    Ok(request)
-}
-
-fn state_of(name: &str) -> RemediationState {
-    match name {
-        "opened" => RemediationState::Opened,
-        "merged" => RemediationState::Merged,
-        "failed" => RemediationState::Failed,
-        "rejected" => RemediationState::Rejected,
-        "verified" => RemediationState::Verified,
-        "escalated" => RemediationState::Escalated,
-        _ => RemediationState::Unspecified,
-    }
-}
-
 fn event_json(event: &RemediationEvent) -> serde_json::Value {
     json!({
         "incident": event.incident_key, "state": names::state(event.state()), "action": names::action(event.action()),
@@ -149,7 +129,7 @@ pub async fn run(args: RemediationsArgs) -> anyhow::Result<ExitCode> {
     let events = match args.command {
         RemediationsCommand::List { state, service, limit } => {
             let request = ListRemediationsRequest {
-                state: state.as_deref().map(state_of).unwrap_or_default() as i32,
+                state: state.as_deref().and_then(names::parse_state).unwrap_or_default() as i32,
                 service: service.unwrap_or_default(),
                 limit,
             };

@@ -139,7 +139,7 @@ impl Gateway for GatewayService {
         match self.state.incidents.get(&key).await {
             Ok(Some(incident)) => Ok(Response::new(to_proto(incident))),
             Ok(None) => Err(Status::not_found(format!("no incident {key}"))),
-            Err(error) => Err(Status::unavailable(error.to_string())),
+            Err(error) => Err(incidents_unavailable(error)),
         }
     }
 
@@ -158,12 +158,7 @@ impl Gateway for GatewayService {
             n if n > 1000 => return Err(Status::invalid_argument("page_size: at most 1000")),
             n => n as usize,
         };
-        let all = self
-            .state
-            .incidents
-            .all()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let all = self.state.incidents.all().await.map_err(incidents_unavailable)?;
         let mut matching = all
             .into_iter()
             .filter(|i| request.page_token.is_empty() || i.key > request.page_token)
@@ -183,4 +178,11 @@ impl Gateway for GatewayService {
             next_page_token,
         }))
     }
+}
+
+/// What a caller is told when the incidents bucket cannot be read: that it may pass; the
+/// store's own words go to the log.
+fn incidents_unavailable(error: incidents::IncidentError) -> Status {
+    tracing::warn!(error = %error, "incidents not read");
+    Status::unavailable("the incidents cannot be read now; try again")
 }

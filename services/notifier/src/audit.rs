@@ -53,14 +53,10 @@ pub struct Recorded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit database {0}")]
-    Database(String),
-}
-
-impl From<sqlx::Error> for AuditError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Database(error.to_string())
-    }
+    #[error("audit database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("audit database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// Where audit rows go.
@@ -159,10 +155,7 @@ impl SqlAuditStore {
                 .max_connections(4)
                 .connect(url)
                 .await?;
-            sqlx::migrate!("./migrations/postgres")
-                .run(&pool)
-                .await
-                .map_err(|e| AuditError::Database(e.to_string()))?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Pool::Postgres(pool)
         } else {
             let options = SqliteConnectOptions::from_str(url)?
@@ -173,10 +166,7 @@ impl SqlAuditStore {
                 .max_connections(4)
                 .connect_with(options)
                 .await?;
-            sqlx::migrate!("./migrations/sqlite")
-                .run(&pool)
-                .await
-                .map_err(|e| AuditError::Database(e.to_string()))?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Pool::Sqlite(pool)
         };
         Ok(Self { pool })

@@ -116,7 +116,7 @@ impl Audit for AuditService {
             .store
             .query(&filter, after, page_size + 1)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         let more = found.len() as i64 > page_size;
         found.truncate(page_size as usize);
         let next_page_token = if more {
@@ -139,15 +139,18 @@ impl Audit for AuditService {
         let mut rows = Vec::new();
         let mut after = 0;
         loop {
-            let page = self
-                .store
-                .query(&filter, after, 1000)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let page = self.store.query(&filter, after, 1000).await.map_err(unavailable)?;
             let Some((last, _)) = page.last() else { break };
             after = *last;
             rows.extend(page.into_iter().map(|(_, entry)| entry));
         }
         Ok(Response::new(AuditStatsResponse { services: stats(&rows) }))
     }
+}
+
+/// What a caller is told when the audit log cannot be read: that it may pass, never the
+/// database's own words (they can name hosts and tables); the log has them.
+fn unavailable(error: crate::audit::AuditError) -> Status {
+    tracing::warn!(error = %error, "audit log query failed");
+    Status::unavailable("the audit log cannot be read now; try again")
 }

@@ -104,8 +104,27 @@ pub struct ActionRecord {
     pub incident: String,
     pub service: String,
     pub action: String,
-    /// RFC 3339.
-    pub at: String,
+    /// When; stored (and shown to the policy) as RFC 3339 with milliseconds. A record whose
+    /// time does not parse makes its whole key unreadable: the limits fail closed.
+    #[serde(with = "rfc3339_millis")]
+    pub at: DateTime<Utc>,
+}
+
+/// A time as RFC 3339 with milliseconds, `2026-11-22T10:00:00.000Z`.
+mod rfc3339_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|time| time.with_timezone(&Utc))
+            .map_err(|e| D::Error::custom(format!("at: {text:?} is not an RFC 3339 time: {e}")))
+    }
 }
 
 impl ActionRecord {
@@ -115,14 +134,8 @@ impl ActionRecord {
             incident: incident.into(),
             service: service.into(),
             action: action.into(),
-            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            at: now,
         }
-    }
-
-    fn time(&self) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(&self.at)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
     }
 }
 
@@ -471,10 +484,7 @@ impl Limiter {
         }
         let in_window = records
             .iter()
-            .filter(|r| {
-                r.time()
-                    .is_some_and(|t| (now - t).to_std().unwrap_or_default() < window)
-            })
+            .filter(|r| (now - r.at).to_std().unwrap_or_default() < window)
             .count();
         if in_window >= max {
             return Verdict::Refused(match scope {
@@ -490,7 +500,7 @@ impl Limiter {
                 ),
             });
         }
-        if let (Scope::Service(service), Some(last)) = (scope, records.iter().filter_map(ActionRecord::time).max()) {
+        if let (Scope::Service(service), Some(last)) = (scope, records.iter().map(|r| r.at).max()) {
             let since = (now - last).to_std().unwrap_or_default();
             if since < self.config.cooldown {
                 return Verdict::Refused(format!(
@@ -509,7 +519,7 @@ impl Limiter {
 fn prune(records: Vec<ActionRecord>, now: DateTime<Utc>, keep: Duration) -> Vec<ActionRecord> {
     records
         .into_iter()
-        .filter(|r| r.time().is_some_and(|t| (now - t).to_std().unwrap_or_default() < keep))
+        .filter(|r| (now - r.at).to_std().unwrap_or_default() < keep)
         .collect()
 }
 

@@ -34,6 +34,31 @@ async fn an_unreadable_record_refuses_what_it_counts_and_is_kept() -> Result<(),
     );
     assert!(limiter.history("checkout", now).await?.is_empty());
     assert_eq!(limiter.reserve("cart", "b", "rollback", now).await?, Verdict::Allowed);
+    // A record whose time does not parse is as unreadable as one that is not JSON.
+    kv.create(
+        "service.search",
+        r#"[{"incident":"x","service":"search","action":"rollback","at":"yesterday"}]"#.into(),
+    )
+    .await
+    .map_err(store)?;
+    let Verdict::Refused(reason) = limiter.reserve("search", "d", "rollback", now).await? else {
+        panic!("a record with a bad time must refuse");
+    };
+    assert!(
+        reason.contains("limits record service.search in selfheal_actions is unreadable"),
+        "{reason}"
+    );
+    assert!(reason.contains("\"yesterday\" is not an RFC 3339 time"), "{reason}");
+    // Stored times keep their shape: RFC 3339 with milliseconds.
+    let cart = kv
+        .get("service.cart")
+        .await
+        .map_err(store)?
+        .map(|e| e.value)
+        .unwrap_or_default();
+    let stored: serde_json::Value = serde_json::from_slice(&cart).unwrap_or_default();
+    let at = stored[0]["at"].as_str().unwrap_or_default();
+    assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.', "{at}");
     let kept = kv.get("service.checkout").await.map_err(store)?.map(|e| e.value);
     assert_eq!(kept.as_deref(), Some(&b"{not json"[..]), "never overwritten");
 
@@ -177,12 +202,11 @@ impl Raced {
 #[tokio::test]
 async fn a_reservation_refused_after_a_lost_race_holds_no_slot() -> Result<(), LimitError> {
     let now = Utc::now();
-    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let record = |incident: &str| ActionRecord {
         incident: incident.into(),
         service: "checkout".into(),
         action: "rollback".into(),
-        at: at.clone(),
+        at: now,
     };
     // The other replica takes checkout's two slots between our read and our write.
     let theirs = serde_json::to_vec(&[record("theirs1"), record("theirs2")]).expect("json");
