@@ -11,6 +11,7 @@ pub mod v1 {
 pub use prost_types::Timestamp;
 
 mod incident_key;
+pub mod time;
 pub use incident_key::{IncidentKey, InvalidIncidentKey};
 
 /// Lowercase names of the enums, as policies, audit rows and people write them.

@@ -82,7 +82,7 @@ fn rfc3339(time: DateTime<Utc>) -> String {
 }
 
 fn timestamp_text(t: Option<&selfheal_proto::Timestamp>) -> Option<String> {
-    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+    t.and_then(selfheal_proto::time::datetime)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use selfheal_proto::{
-    Timestamp,
+    time::timestamp,
     v1::{Alert, AlertEvent},
 };
 use serde::Deserialize;
@@ -291,7 +291,7 @@ pub fn from_proto(
     let starts_at = alert
         .starts_at
         .as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .and_then(selfheal_proto::time::datetime)
         .ok_or_else(|| RequestError::invalid(format!("alerts[{index}].starts_at"), "is missing or out of range"))?;
     let key = identity.incident_key(&labels, &starts_at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     Ok(AlertEvent {
@@ -309,13 +309,6 @@ pub fn from_proto(
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
-}
-
-fn timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
 }
 
 #[cfg(test)]

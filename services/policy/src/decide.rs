@@ -30,7 +30,8 @@ pub struct Extra {
 pub fn input(event: &AlertEvent, extra: &Extra, now: DateTime<Utc>) -> Value {
     let alert = event.alert.clone().unwrap_or_default();
     let time = |t: Option<Timestamp>| {
-        t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        t.as_ref()
+            .and_then(selfheal_proto::time::datetime)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     };
     json!({
@@ -86,10 +87,7 @@ pub async fn decide(
                     .collect()
             })
             .unwrap_or_default(),
-        decided_at: Some(Timestamp {
-            seconds: now.timestamp(),
-            nanos: now.timestamp_subsec_nanos() as i32,
-        }),
+        decided_at: Some(selfheal_proto::time::timestamp(now)),
         ..Default::default()
     };
     match engine.evaluate(&input).await {

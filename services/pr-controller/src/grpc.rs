@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use selfheal_config::{Secret, TokenCheck};
 use selfheal_proto::{
-    IncidentKey, Timestamp,
+    IncidentKey,
     names::{self, is_dns1123_label},
     v1::{
         Approval, ApproveRequest, DescribeTargetRequest, GetRemediationRequest, ListRemediationsRequest,
@@ -251,10 +251,7 @@ impl Remediations for RemediationsService {
             reason => format!("rejected by {}: {reason}", who(&request.by)),
         };
         let now = chrono::Utc::now();
-        event.at = Some(Timestamp {
-            seconds: now.timestamp(),
-            nanos: now.timestamp_subsec_nanos() as i32,
-        });
+        event.at = Some(selfheal_proto::time::timestamp(now));
         let state = lifecycle
             .record(&event, &record.subject_service, now)
             .await

@@ -12,7 +12,7 @@ use selfheal_bus::{
     subjects,
 };
 use selfheal_proto::{
-    Timestamp, names,
+    names,
     v1::{Action, Decision, RemediationEvent, RemediationState},
 };
 use tracing::Instrument;
@@ -249,11 +249,7 @@ impl RemediationHandler {
         }
         if event.at.is_none() {
             // When the change was made (or refused): the hop "decision → change" ends here.
-            let now = chrono::Utc::now();
-            event.at = Some(Timestamp {
-                seconds: now.timestamp(),
-                nanos: now.timestamp_subsec_nanos() as i32,
-            });
+            event.at = Some(selfheal_proto::time::now());
         }
         if let Some(verifier) = &self.verifier {
             // The change is made; on a store error, the redelivery finds it and records it then.
@@ -362,10 +358,7 @@ fn failed_event(decision: &Decision, error: &ReconcileError) -> RemediationEvent
         service,
         message: error.to_string(),
         decision: Some(decision.clone()),
-        at: Some(Timestamp {
-            seconds: now.timestamp(),
-            nanos: now.timestamp_subsec_nanos() as i32,
-        }),
+        at: Some(selfheal_proto::time::timestamp(now)),
         ..Default::default()
     };
     event.set_state(RemediationState::Failed);

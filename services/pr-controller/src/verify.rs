@@ -17,6 +17,7 @@ use prost::Message as _;
 use selfheal_bus::kv::{KvError, SharedKeyValue};
 use selfheal_proto::{
     Timestamp,
+    time::timestamp as stamp,
     v1::{AlertEvent, RemediationEvent, RemediationState},
 };
 use serde::{Deserialize, Serialize};
@@ -134,14 +135,7 @@ pub enum VerifyError {
 }
 
 fn time(t: Option<&Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
-}
-
-fn stamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    t.and_then(selfheal_proto::time::datetime)
 }
 
 /// Records merges, verifies on resolution, escalates on timeout.
