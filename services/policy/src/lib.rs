@@ -180,13 +180,6 @@ pub struct Policy {
     target: target::TargetReader,
 }
 
-impl Policy {
-    /// The policy engine the service evaluates with.
-    pub fn engine(&self) -> &Arc<dyn PolicyEngine> {
-        &self.engine
-    }
-}
-
 #[async_trait]
 impl Service for Policy {
     type Config = PolicyConfig;

@@ -267,7 +267,10 @@ impl Reconciler {
     /// into main), so it happens once however often it is asked for. Blocking.
     pub fn revert(&self, merged: &RemediationEvent, trace_id: &str) -> Result<RemediationEvent, ReconcileError> {
         let mut decision = merged.decision.clone().unwrap_or_default();
-        decision.incident_key = format!("{}r", merged.incident_key);
+        decision.incident_key = IncidentKey::parse(&merged.incident_key)
+            .and_then(|key| key.revert())
+            .map_err(|invalid| ReconcileError::Refused(format!("incident_key: {invalid}")))?
+            .to_string();
         decision.reason = format!(
             "revert: the alert still fired after {} {} → {}",
             names::action(merged.action()),
