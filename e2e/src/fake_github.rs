@@ -562,13 +562,12 @@ impl FakeGitHub {
             },
             tokio::runtime::Handle::current(),
         )?;
-        let mut config = PrControllerConfig::default();
-        config.target.path = "apps/{service}/kustomization.yaml".into();
+        let config = PrControllerConfig::default();
         let repo = Arc::new(repo);
         Ok(Arc::new(Reconciler::new(
             repo.clone(),
             Some(repo),
-            config.reconcile_settings(),
+            config.reconcile_settings()?,
         )))
     }
 }

@@ -1,23 +1,35 @@
-//! A plain Deployment: a container's `image`.
+//! A workload's pod template (Deployment, StatefulSet, Argo Rollouts `Rollout`): its containers.
 
 use yaml_edit::{Document, path::YamlPath};
 
-use crate::yaml::scalar;
+use crate::{place::Place, yaml::scalar};
 
-/// The container of a Deployment that runs `service`: the one named so, or the only one.
-pub(crate) fn container_index(document: &Document, service: &str) -> Option<usize> {
-    let names: Vec<String> = (0..64)
+/// The container of the workload that runs the place's service: the one the place names, else
+/// the one whose image is the place's image, else the one named like the service, else the only
+/// one.
+pub(crate) fn container_index(document: &Document, place: &Place) -> Option<usize> {
+    let containers: Vec<(String, String)> = (0..64)
         .map_while(|i| {
             document
                 .try_get_path(&format!("spec.template.spec.containers[{i}]"))
                 .ok()?;
-            Some(scalar(document, &format!("spec.template.spec.containers[{i}].name")).unwrap_or_default())
+            let field =
+                |f: &str| scalar(document, &format!("spec.template.spec.containers[{i}].{f}")).unwrap_or_default();
+            Some((field("name"), field("image")))
         })
         .collect();
-    names
+    if let Some(wanted) = &place.container {
+        return containers.iter().position(|(name, _)| name == wanted);
+    }
+    if let Some(image) = &place.image
+        && let Some(index) = containers.iter().position(|(_, i)| split_image(i).0 == image)
+    {
+        return Some(index);
+    }
+    containers
         .iter()
-        .position(|n| n == service)
-        .or((names.len() == 1).then_some(0))
+        .position(|(name, _)| *name == place.service)
+        .or((containers.len() == 1).then_some(0))
 }
 
 /// `repo[:tag][@digest]` → (`repo`, `tag`).

@@ -1,102 +1,118 @@
-//! The edits and reads of each [`Kind`] of file, dispatched to the module that knows its layout.
+//! The edits and reads of each [`Kind`] of file, made on the one document the [`Place`] names
+//! and spliced back into the file's text.
+
+use std::ops::Range;
 
 use crate::{
     deployment::{container_index, split_image},
+    documents::{choose, detect, documents},
     kind::{EditError, Kind},
     kustomize::{kustomize_image_tag, kustomize_replicas, set_kustomize_image_tag, set_kustomize_replicas},
+    place::Place,
     read_cache::{READS, ReadKey},
+    restart as restarts,
     yaml::{append_block, has_key, parse, scalar, set, tag_scalar},
 };
 
-/// The image tag of `service` in a file of `kind`.
-pub fn read_tag(
-    kind: Kind,
-    file: &str,
-    text: &str,
-    service: &str,
-    image: Option<&str>,
-) -> Result<Option<String>, EditError> {
-    let key = ReadKey {
-        what: "tag",
-        kind,
-        file: file.to_owned(),
-        service: service.to_owned(),
-        image: image.map(str::to_owned),
-        text: text.to_owned(),
+/// The kind of `file` (the place's, or read from the file) and the bytes of the document the
+/// place names.
+fn locate(place: &Place, file: &str, text: &str) -> Result<(Kind, Range<usize>), EditError> {
+    let docs = documents(file, text)?;
+    let kind = match place.kind {
+        Some(kind) => kind,
+        None => detect(file, &docs)?,
     };
-    READS.get_or(key, || read_tag_parsed(kind, file, text, service, image))
+    Ok((kind, choose(file, kind, &docs, place)?.range.clone()))
 }
 
-fn read_tag_parsed(
-    kind: Kind,
-    file: &str,
+/// The kind of the file at `place`: the place's, or read from the file.
+pub fn kind_at(place: &Place, file: &str, text: &str) -> Result<Kind, EditError> {
+    match place.kind {
+        Some(kind) => Ok(kind),
+        None => detect(file, &documents(file, text)?),
+    }
+}
+
+/// `text` with its document at `range` edited by `edit`, every other byte as it was.
+fn splice(
     text: &str,
-    service: &str,
-    image: Option<&str>,
-) -> Result<Option<String>, EditError> {
+    range: Range<usize>,
+    edit: impl FnOnce(&str) -> Result<String, EditError>,
+) -> Result<String, EditError> {
+    let edited = edit(&text[range.clone()])?;
+    Ok(format!("{}{edited}{}", &text[..range.start], &text[range.end..]))
+}
+
+/// The image tag of the service at `place` in `text`.
+pub fn read_tag(place: &Place, file: &str, text: &str) -> Result<Option<String>, EditError> {
+    READS.get_or(ReadKey::new("tag", place, file, text), || {
+        let (kind, range) = locate(place, file, text)?;
+        read_tag_in(kind, place, file, &text[range])
+    })
+}
+
+fn read_tag_in(kind: Kind, place: &Place, file: &str, doc: &str) -> Result<Option<String>, EditError> {
     match kind {
-        Kind::Kustomize => match kustomize_image_tag(file, text, service, image) {
+        Kind::Kustomize => match kustomize_image_tag(file, doc, &place.service, place.image.as_deref()) {
             Err(EditError::NoImage { .. }) => Ok(None),
             other => other,
         },
-        Kind::HelmValues => Ok(scalar(&parse(file, text)?, "image.tag")),
-        Kind::HelmRelease => Ok(scalar(&parse(file, text)?, "spec.values.image.tag")),
+        Kind::HelmValues | Kind::HelmRelease => Ok(scalar(&parse(file, doc)?, &place.tag_path(kind))),
         Kind::Manifest => {
-            let document = parse(file, text)?;
-            let index = container_index(&document, service).ok_or_else(|| EditError::NoImage {
-                file: file.into(),
-                image: service.into(),
-            })?;
+            let document = parse(file, doc)?;
+            let index = container(&document, file, place)?;
             let image = scalar(&document, &format!("spec.template.spec.containers[{index}].image"));
             Ok(image.and_then(|i| split_image(&i).1.map(str::to_string)))
         }
     }
 }
 
-/// `text` with `service`'s image tag set to `tag`, changing only that value — or, where the file
-/// has no entry yet (Kustomize `images`, HelmRelease `spec.values.image`), adding a small block.
-pub fn set_tag(
-    kind: Kind,
-    file: &str,
-    text: &str,
-    service: &str,
-    image: Option<&str>,
-    tag: &str,
-) -> Result<String, EditError> {
+fn container(document: &yaml_edit::Document, file: &str, place: &Place) -> Result<usize, EditError> {
+    container_index(document, place).ok_or_else(|| EditError::NoImage {
+        file: file.into(),
+        image: place
+            .container
+            .clone()
+            .or_else(|| place.image.clone())
+            .unwrap_or_else(|| place.service.clone()),
+    })
+}
+
+/// `text` with the image tag at `place` set to `tag`, changing only that value — or, where the
+/// file has no entry yet (Kustomize `images`, Helm values' `image`), adding a small block.
+pub fn set_tag(place: &Place, file: &str, text: &str, tag: &str) -> Result<String, EditError> {
+    let (kind, range) = locate(place, file, text)?;
+    splice(text, range, |doc| set_tag_in(kind, place, file, doc, tag))
+}
+
+fn set_tag_in(kind: Kind, place: &Place, file: &str, doc: &str, tag: &str) -> Result<String, EditError> {
+    let image = place.image.as_deref();
     match kind {
-        Kind::Kustomize => match set_kustomize_image_tag(file, text, service, image, tag) {
-            Err(EditError::NoImage { .. }) if !has_key(&parse(file, text)?, "images") => {
+        Kind::Kustomize => match set_kustomize_image_tag(file, doc, &place.service, image, tag) {
+            Err(EditError::NoImage { .. }) if !has_key(&parse(file, doc)?, "images") => {
                 let name = image.ok_or_else(|| EditError::NoImage {
                     file: file.into(),
-                    image: service.into(),
+                    image: place.service.clone(),
                 })?;
                 Ok(append_block(
-                    text,
+                    doc,
                     &format!("images:\n- name: {name}\n  newTag: {}\n", tag_scalar(tag)),
                 ))
             }
             other => other,
         },
         Kind::HelmValues | Kind::HelmRelease => {
-            let path = if kind == Kind::HelmValues {
-                "image.tag"
-            } else {
-                "spec.values.image.tag"
-            };
-            let document = parse(file, text)?;
-            set(&document, file, path, tag)?;
+            let document = parse(file, doc)?;
+            set(&document, file, &place.tag_path(kind), tag)?;
             Ok(document.to_string())
         }
         Kind::Manifest => {
-            let document = parse(file, text)?;
-            let index = container_index(&document, service).ok_or_else(|| EditError::NoImage {
-                file: file.into(),
-                image: service.into(),
-            })?;
+            let document = parse(file, doc)?;
+            let index = container(&document, file, place)?;
             let path = format!("spec.template.spec.containers[{index}].image");
             let current = scalar(&document, &path).ok_or_else(|| EditError::NoImage {
                 file: file.into(),
-                image: service.into(),
+                image: place.service.clone(),
             })?;
             let (repository, _) = split_image(&current);
             set(&document, file, &path, format!("{repository}:{tag}").as_str())?;
@@ -105,69 +121,62 @@ pub fn set_tag(
     }
 }
 
-/// The replica count of `service` in a file of `kind`.
-pub fn read_replicas(kind: Kind, file: &str, text: &str, service: &str) -> Result<Option<i64>, EditError> {
-    let key = ReadKey {
-        what: "replicas",
-        kind,
-        file: file.to_owned(),
-        service: service.to_owned(),
-        image: None,
-        text: text.to_owned(),
-    };
-    let count = READS.get_or(key, || {
-        read_replicas_parsed(kind, file, text, service).map(|count| count.map(|c| c.to_string()))
+/// The replica count at `place` in `text`.
+pub fn read_replicas(place: &Place, file: &str, text: &str) -> Result<Option<i64>, EditError> {
+    let count = READS.get_or(ReadKey::new("replicas", place, file, text), || {
+        let (kind, range) = locate(place, file, text)?;
+        read_replicas_in(kind, place, file, &text[range]).map(|count| count.map(|c| c.to_string()))
     })?;
     Ok(count.and_then(|c| c.parse().ok()))
 }
 
-fn read_replicas_parsed(kind: Kind, file: &str, text: &str, service: &str) -> Result<Option<i64>, EditError> {
+fn read_replicas_in(kind: Kind, place: &Place, file: &str, doc: &str) -> Result<Option<i64>, EditError> {
     let path = match kind {
         Kind::Kustomize => {
-            return match kustomize_replicas(file, text, service) {
+            return match kustomize_replicas(file, doc, place.workload_name()) {
                 Err(EditError::NoReplicas { .. }) => Ok(None),
                 other => other,
             };
         }
-        Kind::HelmValues => "replicaCount",
-        Kind::HelmRelease => "spec.values.replicaCount",
-        Kind::Manifest => "spec.replicas",
+        Kind::HelmValues | Kind::HelmRelease => place.replicas_path(kind),
+        Kind::Manifest => "spec.replicas".into(),
     };
-    Ok(scalar(&parse(file, text)?, path).and_then(|c| c.parse().ok()))
+    Ok(scalar(&parse(file, doc)?, &path).and_then(|c| c.parse().ok()))
 }
 
-/// `text` with `service`'s replica count set to `count` (adding the entry where there is none).
-pub fn set_replicas(kind: Kind, file: &str, text: &str, service: &str, count: i64) -> Result<String, EditError> {
-    let path = match kind {
-        Kind::Kustomize => {
-            return match set_kustomize_replicas(file, text, service, count) {
-                Err(EditError::NoReplicas { .. }) if !has_key(&parse(file, text)?, "replicas") => Ok(append_block(
-                    text,
-                    &format!("replicas:\n- name: {service}\n  count: {count}\n"),
-                )),
-                other => other,
-            };
-        }
-        Kind::HelmValues => "replicaCount",
-        Kind::HelmRelease => "spec.values.replicaCount",
-        Kind::Manifest => "spec.replicas",
-    };
-    let document = parse(file, text)?;
-    set(&document, file, path, count)?;
-    Ok(document.to_string())
+/// `text` with the replica count at `place` set to `count` (adding the entry where there is none).
+pub fn set_replicas(place: &Place, file: &str, text: &str, count: i64) -> Result<String, EditError> {
+    let (kind, range) = locate(place, file, text)?;
+    splice(text, range, |doc| {
+        let path = match kind {
+            Kind::Kustomize => {
+                let name = place.workload_name();
+                return match set_kustomize_replicas(file, doc, name, count) {
+                    Err(EditError::NoReplicas { .. }) if !has_key(&parse(file, doc)?, "replicas") => Ok(append_block(
+                        doc,
+                        &format!("replicas:\n- name: {name}\n  count: {count}\n"),
+                    )),
+                    other => other,
+                };
+            }
+            Kind::HelmValues | Kind::HelmRelease => place.replicas_path(kind),
+            Kind::Manifest => "spec.replicas".into(),
+        };
+        let document = parse(file, doc)?;
+        set(&document, file, &path, count)?;
+        Ok(document.to_string())
+    })
 }
 
-/// `text` with the pod template annotation `kubectl.kubernetes.io/restartedAt` set to `at`
-/// (what `kubectl rollout restart` writes), for a Deployment manifest.
-pub fn set_restarted_at(file: &str, text: &str, at: &str) -> Result<String, EditError> {
-    let document = parse(file, text)?;
-    // Quoted: to YAML 1.1 readers an unquoted RFC 3339 time is a timestamp, and annotations are strings.
-    let value = yaml_edit::ScalarValue::double_quoted(at);
-    set(
-        &document,
-        file,
-        r"spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt",
-        value,
-    )?;
-    Ok(document.to_string())
+/// `text` with the workload at `place` restarted at `at` (an RFC 3339 time): the pod template
+/// annotation `kubectl.kubernetes.io/restartedAt` that `kubectl rollout restart` writes, set
+/// where the file's kind puts pod annotations — the Deployment itself, the chart's pod
+/// annotations key in Helm values, or a patch in the kustomization.
+pub fn restart(place: &Place, file: &str, text: &str, at: &str) -> Result<String, EditError> {
+    let (kind, range) = locate(place, file, text)?;
+    splice(text, range, |doc| match kind {
+        Kind::Manifest => restarts::manifest(file, doc, at),
+        Kind::HelmValues | Kind::HelmRelease => restarts::helm_values(kind, place, file, doc, at),
+        Kind::Kustomize => restarts::kustomize(place, file, doc, at),
+    })
 }

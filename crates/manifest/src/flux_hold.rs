@@ -51,12 +51,12 @@ pub fn hold_flux_marker(before: &str, after: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Kind, kustomize_image_tag, set_tag};
+    use crate::{Kind, Place, kustomize_image_tag, set_tag};
 
     #[test]
     fn the_flux_marker_on_the_rolled_back_line_is_held_and_nothing_else_moves() {
         let before = "images:\n  - name: ghcr.io/acme/checkout\n    newTag: v1.5.0 # {\"$imagepolicy\": \"flux-system:checkout:tag\"}\n  - name: ghcr.io/acme/cart\n    newTag: v2.0.0 # {\"$imagepolicy\": \"flux-system:cart:tag\"}\n";
-        let after = set_tag(Kind::Kustomize, "k.yaml", before, "checkout", None, "v1.4.1").expect("edit");
+        let after = set_tag(&Place::of(Kind::Kustomize, "checkout"), "k.yaml", before, "v1.4.1").expect("edit");
         let (held, policy) = hold_flux_marker(before, &after).expect("held");
         assert_eq!(policy, "flux-system:checkout:tag");
         assert_eq!(
@@ -69,7 +69,7 @@ mod tests {
         );
         // No marker: nothing to hold.
         let plain = "images:\n- name: checkout\n  newTag: v1 # release\n";
-        let edited = set_tag(Kind::Kustomize, "k.yaml", plain, "checkout", None, "v0").expect("edit");
+        let edited = set_tag(&Place::of(Kind::Kustomize, "checkout"), "k.yaml", plain, "v0").expect("edit");
         assert_eq!(hold_flux_marker(plain, &edited), None);
     }
 }

@@ -11,6 +11,31 @@ pub enum EditError {
     NoReplicas { file: String, name: String },
     #[error("cannot set {path} in {file}: {reason}")]
     Set { file: String, path: String, reason: String },
+    /// The file holds nothing selfheal edits.
+    #[error(
+        "{file} is not a file selfheal edits (a Kustomization or Component, a HelmRelease, a Deployment, StatefulSet or Rollout, or Helm values); it holds {holds}"
+    )]
+    NotEditable { file: String, holds: String },
+    /// The file holds documents of several kinds selfheal edits, and the target names none.
+    #[error("{file} holds {kinds}: set the target's kind")]
+    MixedKinds { file: String, kinds: String },
+    /// No document is the one the target names.
+    #[error("{file} has no {what}; it holds {candidates}: name one in the target")]
+    NoDocument {
+        file: String,
+        what: String,
+        candidates: String,
+    },
+    /// Several documents are.
+    #[error("{file} has several {what} ({matches}): name one in the target (its name, namespace or workload kind)")]
+    Ambiguous {
+        file: String,
+        what: String,
+        matches: String,
+    },
+    /// The edit cannot be made in a file of this kind, as the target stands.
+    #[error("{file}: {reason}")]
+    Unsupported { file: String, reason: String },
 }
 
 /// What kind of file holds a service's image tag and replica count.

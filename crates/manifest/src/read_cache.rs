@@ -2,7 +2,7 @@
 //! than looking a text up, and the same versions of a file are read again and again (the current
 //! one by every alert on its service, the earlier ones by every rollback's history search).
 
-use crate::kind::{EditError, Kind};
+use crate::{kind::EditError, place::Place};
 
 /// Answers by what was asked and the text they were read from, bounded (see [`Reads::MAX`]).
 pub(crate) struct Reads {
@@ -20,12 +20,21 @@ struct Answers {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ReadKey {
-    pub(crate) what: &'static str,
-    pub(crate) kind: Kind,
-    pub(crate) file: String,
-    pub(crate) service: String,
-    pub(crate) image: Option<String>,
-    pub(crate) text: String,
+    what: &'static str,
+    place: Place,
+    file: String,
+    text: String,
+}
+
+impl ReadKey {
+    pub(crate) fn new(what: &'static str, place: &Place, file: &str, text: &str) -> Self {
+        Self {
+            what,
+            place: place.clone(),
+            file: file.to_owned(),
+            text: text.to_owned(),
+        }
+    }
 }
 
 impl Reads {

@@ -20,7 +20,7 @@ use std::{
 use axum::{Router, extract::State, routing::get};
 use clap::Parser;
 use selfheal_git::{GitRepo, LocalRepository};
-use selfheal_manifest::{self as edit, Kind};
+use selfheal_manifest::{self as edit, Kind, Place};
 
 #[derive(Parser, Clone)]
 #[command(about = "A demo service selfheal can heal (demos and tests only).")]
@@ -108,8 +108,8 @@ fn sync(args: &Args) -> Option<(String, i64)> {
     let repository = LocalRepository::open(args.repository.as_ref()?).ok()?;
     let tip = repository.branch_tip("main").ok()??;
     let text = repository.read_file(&tip, &args.path).ok()??;
-    let tag = edit::read_tag(Kind::Kustomize, &args.path, &text, &args.service, None).ok()??;
-    let replicas = edit::read_replicas(Kind::Kustomize, &args.path, &text, &args.service)
+    let tag = edit::read_tag(&Place::of(Kind::Kustomize, &args.service), &args.path, &text).ok()??;
+    let replicas = edit::read_replicas(&Place::of(Kind::Kustomize, &args.service), &args.path, &text)
         .ok()
         .flatten()
         .unwrap_or(1);

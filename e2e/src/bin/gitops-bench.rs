@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
         history_depth: 1000,
         ..Default::default()
     }
-    .reconcile_settings();
+    .reconcile_settings()?;
     let reconciler_on = |repo: LocalRepository| Reconciler::new(Arc::new(repo), None, settings.clone());
 
     // History search: the rollback candidates, against git log on the same path. Cold: a fresh

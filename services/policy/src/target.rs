@@ -36,8 +36,8 @@ impl Default for TargetConfig {
     }
 }
 
-/// Service, cluster and namespace: what a target is asked by.
-type Asked = (String, String, String);
+/// The alert's labels: what a target is asked by (targets match on any label).
+type Asked = BTreeMap<String, String>;
 
 /// A `[target]` setting that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +90,10 @@ impl TargetReader {
         let Some((client, token)) = &self.client else {
             return (json!({}), None);
         };
-        let Some(service) = labels.get("service") else {
+        if !labels.contains_key("service") {
             return (json!({}), Some("the alert has no service label".into()));
-        };
-        let asked = (
-            service.clone(),
-            labels.get("cluster").cloned().unwrap_or_default(),
-            labels.get("namespace").cloned().unwrap_or_default(),
-        );
+        }
+        let asked = labels.clone();
         let (client, token) = (client.clone(), token.clone());
         self.reads
             .read(asked.clone(), move || describe(client, token, asked))
@@ -106,15 +102,13 @@ impl TargetReader {
 }
 
 /// One `DescribeTarget` call.
-async fn describe(
-    mut client: RemediationsClient<Channel>,
-    token: Secret,
-    (service, cluster, namespace): Asked,
-) -> (Value, Option<String>) {
+async fn describe(mut client: RemediationsClient<Channel>, token: Secret, labels: Asked) -> (Value, Option<String>) {
+    let field = |name: &str| labels.get(name).cloned().unwrap_or_default();
     let mut request = tonic::Request::new(DescribeTargetRequest {
-        service,
-        cluster,
-        namespace,
+        service: field("service"),
+        cluster: field("cluster"),
+        namespace: field("namespace"),
+        labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     });
     match format!("Bearer {}", token.expose()).parse() {
         Ok(value) => {

@@ -1,12 +1,12 @@
 //! The pr-controller's settings. File: `--config FILE` (TOML); environment:
-//! `SELFHEAL_PR_CONTROLLER_*` (nested keys with `__`, e.g. `SELFHEAL_PR_CONTROLLER_TARGET__PATH`).
+//! `SELFHEAL_PR_CONTROLLER_*` (nested keys with `__`, e.g. `SELFHEAL_PR_CONTROLLER_TARGET__PATH` for the single `[target]`).
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use selfheal_git::Author;
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::ReconcileSettings;
+use crate::reconcile::{ReconcileSettings, Targets};
 
 /// Everything the pr-controller can be told.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,8 +34,11 @@ pub struct PrControllerConfig {
     pub concurrency: usize,
     /// The branch Argo CD or Flux deploys from; auto-approved changes are merged into it.
     pub main_branch: String,
-    /// Where a service's manifests live.
-    pub target: TargetConfig,
+    /// Which file serves which alerts, and where in it the service lives: an ordered list, the
+    /// first entry whose `match` the alert's labels meet wins (see ARCHITECTURE.md).
+    pub targets: Vec<TargetConfig>,
+    /// The single target of earlier versions: the same as a `[[targets]]` of one entry.
+    pub target: Option<TargetConfig>,
     /// Commit author.
     pub author_name: String,
     /// Commit author email.
@@ -65,7 +68,7 @@ pub struct PrControllerConfig {
     pub sync: crate::sync::SyncConfig,
 }
 
-pub use crate::reconcile::TargetConfig;
+pub use crate::reconcile::{TargetConfig, TargetError};
 
 impl Default for PrControllerConfig {
     fn default() -> Self {
@@ -79,7 +82,8 @@ impl Default for PrControllerConfig {
             main_branch: "main".into(),
             ack_wait: std::time::Duration::from_secs(30),
             concurrency: 64,
-            target: TargetConfig::default(),
+            targets: Vec::new(),
+            target: None,
             author_name: "selfheal".into(),
             author_email: "selfheal@localhost".into(),
             verify_window: std::time::Duration::from_secs(15 * 60),
@@ -96,11 +100,25 @@ impl Default for PrControllerConfig {
 }
 
 impl PrControllerConfig {
-    /// What the reconciler needs of these settings.
-    pub fn reconcile_settings(&self) -> ReconcileSettings {
-        ReconcileSettings {
+    /// The targets, checked: `[[targets]]`, else the single `[target]`, else the default
+    /// (`apps/{service}/kustomization.yaml`). Both set is an error: which one was meant?
+    pub fn targets(&self) -> Result<Targets, TargetError> {
+        match (&self.target, self.targets.is_empty()) {
+            (Some(_), false) => Err(TargetError {
+                field: "target".into(),
+                problem: "set [[targets]] or the single [target], not both".into(),
+            }),
+            (Some(target), true) => Targets::new(vec![target.clone()], true),
+            (None, true) => Targets::new(vec![TargetConfig::default()], true),
+            (None, false) => Targets::new(self.targets.clone(), false),
+        }
+    }
+
+    /// What the reconciler needs of these settings (the targets checked).
+    pub fn reconcile_settings(&self) -> Result<ReconcileSettings, TargetError> {
+        Ok(ReconcileSettings {
             main_branch: self.main_branch.clone(),
-            target: self.target.clone(),
+            targets: self.targets()?,
             author: Author {
                 name: self.author_name.clone(),
                 email: self.author_email.clone(),
@@ -108,6 +126,6 @@ impl PrControllerConfig {
             history_depth: self.history_depth,
             max_replicas: self.max_replicas,
             hold_image_automation: self.hold_image_automation,
-        }
+        })
     }
 }

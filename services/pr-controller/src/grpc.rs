@@ -122,10 +122,31 @@ impl RemediationsService {
     }
 }
 
+/// The most labels a `DescribeTarget` may carry, and the longest value.
+const MAX_LABELS: usize = 128;
+const MAX_LABEL_VALUE: usize = 1024;
+
 impl RemediationsService {
     /// `DescribeTarget`'s work, in its span.
-    async fn describe(&self, request: DescribeTargetRequest) -> Result<Response<Target>, Status> {
+    async fn describe(&self, mut request: DescribeTargetRequest) -> Result<Response<Target>, Status> {
+        if request.labels.len() > MAX_LABELS {
+            return Err(Status::invalid_argument(format!("labels: more than {MAX_LABELS}")));
+        }
         let mut labels = BTreeMap::new();
+        for (name, value) in std::mem::take(&mut request.labels) {
+            if !crate::reconcile::is_label_name(&name) {
+                return Err(Status::invalid_argument(format!(
+                    "labels: {:?} is not a label name",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+            if value.len() > MAX_LABEL_VALUE {
+                return Err(Status::invalid_argument(format!(
+                    "labels.{name}: longer than {MAX_LABEL_VALUE} bytes"
+                )));
+            }
+            labels.insert(name, value);
+        }
         for (name, value) in [
             ("service", request.service),
             ("cluster", request.cluster),
@@ -139,8 +160,12 @@ impl RemediationsService {
             }
             labels.insert(name.to_string(), value);
         }
-        if !labels.contains_key("service") {
-            return Err(Status::invalid_argument("service: is required"));
+        match labels.get("service") {
+            None => return Err(Status::invalid_argument("service: is required")),
+            Some(service) if !is_dns1123_label(service) => {
+                return Err(Status::invalid_argument("service: must be a DNS-1123 label"));
+            }
+            Some(_) => {}
         }
         let reconciler = self.handler.reconciler().clone();
         let targets = self.targets.clone();

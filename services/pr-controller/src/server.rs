@@ -21,7 +21,7 @@ use crate::{
 pub use selfheal_runtime::Listeners;
 
 /// The pr-controller, built from its config with every setting checked: the gRPC token, the
-/// repository (a local one, or GitHub), the verification windows and sync-now.
+/// repository (a local one, or GitHub), the targets, the verification windows and sync-now.
 pub struct PrController {
     config: PrControllerConfig,
     repo: Arc<dyn GitRepo>,
@@ -29,6 +29,7 @@ pub struct PrController {
     token: Secret,
     verify_windows: Vec<(String, Duration)>,
     sync: sync::SyncNow,
+    settings: crate::reconcile::ReconcileSettings,
 }
 
 /// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
@@ -95,7 +96,11 @@ impl Service for PrController {
             })
             .collect::<Result<_, _>>()?;
         let sync = sync::SyncNow::from_config(&config.sync).map_err(|e| StartError::config(e.to_string()))?;
+        let settings = config
+            .reconcile_settings()
+            .map_err(|e| StartError::config(e.to_string()))?;
         Ok(Self {
+            settings,
             config,
             repo,
             forge,
@@ -125,6 +130,7 @@ impl Service for PrController {
             token,
             verify_windows,
             sync,
+            settings,
         } = self;
         let cancel = CancellationToken::new();
         let (repo_for_ready, forge_for_ready, main_branch) = (repo.clone(), forge.clone(), config.main_branch.clone());
@@ -144,7 +150,7 @@ impl Service for PrController {
         }
         let control = selfheal_bus::control::open(&bus).await?;
         let handler = Arc::new(
-            RemediationHandler::new(Reconciler::new(repo, forge, config.reconcile_settings()), bus.clone())
+            RemediationHandler::new(Reconciler::new(repo, forge, settings), bus.clone())
                 .with_verifier(verifier.clone())
                 .with_sync(sync)
                 .with_kill_switch(control.clone()),

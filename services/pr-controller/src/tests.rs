@@ -28,7 +28,13 @@ use crate::{
 
 /// A reconciler on `repo` with the default settings, and no forge.
 fn local_reconciler(repo: impl GitRepo) -> Reconciler {
-    Reconciler::new(Arc::new(repo), None, PrControllerConfig::default().reconcile_settings())
+    Reconciler::new(
+        Arc::new(repo),
+        None,
+        PrControllerConfig::default()
+            .reconcile_settings()
+            .expect("valid targets"),
+    )
 }
 
 fn rollback(incident: &str, service: &str) -> Decision {

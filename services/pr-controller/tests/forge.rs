@@ -164,7 +164,7 @@ fn the_reconciler_proposes_merges_and_finds_changes_through_the_forge_trait_alon
         calls: Mutex::default(),
         hold: Mutex::new(false),
     });
-    let settings = PrControllerConfig::default().reconcile_settings();
+    let settings = PrControllerConfig::default().reconcile_settings()?;
     let reconciler = Reconciler::new(git.clone(), Some(forge.clone()), settings);
     let main_file = || -> anyhow::Result<String> {
         let tip = git.branch_tip("main")?.unwrap_or_default();

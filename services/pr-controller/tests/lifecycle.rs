@@ -82,7 +82,13 @@ async fn approve_reject_and_retry_move_remediations_once() -> anyhow::Result<()>
     let verifier = Verifier::new(Arc::new(MemoryKeyValue::default()), Duration::from_secs(600));
     let handler = Arc::new(
         RemediationHandler::new(
-            Reconciler::new(repo.clone(), None, PrControllerConfig::default().reconcile_settings()),
+            Reconciler::new(
+                repo.clone(),
+                None,
+                PrControllerConfig::default()
+                    .reconcile_settings()
+                    .expect("valid targets"),
+            ),
             Arc::new(bus.clone()),
         )
         .with_verifier(verifier),

@@ -21,28 +21,39 @@ fn reads_are_remembered_by_text_service_and_kind() {
     for _ in 0..2 {
         for (text, tag) in [(KUST, "v1.5.0"), (older.as_str(), "v1.4.1")] {
             assert_eq!(
-                read_tag(Kind::Kustomize, "k.yaml", text, "checkout", None),
+                read_tag(&Place::of(Kind::Kustomize, "checkout"), "k.yaml", text),
                 Ok(Some(tag.to_string()))
             );
         }
         assert_eq!(
-            read_tag(Kind::Kustomize, "k.yaml", KUST, "sidecar", None),
+            read_tag(&Place::of(Kind::Kustomize, "sidecar"), "k.yaml", KUST),
             Ok(Some("2.3.1".to_string()))
         );
-        assert_eq!(read_tag(Kind::Kustomize, "k.yaml", KUST, "payments", None), Ok(None));
-        assert_eq!(read_tag(Kind::HelmValues, "k.yaml", KUST, "checkout", None), Ok(None));
-        assert_eq!(read_replicas(Kind::Kustomize, "k.yaml", KUST, "checkout"), Ok(Some(2)));
+        assert_eq!(
+            read_tag(&Place::of(Kind::Kustomize, "payments"), "k.yaml", KUST),
+            Ok(None)
+        );
+        assert!(
+            matches!(
+                read_tag(&Place::of(Kind::HelmValues, "checkout"), "k.yaml", KUST),
+                Err(EditError::NoDocument { .. })
+            ),
+            "a kustomization is not a values file"
+        );
+        assert_eq!(
+            read_replicas(&Place::of(Kind::Kustomize, "checkout"), "k.yaml", KUST),
+            Ok(Some(2))
+        );
         assert_eq!(
             read_replicas(
-                Kind::Kustomize,
+                &Place::of(Kind::Kustomize, "checkout"),
                 "k.yaml",
-                &older.replace("count: 2", "count: 5"),
-                "checkout"
+                &older.replace("count: 2", "count: 5")
             ),
             Ok(Some(5))
         );
         assert!(matches!(
-            read_tag(Kind::Kustomize, "bad.yaml", "images: [", "checkout", None),
+            read_tag(&Place::of(Kind::Kustomize, "checkout"), "bad.yaml", "images: ["),
             Err(EditError::Parse { .. })
         ));
     }
@@ -52,13 +63,13 @@ fn reads_are_remembered_by_text_service_and_kind() {
 fn a_huge_file_is_read_but_not_kept() {
     let huge = format!("{KUST}# {}\n", "x".repeat(Reads::MAX_BYTES / 8 + 16));
     assert_eq!(
-        read_tag(Kind::Kustomize, "k.yaml", &huge, "checkout", None),
+        read_tag(&Place::of(Kind::Kustomize, "checkout"), "k.yaml", &huge),
         Ok(Some("v1.5.0".to_string()))
     );
     let (held, bytes) = READS.holds(&huge);
     assert!(!held && bytes <= Reads::MAX_BYTES, "{bytes} bytes kept");
     assert_eq!(
-        read_tag(Kind::Kustomize, "k.yaml", KUST, "checkout", None),
+        read_tag(&Place::of(Kind::Kustomize, "checkout"), "k.yaml", KUST),
         Ok(Some("v1.5.0".to_string()))
     );
     assert!(READS.holds(KUST).0, "a small one is kept");

@@ -48,19 +48,22 @@ fn value(text: &str, path: &[&str]) -> serde_norway::Value {
 fn helm_values_change_one_line_and_keep_every_comment() {
     let before = fixture("argocd-example-apps/helm-guestbook/values.yaml");
     assert_eq!(
-        read_tag(Kind::HelmValues, "v", &before, "guestbook", None),
+        read_tag(&Place::of(Kind::HelmValues, "guestbook"), "v", &before),
         Ok(Some("v5".into()))
     );
-    let after = set_tag(Kind::HelmValues, "v", &before, "guestbook", None, "v4").expect("edit");
+    let after = set_tag(&Place::of(Kind::HelmValues, "guestbook"), "v", &before, "v4").expect("edit");
     one_line_changed(&before, &after, "tag: v4");
     assert_eq!(comments(&before), comments(&after));
     assert_eq!(
         value(&after, &["image", "tag"]),
         serde_norway::Value::String("v4".into())
     );
-    let after = set_replicas(Kind::HelmValues, "v", &before, "guestbook", 3).expect("edit");
+    let after = set_replicas(&Place::of(Kind::HelmValues, "guestbook"), "v", &before, 3).expect("edit");
     one_line_changed(&before, &after, "replicaCount: 3");
-    assert_eq!(read_replicas(Kind::HelmValues, "v", &after, "guestbook"), Ok(Some(3)));
+    assert_eq!(
+        read_replicas(&Place::of(Kind::HelmValues, "guestbook"), "v", &after),
+        Ok(Some(3))
+    );
 }
 
 #[test]
@@ -89,15 +92,16 @@ fn deployments_change_the_image_and_replicas_line() {
     ] {
         let before = fixture(path);
         let after =
-            set_tag(Kind::Manifest, path, &before, service, None, "v4").unwrap_or_else(|e| panic!("{path}: {e}"));
+            set_tag(&Place::of(Kind::Manifest, service), path, &before, "v4").unwrap_or_else(|e| panic!("{path}: {e}"));
         one_line_changed(&before, &after, &format!("image: {expected_image}"));
         assert_eq!(comments(&before), comments(&after), "{path}");
         assert_eq!(
-            read_tag(Kind::Manifest, path, &after, service, None),
+            read_tag(&Place::of(Kind::Manifest, service), path, &after),
             Ok(Some("v4".into())),
             "{path}"
         );
-        let after = set_replicas(Kind::Manifest, path, &before, service, 4).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let after = set_replicas(&Place::of(Kind::Manifest, service), path, &before, 4)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         one_line_changed(&before, &after, "replicas: 4");
         assert_eq!(
             value(&after, &["spec", "replicas"]),
@@ -111,9 +115,21 @@ fn deployments_change_the_image_and_replicas_line() {
 fn a_kustomization_without_images_gets_a_small_block() {
     let path = "argocd-example-apps/kustomize-guestbook/kustomization.yaml";
     let before = fixture(path);
-    assert_eq!(read_tag(Kind::Kustomize, path, &before, "guestbook-ui", None), Ok(None));
+    assert_eq!(
+        read_tag(&Place::of(Kind::Kustomize, "guestbook-ui"), path, &before),
+        Ok(None)
+    );
     let image = Some("gcr.io/google-samples/gb-frontend");
-    let after = set_tag(Kind::Kustomize, path, &before, "guestbook-ui", image, "1.10").expect("edit");
+    let after = set_tag(
+        &Place {
+            image: image.map(str::to_owned),
+            ..Place::of(Kind::Kustomize, "guestbook-ui")
+        },
+        path,
+        &before,
+        "1.10",
+    )
+    .expect("edit");
     block_added(&before, &after, 3);
     assert_eq!(
         value(&after, &["images", "0", "newTag"]),
@@ -125,17 +141,24 @@ fn a_kustomization_without_images_gets_a_small_block() {
         "the rest is intact"
     );
     assert_eq!(
-        read_tag(Kind::Kustomize, path, &after, "guestbook-ui", image),
+        read_tag(
+            &Place {
+                image: image.map(str::to_owned),
+                ..Place::of(Kind::Kustomize, "guestbook-ui")
+            },
+            path,
+            &after
+        ),
         Ok(Some("1.10".into()))
     );
-    let after = set_replicas(Kind::Kustomize, path, &before, "guestbook-ui", 2).expect("edit");
+    let after = set_replicas(&Place::of(Kind::Kustomize, "guestbook-ui"), path, &before, 2).expect("edit");
     block_added(&before, &after, 3);
     assert_eq!(
         value(&after, &["replicas", "0", "count"]),
         serde_norway::Value::Number(2.into())
     );
     assert!(
-        set_tag(Kind::Kustomize, path, &before, "guestbook-ui", None, "v1").is_err(),
+        set_tag(&Place::of(Kind::Kustomize, "guestbook-ui"), path, &before, "v1").is_err(),
         "without a configured image name there is nothing to add"
     );
 }
@@ -144,7 +167,7 @@ fn a_kustomization_without_images_gets_a_small_block() {
 fn a_helm_release_keeps_its_comments() {
     let path = "flux2-kustomize-helm-example/apps/base/podinfo/release.yaml";
     let before = fixture(path);
-    let after = set_replicas(Kind::HelmRelease, path, &before, "podinfo", 2).expect("edit");
+    let after = set_replicas(&Place::of(Kind::HelmRelease, "podinfo"), path, &before, 2).expect("edit");
     block_added(&before, &after, 1);
     assert_eq!(comments(&before), comments(&after));
     assert_eq!(
@@ -155,7 +178,7 @@ fn a_helm_release_keeps_its_comments() {
         value(&after, &["spec", "values", "redis", "tag"]),
         value(&before, &["spec", "values", "redis", "tag"])
     );
-    let after = set_tag(Kind::HelmRelease, path, &before, "podinfo", None, "6.9.2").expect("edit");
+    let after = set_tag(&Place::of(Kind::HelmRelease, "podinfo"), path, &before, "6.9.2").expect("edit");
     assert_eq!(comments(&before), comments(&after));
     assert_eq!(
         value(&after, &["spec", "values", "image", "tag"]),
@@ -168,7 +191,13 @@ fn a_helm_release_keeps_its_comments() {
 fn restart_sets_the_pod_template_annotation() {
     let path = "argocd-example-apps/guestbook/guestbook-ui-deployment.yaml";
     let before = fixture(path);
-    let after = set_restarted_at(path, &before, "2026-11-28T15:00:00Z").expect("edit");
+    let after = restart(
+        &Place::of(Kind::Manifest, "guestbook-ui"),
+        path,
+        &before,
+        "2026-11-28T15:00:00Z",
+    )
+    .expect("edit");
     let annotations = value(&after, &["spec", "template", "metadata", "annotations"]);
     assert_eq!(
         annotations["kubectl.kubernetes.io/restartedAt"],

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use selfheal_manifest as manifest;
+use selfheal_manifest::{self as manifest, Place};
 use selfheal_proto::{
     names,
     v1::{Action, Decision},
@@ -10,8 +10,10 @@ use selfheal_proto::{
 
 use super::labels::is_image_tag;
 use super::{
+    error::ReconcileError,
     pr_text::one_line,
-    settings::{ReconcileError, Reconciler},
+    settings::Reconciler,
+    targets::Chosen,
     trailers::{TRAILER_FROM, TRAILER_HELD_POLICY, TRAILER_ROLLBACK_FROM, TRAILER_TO, trailers},
 };
 
@@ -26,12 +28,12 @@ impl Reconciler {
     pub(super) fn change(
         &self,
         decision: &Decision,
-        service: &str,
-        image: Option<&str>,
-        path: &str,
+        target: &Chosen,
         main_tip: &str,
         trace_id: &str,
     ) -> Result<Change, ReconcileError> {
+        let (path, place) = (target.path.as_str(), &target.place);
+        let service = place.service.as_str();
         let text = self.git.read_file(main_tip, path)?.ok_or_else(|| {
             ReconcileError::Refused(format!("{path} does not exist on {}", self.settings.main_branch))
         })?;
@@ -46,10 +48,10 @@ impl Reconciler {
         );
         let (content, from, to, subject, extra) = match decision.action() {
             Action::Rollback => {
-                let current = manifest::read_tag(self.settings.target.kind, path, &text, service, image)?
+                let current = manifest::read_tag(place, path, &text)?
                     .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no image tag for {service}")))?;
                 let target = if params.target_tag.is_empty() {
-                    self.previous_tag(path, service, image, &current)?
+                    self.previous_tag(path, place, &current)?
                 } else if is_image_tag(&params.target_tag) {
                     params.target_tag.clone()
                 } else {
@@ -60,7 +62,7 @@ impl Reconciler {
                 if target == current {
                     return Err(ReconcileError::Refused(format!("{service} already runs {current}")));
                 }
-                let mut content = manifest::set_tag(self.settings.target.kind, path, &text, service, image, &target)?;
+                let mut content = manifest::set_tag(place, path, &text, &target)?;
                 let subject = format!("selfheal: roll back {service} from {current} to {target}");
                 let mut extra = format!("{TRAILER_ROLLBACK_FROM}: {current}\n");
                 if self.settings.hold_image_automation
@@ -82,15 +84,14 @@ impl Reconciler {
                         self.settings.max_replicas
                     )));
                 }
-                let current = manifest::read_replicas(self.settings.target.kind, path, &text, service)?
+                let current = manifest::read_replicas(place, path, &text)?
                     .ok_or_else(|| ReconcileError::Refused(format!("{path} sets no replica count for {service}")))?;
                 if current == i64::from(replicas) {
                     return Err(ReconcileError::Refused(format!(
                         "{service} already has {current} replicas"
                     )));
                 }
-                let content =
-                    manifest::set_replicas(self.settings.target.kind, path, &text, service, i64::from(replicas))?;
+                let content = manifest::set_replicas(place, path, &text, i64::from(replicas))?;
                 let subject = format!("selfheal: scale {service} from {current} to {replicas} replicas");
                 (
                     content,
@@ -100,17 +101,11 @@ impl Reconciler {
                     String::new(),
                 )
             }
-            Action::Restart if self.settings.target.kind == manifest::Kind::Manifest => {
+            Action::Restart => {
                 let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                let content = manifest::set_restarted_at(path, &text, &at)?;
+                let content = manifest::restart(place, path, &text, &at)?;
                 let subject = format!("selfheal: restart {service}");
                 (content, String::new(), at, subject, String::new())
-            }
-            Action::Restart => {
-                return Err(ReconcileError::Refused(format!(
-                    "restart needs a manifest target (a Deployment); {path} is {}",
-                    self.settings.target.kind.name()
-                )));
             }
             other => {
                 return Err(ReconcileError::Refused(format!(
@@ -132,32 +127,22 @@ impl Reconciler {
 
     /// The last earlier tag in the file's history that differs from `current` and was not itself
     /// rolled back from by selfheal.
-    fn previous_tag(
-        &self,
-        path: &str,
-        service: &str,
-        image: Option<&str>,
-        current: &str,
-    ) -> Result<String, ReconcileError> {
-        self.earlier_tags(path, service, image, current)?
+    fn previous_tag(&self, path: &str, place: &Place, current: &str) -> Result<String, ReconcileError> {
+        self.earlier_tags(path, place, current)?
             .into_iter()
             .next()
             .ok_or_else(|| {
                 ReconcileError::Refused(format!(
-                    "no earlier tag of {service} in the history of {path} to roll back to"
+                    "no earlier tag of {} in the history of {path} to roll back to",
+                    place.service
                 ))
             })
     }
 
-    /// Earlier tags of the image in the file's history, newest first, without `current` and
-    /// without tags selfheal rolled back from.
-    pub(super) fn earlier_tags(
-        &self,
-        path: &str,
-        service: &str,
-        image: Option<&str>,
-        current: &str,
-    ) -> Result<Vec<String>, ReconcileError> {
+    /// Earlier tags of the image at `place` in the file's history, newest first, without
+    /// `current` and without tags selfheal rolled back from. Each version is read at the same
+    /// place, so a change to another document or another service of the file is no earlier tag.
+    pub(super) fn earlier_tags(&self, path: &str, place: &Place, current: &str) -> Result<Vec<String>, ReconcileError> {
         let history = self
             .git
             .file_history(&self.settings.main_branch, path, self.settings.history_depth)?;
@@ -167,10 +152,7 @@ impl Reconciler {
             .collect();
         let mut tags: Vec<String> = Vec::new();
         for version in &history {
-            let Some(tag) = manifest::read_tag(self.settings.target.kind, path, &version.content, service, image)
-                .ok()
-                .flatten()
-            else {
+            let Some(tag) = manifest::read_tag(place, path, &version.content).ok().flatten() else {
                 continue;
             };
             if tag != current && !rolled_back_from.contains(&tag) && is_image_tag(&tag) && !tags.contains(&tag) {

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use selfheal_manifest as manifest;
-use selfheal_proto::{names::is_dns1123_label, v1::Target};
+use selfheal_manifest::{self as manifest, Place};
+use selfheal_proto::v1::Target;
 
-use super::labels::render_path;
-use super::settings::{ReconcileError, Reconciler};
+use super::{error::ReconcileError, settings::Reconciler};
 
 impl Reconciler {
-    /// What the main branch says about the service the labels name. Blocking.
+    /// What the main branch says about the service the labels name, in the file of the target
+    /// they choose. Blocking.
     pub fn describe(&self, labels: &BTreeMap<String, String>) -> Result<Target, ReconcileError> {
         self.describe_with(labels, &TargetCache::default())
     }
@@ -22,48 +22,39 @@ impl Reconciler {
         labels: &BTreeMap<String, String>,
         cache: &TargetCache,
     ) -> Result<Target, ReconcileError> {
-        let service = labels.get("service").cloned().unwrap_or_default();
-        if !is_dns1123_label(&service) {
-            return Err(ReconcileError::Refused("service: must be a DNS-1123 label".into()));
-        }
-        let path = render_path(&self.settings.target.path, labels)?;
-        let image = self
-            .settings
-            .target
-            .image
-            .as_deref()
-            .map(|image| image.replace("{service}", &service));
+        let chosen = self.settings.targets.choose(labels)?;
+        let (path, place) = (chosen.path, chosen.place);
         let main = self.settings.main_branch.as_str();
         let tip = self
             .git
             .branch_tip(main)?
             .ok_or_else(|| ReconcileError::Refused(format!("the repository has no branch {main}")))?;
-        if let Some(target) = cache.get(&tip, &path, &service) {
+        if let Some(target) = cache.get(&tip, &path, &place) {
             return Ok(target);
         }
         let text = self
             .git
             .read_file(&tip, &path)?
             .ok_or_else(|| ReconcileError::Refused(format!("{path} does not exist on {main}")))?;
-        let current_tag = manifest::read_tag(self.settings.target.kind, &path, &text, &service, image.as_deref())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let replicas = manifest::read_replicas(self.settings.target.kind, &path, &text, &service)
+        // The file must hold the place (its kind known, the document found); a value it does not
+        // set is only empty.
+        let kind = manifest::kind_at(&place, &path, &text)?;
+        let current_tag = manifest::read_tag(&place, &path, &text)?.unwrap_or_default();
+        let replicas = manifest::read_replicas(&place, &path, &text)
             .ok()
             .flatten()
             .and_then(|r| i32::try_from(r).ok());
-        let earlier_tags = self.earlier_tags(&path, &service, image.as_deref(), &current_tag)?;
+        let earlier_tags = self.earlier_tags(&path, &place, &current_tag)?;
         let target = Target {
             repository: self.git.location(),
             path,
-            kind: self.settings.target.kind.name().into(),
+            kind: kind.name().into(),
             current_tag,
             earlier_tags,
             replicas,
             max_replicas: self.settings.max_replicas,
         };
-        cache.put(&tip, &service, &target);
+        cache.put(&tip, &place, &target);
         Ok(target)
     }
 }
@@ -79,23 +70,23 @@ pub struct TargetCache {
 #[derive(Default)]
 struct CachedTargets {
     tip: String,
-    /// By path and service.
-    targets: std::collections::HashMap<(String, String), Target>,
+    /// By path and place in the file.
+    targets: std::collections::HashMap<(String, Place), Target>,
 }
 
 impl TargetCache {
     /// At most this many targets are kept (one tip's worth; more only with more services).
     const MAX: usize = 4096;
 
-    fn get(&self, tip: &str, path: &str, service: &str) -> Option<Target> {
+    fn get(&self, tip: &str, path: &str, place: &Place) -> Option<Target> {
         let cached = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cached.tip != tip {
             return None;
         }
-        cached.targets.get(&(path.to_owned(), service.to_owned())).cloned()
+        cached.targets.get(&(path.to_owned(), place.clone())).cloned()
     }
 
-    fn put(&self, tip: &str, service: &str, target: &Target) {
+    fn put(&self, tip: &str, place: &Place, target: &Target) {
         let mut cached = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cached.tip != tip || cached.targets.len() >= Self::MAX {
             // Described at another tip (main moved): what was described before is stale. A
@@ -106,6 +97,6 @@ impl TargetCache {
         }
         cached
             .targets
-            .insert((target.path.clone(), service.to_owned()), target.clone());
+            .insert((target.path.clone(), place.clone()), target.clone());
     }
 }

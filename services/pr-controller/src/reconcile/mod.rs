@@ -9,28 +9,32 @@
 //! Layout: this file holds the loop ([`Reconciler::reconcile`]) and the revert; `change` computes
 //! the edit and its commit message, `pr_text` the pull request's title and description,
 //! `trailers` what selfheal writes into its commits and reads back, `describe` what main says
-//! about a service (`DescribeTarget`).
+//! about a service (`DescribeTarget`), `targets` which file and place serve an alert, `settings`
+//! the reconciler and what it is given, `error` how it fails.
 
 mod change;
 mod describe;
+mod error;
 mod labels;
 mod pr_text;
 mod settings;
+mod targets;
 mod trailers;
 
 use std::collections::BTreeMap;
 
 use selfheal_git::{ChangeRequestState, MergeMessage, MergeOutcome, Proposal, RepoError};
 use selfheal_proto::{
-    IncidentKey,
-    names::{self, is_dns1123_label},
+    IncidentKey, names,
     v1::{Action, Approval, Decision, RemediationEvent, RemediationState},
 };
 
 pub use describe::TargetCache;
-pub use labels::{is_image_tag, render_path};
+pub use error::ReconcileError;
+pub use labels::is_image_tag;
 pub use pr_text::{md, pr_title, unified_diff};
-pub use settings::{ReconcileError, ReconcileSettings, Reconciler, TargetConfig};
+pub use settings::{ReconcileSettings, Reconciler};
+pub use targets::{Chosen, LabelMatch, TargetConfig, TargetError, Targets, is_label_name, render};
 
 use trailers::{TRAILER_FROM, TRAILER_TO, trailers};
 
@@ -68,18 +72,8 @@ impl Reconciler {
         if let Err(invalid) = IncidentKey::parse(&decision.incident_key) {
             return Err(ReconcileError::Refused(format!("incident_key: {invalid}")));
         }
-        if !is_dns1123_label(&service) {
-            return Err(ReconcileError::Refused(
-                "the alert's service label is missing or not a DNS-1123 label".into(),
-            ));
-        }
-        let path = render_path(&self.settings.target.path, &labels)?;
-        let image = self
-            .settings
-            .target
-            .image
-            .as_deref()
-            .map(|image| image.replace("{service}", &service));
+        let target = self.settings.targets.choose(&labels)?;
+        let path = target.path.clone();
         let branch = format!("selfheal/{}", decision.incident_key);
         event.path = path.clone();
         event.branch = branch.clone();
@@ -101,7 +95,7 @@ impl Reconciler {
                 let (commit, message, how) = match self.git.marked_commit(main, &decision.incident_key)? {
                     Some((commit, message)) => (commit, message, "is on"),
                     None => {
-                        let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                        let change = self.change(decision, &target, &main_tip, trace_id)?;
                         match self.git.commit_file(
                             main,
                             Some(&main_tip),
@@ -137,7 +131,7 @@ impl Reconciler {
                     )
                 }
                 None => {
-                    let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                    let change = self.change(decision, &target, &main_tip, trace_id)?;
                     match self.git.commit_file(
                         &branch,
                         None,
@@ -239,7 +233,7 @@ impl Reconciler {
                 }
                 Ok(MergeOutcome::NeedsRebase) => {
                     // main moved past the branch's base: make the change again on top of it.
-                    let change = self.change(decision, &service, image.as_deref(), &path, &main_tip, trace_id)?;
+                    let change = self.change(decision, &target, &main_tip, trace_id)?;
                     match self.git.commit_file(
                         &branch,
                         Some(&tip),

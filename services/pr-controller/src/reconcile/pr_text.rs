@@ -9,7 +9,8 @@ use selfheal_proto::{
 };
 
 use super::{
-    settings::{ReconcileError, Reconciler},
+    error::ReconcileError,
+    settings::Reconciler,
     trailers::{TRAILER_HELD_POLICY, trailers},
 };
 

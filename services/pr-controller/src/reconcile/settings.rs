@@ -1,62 +1,16 @@
-//! The reconciler and what it is given: its settings, its repository and forge, and its error.
+//! The reconciler and what it is given: its settings, its repository and forge.
 
 use std::sync::Arc;
 
-use selfheal_git::{Author, Forge, GitRepo, RepoError};
-use selfheal_manifest::EditError;
-use serde::{Deserialize, Serialize};
-
-/// Why a decision could not be carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The decision can never be carried out as it stands; people are told.
-    #[error("{0}")]
-    Refused(String),
-    #[error(transparent)]
-    Edit(#[from] EditError),
-    /// Git failed; the delivery is retried.
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-}
-
-impl ReconcileError {
-    /// Whether trying again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Repo(error) if error.is_transient())
-    }
-}
-
-/// Maps alert labels to a file. Templates may use `{service}`, `{namespace}` and `{cluster}`;
-/// each label used must be a DNS-1123 label, or the decision is refused.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetConfig {
-    /// The file, e.g. `overlays/{cluster}/{service}/kustomization.yaml`.
-    pub path: String,
-    /// What the file is: `kustomize`, `helm-values`, `helm-release` or `manifest`.
-    pub kind: selfheal_manifest::Kind,
-    /// The image name in `images[].name`; unset matches the entry whose last path segment is the
-    /// service name (`ghcr.io/acme/checkout` for `checkout`).
-    pub image: Option<String>,
-}
-
-impl Default for TargetConfig {
-    fn default() -> Self {
-        Self {
-            path: "apps/{service}/kustomization.yaml".into(),
-            kind: selfheal_manifest::Kind::Kustomize,
-            image: None,
-        }
-    }
-}
+use selfheal_git::{Author, Forge, GitRepo};
 
 /// What the reconciler needs to know of the pr-controller's settings (built from its config).
 #[derive(Clone, Debug)]
 pub struct ReconcileSettings {
     /// The branch Argo CD or Flux deploys from.
     pub main_branch: String,
-    /// Where a service's manifests live.
-    pub target: TargetConfig,
+    /// Which file, and where in it, serves each alert.
+    pub targets: super::targets::Targets,
     /// Who commits.
     pub author: Author,
     /// How many changes of a file's history to search for the previous image tag.

@@ -104,14 +104,28 @@ mod flow {
     impl Reconciler {
         fn clone_with_path(&self, path: &str) -> Reconciler {
             let mut settings = self.settings.clone();
-            settings.target.path = path.into();
+            settings.targets = targets(path);
             Reconciler::new(self.git.clone(), self.forge.clone(), settings)
         }
     }
 
+    fn targets(path: &str) -> crate::reconcile::Targets {
+        let target = crate::reconcile::TargetConfig {
+            path: path.into(),
+            ..Default::default()
+        };
+        crate::reconcile::Targets::new(vec![target], true).expect("valid")
+    }
+
     fn reconciler(bare: &Path) -> Reconciler {
         let repo = Arc::new(LocalRepository::open(bare).expect("open"));
-        Reconciler::new(repo, None, PrControllerConfig::default().reconcile_settings())
+        Reconciler::new(
+            repo,
+            None,
+            PrControllerConfig::default()
+                .reconcile_settings()
+                .expect("valid targets"),
+        )
     }
 
     fn main_tag(bare: &Path) -> String {
@@ -321,7 +335,7 @@ mod flow {
             }
             let mut reconciler = reconciler.clone_with_path("apps/{namespace}/{service}/kustomization.yaml");
             if label == "service" {
-                reconciler.settings.target.path = "apps/{service}/kustomization.yaml".into();
+                reconciler.settings.targets = targets("apps/{service}/kustomization.yaml");
             }
             let refused = reconciler.reconcile(&hostile, "t");
             assert!(
@@ -415,15 +429,15 @@ mod kind_tests {
         }
         git(&work, &["push", "-q", "origin", "main"]);
         let config = PrControllerConfig {
-            target: TargetConfig {
+            target: Some(TargetConfig {
                 path: "apps/{service}/deployment.yaml".into(),
-                kind: Kind::Manifest,
-                image: None,
-            },
+                kind: Some(Kind::Manifest),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let repo = Arc::new(LocalRepository::open(&bare).expect("open"));
-        let reconciler = Reconciler::new(repo, None, config.reconcile_settings());
+        let reconciler = Reconciler::new(repo, None, config.reconcile_settings().expect("valid targets"));
 
         let rollback = reconciler
             .reconcile(&decision("aaaa", Action::Rollback), "t")
