@@ -90,7 +90,8 @@ fn check(service: &str, text: &str) -> anyhow::Result<()> {
         "gateway" => load::<selfheal_gateway::GatewayConfig>(text, "SELFHEAL_GATEWAY_").map(|_| ()),
         "policy" => load::<selfheal_policy::PolicyConfig>(text, "SELFHEAL_POLICY_").map(|_| ()),
         "pr-controller" => {
-            load::<selfheal_pr_controller::PrControllerConfig>(text, "SELFHEAL_PR_CONTROLLER_").map(|_| ())
+            let config = load::<selfheal_pr_controller::PrControllerConfig>(text, "SELFHEAL_PR_CONTROLLER_")?;
+            config.targets().map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
         }
         "notifier" => load::<selfheal_notifier::NotifierConfig>(text, "SELFHEAL_NOTIFIER_").map(|_| ()),
         other => bail!("unknown service {other}"),

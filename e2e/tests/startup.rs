@@ -91,6 +91,30 @@ fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Resul
             "verify_windows.scael: not an action",
         ),
         (
+            "selfheal-pr-controller",
+            vec![
+                ("SELFHEAL_PR_CONTROLLER_NATS_URL", nowhere.clone()),
+                ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", "t".into()),
+                ("SELFHEAL_PR_CONTROLLER_REPOSITORY", repo.display().to_string()),
+                (
+                    "SELFHEAL_PR_CONTROLLER_TARGETS",
+                    r#"[{path="a.yaml"}, {path="b.yaml", match={cluster={regex="prod-("}}}]"#.into(),
+                ),
+            ],
+            "targets[1].match.cluster: not a regex",
+        ),
+        (
+            "selfheal-pr-controller",
+            vec![
+                ("SELFHEAL_PR_CONTROLLER_NATS_URL", nowhere.clone()),
+                ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", "t".into()),
+                ("SELFHEAL_PR_CONTROLLER_REPOSITORY", repo.display().to_string()),
+                ("SELFHEAL_PR_CONTROLLER_TARGETS", r#"[{path="a.yaml"}]"#.into()),
+                ("SELFHEAL_PR_CONTROLLER_TARGET__PATH", "b.yaml".into()),
+            ],
+            "set [[targets]] or the single [target], not both",
+        ),
+        (
             "selfheal-notifier",
             vec![("SELFHEAL_NOTIFIER_NATS_URL", nowhere.clone())],
             "SELFHEAL_NOTIFIER_GRPC_TOKEN",

@@ -289,6 +289,33 @@ async fn one_pr_controller_serves_four_layouts_and_refuses_an_alert_no_target_ma
     );
     let refused = describe(&mut client, &unmatched).await.expect_err("no target");
     assert!(refused.to_string().contains("no target matches"), "{refused}");
+    // Labels that cannot be labels are the caller's error, named.
+    let many: BTreeMap<String, String> = (0..129).map(|i| (format!("l{i}"), "x".to_string())).collect();
+    for (bad, named) in [
+        (
+            labels(&[("service", "reviews"), ("bad-name", "x")]),
+            "\"bad-name\" is not a label name",
+        ),
+        (
+            labels(&[("service", "../reviews")]),
+            "service: must be a DNS-1123 label",
+        ),
+        (
+            labels(&[("service", "reviews"), ("version", &"v".repeat(1025))]),
+            "labels.version: longer than 1024 bytes",
+        ),
+        (many, "labels: more than 128"),
+    ] {
+        let status = describe(&mut client, &bad)
+            .await
+            .expect_err("invalid")
+            .downcast::<tonic::Status>()?;
+        assert_eq!(
+            (status.code(), status.message().contains(named)),
+            (tonic::Code::InvalidArgument, true),
+            "{status:?}"
+        );
+    }
 
     // A rollback for an alert of each, and one for an alert no target serves.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
