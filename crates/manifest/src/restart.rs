@@ -91,7 +91,13 @@ pub(crate) fn kustomize(place: &Place, file: &str, doc: &str, at: &str) -> Resul
                     reason: "its patches are not a block list: cannot add a restart patch".into(),
                 });
             }
-            let insert_at = doc[end..].find('\n').map_or(doc.len(), |i| end + i + 1);
+            // The range may end on the last entry's line or after its newline (with any blank or
+            // comment lines the parser gave it): the new entry starts on the next line.
+            let insert_at = if end > 0 && doc.as_bytes()[end - 1] == b'\n' {
+                end
+            } else {
+                doc[end..].find('\n').map_or(doc.len(), |i| end + i + 1)
+            };
             let mut out = doc[..insert_at].to_string();
             if !out.ends_with('\n') {
                 out.push('\n');
@@ -116,7 +122,9 @@ fn update_patch(document: &Document, doc: &str, workload_kind: &str, name: &str,
         let Ok(YamlNode::Scalar(patch)) = document.try_get_path(&format!("patches[{i}].patch")) else {
             continue;
         };
-        let value: serde_norway::Value = serde_norway::from_str(&patch.as_string()).ok()?;
+        let Ok(value) = serde_norway::from_str::<serde_norway::Value>(&patch.as_string()) else {
+            continue;
+        };
         let restarted = value
             .get("spec")
             .and_then(|s| s.get("template"))

@@ -341,3 +341,30 @@ fn restart_in_a_kustomization_adds_a_patch_then_changes_its_time() {
         assert_eq!(parsed["patches"].as_sequence().map(Vec::len), Some(before_patches + 2));
     }
 }
+
+#[test]
+fn a_restart_patch_goes_after_the_last_entry_whatever_follows_it() {
+    let at = "2026-12-01T10:00:00Z";
+    for before in [
+        "patches:\n- path: a.yaml\nimages:\n- name: x\n  newTag: v1\n",
+        "resources:\n  - base\npatches:\n  - path: a.yaml\n    target:\n      kind: Deployment\n\n# the prefix\nnamePrefix: p-\n",
+        "patches:\n- path: a.yaml # last\n",
+        "patches:\n- path: a.yaml",
+    ] {
+        let place = Place::of(Kind::Kustomize, "web");
+        let after = restart(&place, "kustomization.yaml", before, at).unwrap_or_else(|e| panic!("{before}: {e}"));
+        kept(before, &after);
+        let parsed: serde_norway::Value = serde_norway::from_str(&after).unwrap_or_else(|e| panic!("{e}:\n{after}"));
+        let patches = parsed["patches"].as_sequence().expect("patches");
+        assert_eq!(patches.len(), 2, "{after}");
+        assert_eq!(
+            patches[0]["path"],
+            serde_norway::Value::String("a.yaml".into()),
+            "{after}"
+        );
+        let before_value: serde_norway::Value = serde_norway::from_str(before).expect("valid");
+        for key in ["images", "namePrefix", "resources"] {
+            assert_eq!(parsed[key], before_value[key], "{key} kept:\n{after}");
+        }
+    }
+}

@@ -13,7 +13,7 @@ use super::error::ReconcileError;
 
 /// A label the alert must carry: a value to equal, or `{ regex = "..." }` to match in full.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a label value, or { regex = \"...\" }")]
 pub enum LabelMatch {
     Exact(String),
     Regex { regex: String },
