@@ -55,6 +55,8 @@ pub struct Fault {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub remaining: u32,
+    /// The answer's `message`.
+    pub message: &'static str,
 }
 
 #[derive(Default)]
@@ -217,7 +219,7 @@ fn respond(
             headers.insert(*name, value.parse().expect("header"));
         }
         let status = StatusCode::from_u16(fault.status).expect("status");
-        return (status, headers, axum::Json(json!({"message": "injected fault"}))).into_response();
+        return (status, headers, axum::Json(json!({"message": fault.message}))).into_response();
     }
     let Some(rest) = path.strip_prefix("/repos/acme/gitops/") else {
         return not_found();
@@ -536,6 +538,26 @@ impl FakeGitHub {
             status,
             headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             remaining: times,
+            message: "injected fault",
+        });
+    }
+
+    /// A secondary rate limit on the next `times` requests matching: a 403 saying so, with the
+    /// headers given (none, or a `retry-after`).
+    pub fn secondary_rate_limit(
+        &self,
+        method: Method,
+        path_ends: &'static str,
+        headers: &[(&'static str, &str)],
+        times: u32,
+    ) {
+        self.hub.lock().expect("lock").faults.push(Fault {
+            method,
+            path_ends,
+            status: 403,
+            headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            remaining: times,
+            message: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID.",
         });
     }
 
@@ -558,6 +580,8 @@ impl FakeGitHub {
                 api_url: self.url.clone(),
                 token: Some(selfheal_config::Secret::new(token)),
                 attempts: 3,
+                // A second here; a minute by default, as GitHub asks.
+                secondary_wait: std::time::Duration::from_secs(1),
                 ..Default::default()
             },
             tokio::runtime::Handle::current(),

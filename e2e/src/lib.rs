@@ -4,6 +4,7 @@
 //! test command does); `nats-server` is found through `$NATS_SERVER` or `PATH`.
 
 pub mod fake_github;
+pub mod git_servers;
 
 use std::{
     net::TcpListener,
@@ -313,4 +314,33 @@ pub fn bare_repository_and_clone(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
     git(dir, &["init", "-q", "--bare", "-b", "main", &utf8(&bare)?])?;
     git(dir, &["clone", "-q", &utf8(&bare)?, &utf8(&work)?])?;
     Ok((bare, work))
+}
+
+/// A decision as the policy publishes it: `action` for an alert with `labels`, approved `auto`
+/// or waiting for a person (`required`).
+pub fn decision(
+    incident: &str,
+    labels: &[(&str, &str)],
+    action: selfheal_proto::v1::Action,
+    approval: selfheal_proto::v1::Approval,
+) -> selfheal_proto::v1::Decision {
+    use selfheal_proto::v1::{Alert, AlertEvent, Decision};
+    let mut decision = Decision {
+        incident_key: incident.into(),
+        reason: "error rate over 5% since the last deploy".into(),
+        policy: "selfheal".into(),
+        rule: "test".into(),
+        alert: Some(AlertEvent {
+            alert: Some(Alert {
+                status: "firing".into(),
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    decision.set_action(action);
+    decision.set_approval(approval);
+    decision
 }

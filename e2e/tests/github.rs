@@ -162,6 +162,34 @@ async fn refusals_end_the_remediation_and_errors_carry_no_token() -> anyhow::Res
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_rate_limit_is_waited_out_and_the_remediation_still_merges() -> anyhow::Result<()> {
+    let github = FakeGitHub::start(&["v1.0.0", "v1.1.0", "v1.2.0"]).await?;
+    let reconciler = github.reconciler(TOKEN)?;
+    // Opening the pull request: a secondary rate limit naming its wait; merging it: one that
+    // names none (the configured wait, a second in this fake's reconciler).
+    github.secondary_rate_limit(Method::POST, "/pulls", &[("retry-after", "1")], 1);
+    github.secondary_rate_limit(Method::PUT, "/merge", &[], 1);
+    let started = std::time::Instant::now();
+    let event = reconcile(&reconciler, &decision("inc5", Approval::Auto)).await?;
+    assert_eq!(event.state(), RemediationState::Merged, "{}", event.message);
+    assert!(started.elapsed() >= Duration::from_secs(2), "both waits were kept");
+    assert_eq!(github.count("POST /repos/acme/gitops/pulls"), 2, "403, then opened");
+    assert_eq!(
+        github.count("PUT /repos/acme/gitops/pulls/1/merge"),
+        2,
+        "403, then merged"
+    );
+    assert!(github.main_file().contains("newTag: v1.1.0"));
+    // A 403 that is no rate limit is still final.
+    github.fault(Method::POST, "/pulls", 403, &[], 1);
+    let error = reconcile(&reconciler, &decision("inc6", Approval::Auto))
+        .await
+        .expect_err("forbidden");
+    assert!(!error.is_transient() && error.to_string().contains("403"), "{error}");
+    Ok(())
+}
+
 /// Publishes `decision` on the bus as the policy would, with message id `msg_id`.
 async fn publish_decision(
     js: &async_nats::jetstream::Context,

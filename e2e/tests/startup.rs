@@ -115,6 +115,51 @@ fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Resul
             "set [[targets]] or the single [target], not both",
         ),
         (
+            "selfheal-pr-controller",
+            vec![
+                ("SELFHEAL_PR_CONTROLLER_NATS_URL", nowhere.clone()),
+                ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", "t".into()),
+                (
+                    "SELFHEAL_PR_CONTROLLER_REPOSITORY",
+                    dir.path().join("mirror").display().to_string(),
+                ),
+                (
+                    "SELFHEAL_PR_CONTROLLER_REMOTE__URL",
+                    "ssh://git@127.0.0.1:1/gitops.git".into(),
+                ),
+                (
+                    "SELFHEAL_PR_CONTROLLER_REMOTE__SSH_KEY_FILE",
+                    repo.join("HEAD").display().to_string(),
+                ),
+            ],
+            "remote.known_hosts_file: must be set with an SSH key",
+        ),
+        (
+            "selfheal-pr-controller",
+            vec![
+                ("SELFHEAL_PR_CONTROLLER_NATS_URL", nowhere.clone()),
+                ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", "t".into()),
+                (
+                    "SELFHEAL_PR_CONTROLLER_REMOTE__URL",
+                    "https://ci:glpat-x@gitlab.example/gitops.git".into(),
+                ),
+            ],
+            "must not carry a password or token",
+        ),
+        (
+            "selfheal-pr-controller",
+            vec![
+                ("SELFHEAL_PR_CONTROLLER_NATS_URL", nowhere.clone()),
+                ("SELFHEAL_PR_CONTROLLER_GRPC_TOKEN", "t".into()),
+                (
+                    "SELFHEAL_PR_CONTROLLER_REMOTE__URL",
+                    "ssh://git@127.0.0.1:1/gitops.git".into(),
+                ),
+                ("SELFHEAL_PR_CONTROLLER_GITHUB__REPOSITORY", "acme/gitops".into()),
+            ],
+            "choose one place for the repository",
+        ),
+        (
             "selfheal-notifier",
             vec![("SELFHEAL_NOTIFIER_NATS_URL", nowhere.clone())],
             "SELFHEAL_NOTIFIER_GRPC_TOKEN",
@@ -124,6 +169,7 @@ fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Resul
         let (code, output) = start(name, &env)?;
         assert_eq!(code, Some(64), "{name} {env:?}:\n{output}");
         assert!(output.contains(named), "{name} names {named}:\n{output}");
+        assert!(!output.contains("glpat-x"), "no secret in the output:\n{output}");
     }
     Ok(())
 }

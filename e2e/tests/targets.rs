@@ -11,7 +11,7 @@ use anyhow::Context;
 use prost::Message as _;
 use selfheal_e2e::{Nats, Process, TOKEN, bare_repository_and_clone, binary, free_port, git, wait_for, wait_ready};
 use selfheal_proto::v1::{
-    Action, Alert, AlertEvent, Approval, Decision, DescribeTargetRequest, RemediationEvent, RemediationState, Target,
+    Action, Approval, Decision, DescribeTargetRequest, RemediationEvent, RemediationState, Target,
     remediations_client::RemediationsClient,
 };
 
@@ -128,24 +128,8 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn rollback(incident: &str, labels: &BTreeMap<String, String>) -> Decision {
-    let mut decision = Decision {
-        incident_key: incident.into(),
-        reason: "error rate over 5% since the last deploy".into(),
-        policy: "selfheal".into(),
-        rule: "rollback_on_errors".into(),
-        alert: Some(AlertEvent {
-            alert: Some(Alert {
-                status: "firing".into(),
-                labels: labels.clone().into_iter().collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    decision.set_action(Action::Rollback);
-    decision.set_approval(Approval::Auto);
-    decision
+    let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    selfheal_e2e::decision(incident, &pairs, Action::Rollback, Approval::Auto)
 }
 
 async fn describe(

@@ -8,7 +8,9 @@
 //!
 //! Calls are retried here: 5xx and transport errors with exponential backoff, rate limits (403
 //! or 429 with `Retry-After`, or `x-ratelimit-remaining: 0` with `x-ratelimit-reset`) after the
-//! wait GitHub asks for, up to `max_wait`. What is still failing then is a transient error, and
+//! wait GitHub asks for, up to `max_wait`; a secondary rate limit (a 403 or 429 whose message
+//! says so) that names no time waits `secondary_wait` (a minute, as GitHub asks), doubled as it
+//! repeats. What is still failing then is a transient error, and
 //! the decision is redelivered later; any other answer (401, 404, 422...) is final.
 //!
 //! Blocking like every [`GitRepo`]: each method runs its requests on the runtime it was
@@ -74,6 +76,10 @@ pub struct GitHubConfig {
     /// Keep it under the consumer's ack wait (30 s), or the decision is redelivered meanwhile.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    /// How long to wait on a secondary rate limit that names no time (GitHub asks for at least a
+    /// minute, then longer each time it repeats).
+    #[serde(with = "humantime_serde")]
+    pub secondary_wait: Duration,
 }
 
 impl Default for GitHubConfig {
@@ -88,6 +94,7 @@ impl Default for GitHubConfig {
             history_depth: 30,
             attempts: 5,
             max_wait: Duration::from_secs(20),
+            secondary_wait: Duration::from_secs(60),
         }
     }
 }
@@ -212,7 +219,12 @@ impl GitHubRepository {
                     Err(octocrab::Error::GitHub { source, .. }) => {
                         let status = source.status_code.as_u16();
                         last = format!("{status} {}", source.message);
-                        match rate_limit_wait(status, source.headers.as_ref()) {
+                        let secondary = is_secondary_rate_limit(status, &source.message);
+                        let wait = rate_limit_wait(status, source.headers.as_ref()).or(secondary.then(|| {
+                            // No time named: the documented minute, doubled each time it repeats.
+                            self.config.secondary_wait * 2u32.saturating_pow(attempt.saturating_sub(1).min(5))
+                        }));
+                        match wait {
                             Some(wait) if wait > self.config.max_wait => {
                                 return Err(CallError::Transient(format!(
                                     "rate limited for {}s more",
@@ -313,6 +325,14 @@ impl GitHubRepository {
         .map(|_| ())
         .map_err(|e| e.into_repo("add labels"))
     }
+}
+
+/// Whether a 403 or 429 is GitHub's secondary rate limit: "You have exceeded a secondary rate
+/// limit" (or the older "abuse detection mechanism") in the message, with or without a
+/// `retry-after`.
+fn is_secondary_rate_limit(status: u16, message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    matches!(status, 403 | 429) && (message.contains("secondary rate limit") || message.contains("abuse detection"))
 }
 
 /// How long GitHub asks to wait before the next request, if this answer is a rate limit.
@@ -694,6 +714,19 @@ impl Forge for GitHubRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secondary_rate_limits_are_known_by_their_message() {
+        let message = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.";
+        assert!(is_secondary_rate_limit(403, message));
+        assert!(is_secondary_rate_limit(429, message));
+        assert!(is_secondary_rate_limit(
+            403,
+            "You have triggered an abuse detection mechanism."
+        ));
+        assert!(!is_secondary_rate_limit(403, "Resource not accessible by integration"));
+        assert!(!is_secondary_rate_limit(500, message));
+    }
 
     #[test]
     fn rate_limits_are_read_from_the_headers() {

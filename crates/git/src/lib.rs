@@ -27,7 +27,9 @@
 //! what a forge adds (pull requests); `local` the repository on disk ([`LocalRepository`]),
 //! `batch` changes written together ([`Batch`]), both over `store` (the repository as opened);
 //! `index` a branch's first-parent history kept in memory, and `plumbing` the gix calls they
-//! share. Modules depend on each other in that order, never back.
+//! share; `remote` any Git remote through a local mirror ([`RemoteRepository`]: fetched with
+//! the `git` binary, changes pushed with a lease). Modules depend on each other in that order,
+//! never back.
 
 mod batch;
 mod error;
@@ -35,6 +37,7 @@ pub mod forge;
 mod index;
 mod local;
 mod plumbing;
+mod remote;
 mod repo;
 mod store;
 
@@ -43,6 +46,7 @@ pub use error::RepoError;
 pub use forge::{ChangeRequest, ChangeRequestState, Forge, MergeMessage, MergeOutcome, Proposal, fast_forward};
 pub use local::LocalRepository;
 pub use plumbing::incident_mark;
+pub use remote::{RemoteRepository, RemoteSettings};
 pub use repo::{Author, Batched, FileVersion, GitRepo};
 
 #[cfg(test)]

@@ -131,6 +131,20 @@ impl LocalRepository {
 
     /// Starts a batch: changes made through it are kept in memory, and [`Batch::flush`] writes
     /// them all at once.
+    /// Writes the commit that sets `path` to `content` on top of `parent`, moving no ref: what a
+    /// remote's push sends. Its id.
+    pub fn write_commit(
+        &self,
+        parent: &str,
+        path: &str,
+        content: &str,
+        message: &str,
+        author: &Author,
+    ) -> Result<String, RepoError> {
+        let repo = self.store.local()?;
+        Ok(write_file_commit(&repo, parent, path, content, message, author)?.to_string())
+    }
+
     pub fn batch(&self) -> Batch {
         Batch::new(self.store.clone())
     }

@@ -61,6 +61,9 @@ pub struct PrControllerConfig {
     /// GitHub as the forge (pull requests) instead of the local `repository`, when
     /// `github.repository` is set.
     pub github: selfheal_forge_github::GitHubConfig,
+    /// Any Git remote, without a forge API, when `remote.url` is set: `repository` is then the
+    /// local mirror it is fetched into, and changes are pushed.
+    pub remote: RemoteConfig,
     /// On a rollback, hold Flux image automation off the rolled-back line (its `$imagepolicy`
     /// marker is renamed), so the bad tag is not written back. See ARCHITECTURE.md.
     pub hold_image_automation: bool,
@@ -93,9 +96,49 @@ impl Default for PrControllerConfig {
             max_replicas: 10,
             history_depth: 200,
             github: Default::default(),
+            remote: Default::default(),
             sync: Default::default(),
             hold_image_automation: true,
         }
+    }
+}
+
+/// A Git remote reached over SSH or HTTPS with no forge API (`[remote]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// `ssh://git@host[:port]/path.git`, `git@host:path.git` or `https://host/path.git` (never
+    /// with a password or token in it); empty: no remote.
+    pub url: String,
+    /// SSH: the private key's file.
+    pub ssh_key_file: Option<PathBuf>,
+    /// SSH: the known_hosts file the server's host key must be in (required with a key: host
+    /// keys are always checked).
+    pub known_hosts_file: Option<PathBuf>,
+    /// HTTPS: the user name sent with the token (default `git`; GitHub wants `x-access-token`).
+    pub username: Option<String>,
+    /// HTTPS: a token that may push (sent as the basic-auth password).
+    pub token: Option<selfheal_config::Secret>,
+    /// File holding the token (used when `token` is unset).
+    pub token_file: Option<PathBuf>,
+}
+
+impl RemoteConfig {
+    /// Whether a remote is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// The settings the git engine takes, the token read from its file when it is there.
+    pub fn settings(&self) -> Result<selfheal_git::RemoteSettings, selfheal_config::ConfigError> {
+        let token = selfheal_config::Secret::inline_or_file(self.token.clone(), self.token_file.as_deref())?;
+        Ok(selfheal_git::RemoteSettings {
+            url: self.url.clone(),
+            ssh_key_file: self.ssh_key_file.clone(),
+            known_hosts_file: self.known_hosts_file.clone(),
+            username: self.username.clone(),
+            token: token.map(|t| t.expose().to_string()),
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use selfheal_bus::{ConsumerSpec, SharedBus, consumer, nats::NatsOptions, subjects};
 use selfheal_config::Secret;
 use selfheal_forge_github::GitHubRepository;
-use selfheal_git::{Forge, GitRepo, LocalRepository};
+use selfheal_git::{Forge, GitRepo, LocalRepository, RemoteRepository, RepoError};
 use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +75,28 @@ impl Service for PrController {
             Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?.ok_or_else(|| {
                 StartError::config("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file")
             })?;
-        let (repo, forge): (Arc<dyn GitRepo>, Option<Arc<dyn Forge>>) = if config.github.enabled() {
+        if config.github.enabled() && config.remote.enabled() {
+            return Err(StartError::config(
+                "github.repository and remote.url are both set: choose one place for the repository",
+            ));
+        }
+        let (repo, forge): (Arc<dyn GitRepo>, Option<Arc<dyn Forge>>) = if config.remote.enabled() {
+            let settings = config
+                .remote
+                .settings()
+                .map_err(|e| StartError::config(format!("remote.token_file: {e}")))?;
+            let mirror = config.repository.clone();
+            let opened = tokio::task::spawn_blocking(move || RemoteRepository::open(settings, &mirror))
+                .await
+                .map_err(|e| StartError::unavailable("the remote", e))?;
+            match opened {
+                Ok(remote) => (Arc::new(remote), None),
+                Err(error @ (RepoError::Open { .. } | RepoError::Refused(_))) => {
+                    return Err(StartError::config(format!("remote: {error}")));
+                }
+                Err(error) => return Err(StartError::unavailable("the remote", error)),
+            }
+        } else if config.github.enabled() {
             let github = GitHubRepository::new(config.github.clone(), tokio::runtime::Handle::current())
                 .map_err(|e| StartError::config(format!("github: {e}")))?;
             let github = Arc::new(github);
