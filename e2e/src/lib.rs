@@ -4,6 +4,8 @@
 //! test command does); `nats-server` is found through `$NATS_SERVER` or `PATH`.
 
 pub mod fake_github;
+pub mod fake_gitlab;
+pub mod git_backend;
 pub mod git_servers;
 
 use std::{

@@ -157,7 +157,7 @@ fn a_bad_setting_exits_64_naming_it_before_the_bus_is_reached() -> anyhow::Resul
                 ),
                 ("SELFHEAL_PR_CONTROLLER_GITHUB__REPOSITORY", "acme/gitops".into()),
             ],
-            "choose one place for the repository",
+            "are all set: choose one place for the repository",
         ),
         (
             "selfheal-notifier",

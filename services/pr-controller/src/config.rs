@@ -61,6 +61,8 @@ pub struct PrControllerConfig {
     /// GitHub as the forge (pull requests) instead of the local `repository`, when
     /// `github.repository` is set.
     pub github: selfheal_forge_github::GitHubConfig,
+    /// GitLab as the forge (merge requests), when `gitlab.project` is set.
+    pub gitlab: selfheal_forge_gitlab::GitLabConfig,
     /// Any Git remote, without a forge API, when `remote.url` is set: `repository` is then the
     /// local mirror it is fetched into, and changes are pushed.
     pub remote: RemoteConfig,
@@ -96,6 +98,7 @@ impl Default for PrControllerConfig {
             max_replicas: 10,
             history_depth: 200,
             github: Default::default(),
+            gitlab: Default::default(),
             remote: Default::default(),
             sync: Default::default(),
             hold_image_automation: true,

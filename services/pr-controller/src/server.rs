@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use selfheal_bus::{ConsumerSpec, SharedBus, consumer, nats::NatsOptions, subjects};
 use selfheal_config::Secret;
 use selfheal_forge_github::GitHubRepository;
+use selfheal_forge_gitlab::GitLabRepository;
 use selfheal_git::{Forge, GitRepo, LocalRepository, RemoteRepository, RepoError};
 use selfheal_runtime::{Addresses, RunError, Service, Shutdown, StartError};
 use tokio_util::sync::CancellationToken;
@@ -75,10 +76,19 @@ impl Service for PrController {
             Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?.ok_or_else(|| {
                 StartError::config("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file")
             })?;
-        if config.github.enabled() && config.remote.enabled() {
-            return Err(StartError::config(
-                "github.repository and remote.url are both set: choose one place for the repository",
-            ));
+        let places: Vec<&str> = [
+            (config.github.enabled(), "github.repository"),
+            (config.gitlab.enabled(), "gitlab.project"),
+            (config.remote.enabled(), "remote.url"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if places.len() > 1 {
+            return Err(StartError::config(format!(
+                "{} are all set: choose one place for the repository",
+                places.join(" and ")
+            )));
         }
         let (repo, forge): (Arc<dyn GitRepo>, Option<Arc<dyn Forge>>) = if config.remote.enabled() {
             let settings = config
@@ -96,6 +106,11 @@ impl Service for PrController {
                 }
                 Err(error) => return Err(StartError::unavailable("the remote", error)),
             }
+        } else if config.gitlab.enabled() {
+            let gitlab = GitLabRepository::new(config.gitlab.clone(), tokio::runtime::Handle::current())
+                .map_err(|e| StartError::config(format!("gitlab: {e}")))?;
+            let gitlab = Arc::new(gitlab);
+            (gitlab.clone(), Some(gitlab))
         } else if config.github.enabled() {
             let github = GitHubRepository::new(config.github.clone(), tokio::runtime::Handle::current())
                 .map_err(|e| StartError::config(format!("github: {e}")))?;
