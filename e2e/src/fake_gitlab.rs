@@ -16,13 +16,16 @@ use std::{
 use axum::{
     body::Bytes,
     extract::{Request, State},
-    http::{HeaderMap, Method, StatusCode},
-    response::{IntoResponse, Response},
+    http::Method,
+    response::Response,
 };
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::git_backend::{GitBackend, Who};
+use crate::{
+    fake_forge::{Faults, answer, decode, finish, message, query_value},
+    git_backend::{GitBackend, Who},
+};
 
 pub const TOKEN: &str = "glpat-e2e-0123456789";
 pub const PROJECT: &str = "acme/gitops";
@@ -45,62 +48,16 @@ pub struct MergeRequest {
     pub merged_head: Option<String>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Fault {
-    pub method: Method,
-    pub path_ends: &'static str,
-    /// 0: hold the request unanswered (and not carried out) until [`FakeGitLab::release`].
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub remaining: u32,
-}
-
 pub struct Hub {
     pub repo: GitBackend,
     pub merge_requests: Vec<MergeRequest>,
-    pub faults: Vec<Fault>,
+    pub faults: Faults,
     /// "METHOD /path" of every request, faulted or not (the path as sent, encoded).
     pub log: Vec<String>,
     pub unauthorized: usize,
-    pub held: usize,
 }
 
 type Shared = Arc<Mutex<Hub>>;
-
-fn answer(status: u16, body: Value) -> Response {
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(body),
-    )
-        .into_response()
-}
-
-fn message(status: u16, text: &str) -> Response {
-    answer(status, json!({ "message": text }))
-}
-
-/// Marks a response that must not be sent until [`FakeGitLab::release`].
-#[derive(Clone, Copy)]
-struct Hold;
-
-fn decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(byte) = u8::from_str_radix(&segment[i + 1..i + 3], 16)
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 async fn gitlab(
     State((hub, addr, release)): State<(Shared, SocketAddr, Arc<tokio::sync::Semaphore>)>,
@@ -123,13 +80,7 @@ async fn gitlab(
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let response = respond(&hub, addr, &method, &path, &query, authorized, &body);
-    if response.extensions().get::<Hold>().is_some() {
-        if let Ok(permit) = release.acquire().await {
-            permit.forget();
-        }
-        return message(502, "held, then released");
-    }
-    response
+    finish(response, &release).await
 }
 
 fn mr_json(hub: &Hub, mr: &MergeRequest, base: &str) -> Value {
@@ -151,10 +102,6 @@ fn mr_json(hub: &Hub, mr: &MergeRequest, base: &str) -> Value {
     })
 }
 
-fn get<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
 fn respond(
     hub: &Shared,
     addr: SocketAddr,
@@ -171,26 +118,8 @@ fn respond(
         hub.unauthorized += 1;
         return message(401, "401 Unauthorized");
     }
-    if let Some(fault) = hub
-        .faults
-        .iter_mut()
-        .find(|f| f.remaining > 0 && f.method == *method && path.ends_with(f.path_ends))
-    {
-        fault.remaining -= 1;
-        if fault.status == 0 {
-            hub.held += 1;
-            let mut held = message(502, "held");
-            held.extensions_mut().insert(Hold);
-            return held;
-        }
-        let mut headers = HeaderMap::new();
-        for (name, value) in &fault.headers {
-            if let Ok(value) = value.parse() {
-                headers.insert(*name, value);
-            }
-        }
-        let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, headers, "Retry later\n").into_response();
+    if let Some(injected) = hub.faults.answer(method, path) {
+        return injected;
     }
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return message(404, "404 Project Not Found");
@@ -207,7 +136,7 @@ fn respond(
             None => message(404, "404 Branch Not Found"),
         },
         ("GET", ["repository", "files", file]) => {
-            let Some(reference) = get(query, "ref") else {
+            let Some(reference) = query_value(query, "ref") else {
                 return answer(400, json!({"error": "ref is missing"}));
             };
             match (repo.read(reference, file), repo.blob(reference, file)) {
@@ -223,9 +152,11 @@ fn respond(
             }
         }
         ("GET", ["repository", "commits"]) => {
-            let reference = get(query, "ref_name").unwrap_or("main");
-            let file = get(query, "path").unwrap_or("");
-            let limit: usize = get(query, "per_page").and_then(|n| n.parse().ok()).unwrap_or(20);
+            let reference = query_value(query, "ref_name").unwrap_or("main");
+            let file = query_value(query, "path").unwrap_or("");
+            let limit: usize = query_value(query, "per_page")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(20);
             match repo.log(reference, file, limit) {
                 Ok(log) => answer(
                     200,
@@ -254,8 +185,8 @@ fn respond(
             }
         }
         ("GET", ["merge_requests"]) => {
-            let source = get(query, "source_branch");
-            let state = get(query, "state").unwrap_or("all");
+            let source = query_value(query, "source_branch");
+            let state = query_value(query, "state").unwrap_or("all");
             let found: Vec<Value> = hub
                 .merge_requests
                 .iter()
@@ -468,10 +399,9 @@ impl FakeGitLab {
         let hub: Shared = Arc::new(Mutex::new(Hub {
             repo,
             merge_requests: Vec::new(),
-            faults: Vec::new(),
+            faults: Faults::default(),
             log: Vec::new(),
             unauthorized: 0,
-            held: 0,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -489,7 +419,7 @@ impl FakeGitLab {
 
     /// Answers held requests (with a 502, not carried out).
     pub fn release(&self) {
-        let held = self.with(|h| h.held);
+        let held = self.with(|h| h.faults.held);
         self.release.add_permits(held);
     }
 
@@ -505,13 +435,7 @@ impl FakeGitLab {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .faults
-            .push(Fault {
-                method,
-                path_ends,
-                status,
-                headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
-                remaining: times,
-            });
+            .add(method, path_ends, status, headers, times);
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&Hub) -> T) -> T {

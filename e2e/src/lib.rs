@@ -3,8 +3,10 @@
 //! The service binaries must be built first (`cargo build --workspace --bins`, which the README's
 //! test command does); `nats-server` is found through `$NATS_SERVER` or `PATH`.
 
+pub mod fake_forge;
 pub mod fake_github;
 pub mod fake_gitlab;
+pub mod forge_flow;
 pub mod git_backend;
 pub mod git_servers;
 

@@ -63,6 +63,8 @@ pub struct PrControllerConfig {
     pub github: selfheal_forge_github::GitHubConfig,
     /// GitLab as the forge (merge requests), when `gitlab.project` is set.
     pub gitlab: selfheal_forge_gitlab::GitLabConfig,
+    /// Gitea or Forgejo as the forge (pull requests), when `gitea.repository` is set.
+    pub gitea: selfheal_forge_gitea::GiteaConfig,
     /// Any Git remote, without a forge API, when `remote.url` is set: `repository` is then the
     /// local mirror it is fetched into, and changes are pushed.
     pub remote: RemoteConfig,
@@ -99,6 +101,7 @@ impl Default for PrControllerConfig {
             history_depth: 200,
             github: Default::default(),
             gitlab: Default::default(),
+            gitea: Default::default(),
             remote: Default::default(),
             sync: Default::default(),
             hold_image_automation: true,

@@ -4,6 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use selfheal_bus::{ConsumerSpec, SharedBus, consumer, nats::NatsOptions, subjects};
 use selfheal_config::Secret;
+use selfheal_forge_gitea::GiteaRepository;
 use selfheal_forge_github::GitHubRepository;
 use selfheal_forge_gitlab::GitLabRepository;
 use selfheal_git::{Forge, GitRepo, LocalRepository, RemoteRepository, RepoError};
@@ -79,6 +80,7 @@ impl Service for PrController {
         let places: Vec<&str> = [
             (config.github.enabled(), "github.repository"),
             (config.gitlab.enabled(), "gitlab.project"),
+            (config.gitea.enabled(), "gitea.repository"),
             (config.remote.enabled(), "remote.url"),
         ]
         .into_iter()
@@ -111,6 +113,15 @@ impl Service for PrController {
                 .map_err(|e| StartError::config(format!("gitlab: {e}")))?;
             let gitlab = Arc::new(gitlab);
             (gitlab.clone(), Some(gitlab))
+        } else if config.gitea.enabled() {
+            let gitea = GiteaRepository::new(
+                config.gitea.clone(),
+                &config.main_branch,
+                tokio::runtime::Handle::current(),
+            )
+            .map_err(|e| StartError::config(format!("gitea: {e}")))?;
+            let gitea = Arc::new(gitea);
+            (gitea.clone(), Some(gitea))
         } else if config.github.enabled() {
             let github = GitHubRepository::new(config.github.clone(), tokio::runtime::Handle::current())
                 .map_err(|e| StartError::config(format!("github: {e}")))?;
