@@ -224,6 +224,14 @@ impl GitBackend {
             .is_ok()
     }
 
+    /// How many commits `to` has that `from` lacks (`git rev-list --count from..to`).
+    pub fn count_between(&self, from: &str, to: &str) -> anyhow::Result<usize> {
+        Ok(self
+            .git(&["rev-list", "--count", &format!("{from}..{to}")], None, &[])?
+            .trim()
+            .parse()?)
+    }
+
     /// The merge base of two commits.
     pub fn merge_base(&self, a: &str, b: &str) -> Option<String> {
         self.git(&["merge-base", a, b], None, &[]).ok()

@@ -4,6 +4,7 @@
 //! test command does); `nats-server` is found through `$NATS_SERVER` or `PATH`.
 
 pub mod fake_forge;
+pub mod fake_gitea;
 pub mod fake_github;
 pub mod fake_gitlab;
 pub mod forge_flow;
