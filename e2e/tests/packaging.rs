@@ -110,6 +110,18 @@ fn shipped_configuration_is_accepted_by_the_services() -> anyhow::Result<()> {
         let config = values["config"].as_str().context("values.yaml has no config")?;
         check(service, config).with_context(|| format!("deploy/helm/{service}/values.yaml config"))?;
     }
+    // The forge configurations docker-compose.yml can run instead of the local repository.
+    let forges = root.join("deploy/compose/forges");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&forges)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path)?;
+            check("pr-controller", &text).with_context(|| path.display().to_string())?;
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4, "gitlab, gitea, github and remote");
     // And a wrong key is refused, so the checks above can fail.
     assert!(check("gateway", "no_such_key = 1").is_err());
     Ok(())
