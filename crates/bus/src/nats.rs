@@ -19,8 +19,10 @@ use crate::{
 /// How to reach NATS and how to shape the stream.
 #[derive(Clone, Debug)]
 pub struct NatsOptions {
-    /// `nats://host:port`.
+    /// `nats://host:port`, or several separated by commas (a cluster's seeds).
     pub url: String,
+    /// Credentials and TLS, checked ([`crate::auth::NatsAuth::check`]).
+    pub auth: crate::auth::CheckedAuth,
     /// Name this connection shows in the server's monitoring.
     pub connection_name: String,
     /// How long the stream remembers message ids for deduplication.
@@ -34,10 +36,17 @@ impl NatsOptions {
     pub fn new(url: impl Into<String>, connection_name: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            auth: Default::default(),
             connection_name: connection_name.into(),
             duplicate_window: Duration::from_secs(120),
             publish_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// The same options, connecting with `auth`.
+    pub fn with_auth(mut self, auth: crate::auth::CheckedAuth) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -53,12 +62,44 @@ impl NatsBus {
     /// Connects and makes sure the stream exists. Keeps reconnecting in the background after
     /// that; a publish while disconnected fails after `publish_timeout`.
     pub async fn connect(options: NatsOptions) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        // Two TLS back ends are linked (other crates bring ring and aws-lc-rs); rustls will not
+        // choose, so the process's is chosen here, once (a second call is a no-op).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let shown = crate::auth::redacted(&options.url);
+        let servers = crate::auth::servers(&options.url);
+        if servers.is_empty() {
+            return Err(BusError::Connect("nats_url: no server".into()));
+        }
+        let mut connect = async_nats::ConnectOptions::new()
             .name(&options.connection_name)
-            .connection_timeout(Duration::from_secs(5))
-            .connect(options.url.as_str())
-            .await
-            .map_err(|e| BusError::Connect(format!("{}: {e}", options.url)))?;
+            .connection_timeout(Duration::from_secs(5));
+        let auth = &options.auth;
+        connect = match &auth.credentials {
+            crate::auth::Credentials::None => connect,
+            crate::auth::Credentials::UserPassword(user, password) => {
+                connect.user_and_password(user.clone(), password.expose().to_string())
+            }
+            crate::auth::Credentials::Token(token) => connect.token(token.expose().to_string()),
+            crate::auth::Credentials::NKey(seed) => connect.nkey(seed.expose().to_string()),
+            crate::auth::Credentials::CredsFile(path) => connect
+                .credentials_file(path)
+                .await
+                .map_err(|e| BusError::Connect(format!("nats.creds_file {}: {e}", path.display())))?,
+        };
+        if let Some(ca) = &auth.ca {
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &auth.client_cert {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        connect = connect.require_tls(auth.tls_required);
+        let client = connect.connect(servers.as_slice()).await.map_err(|e| {
+            let tls = match auth.ca_file() {
+                Some(ca) => format!(" (TLS with nats.tls_ca_file {})", ca.display()),
+                None => String::new(),
+            };
+            BusError::Connect(format!("{shown}{tls}: {}", crate::auth::redacted(&e.to_string())))
+        })?;
         let js = jetstream::new(client.clone());
         let bus = Self { client, js, options };
         bus.ensure_stream().await?;

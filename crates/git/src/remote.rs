@@ -309,10 +309,11 @@ fn run_git(
             settings.url
         )));
     }
+    // git's own words for credentials the remote refused (SSH's, and HTTP's 401 and 403).
     if stderr.contains("Authentication failed")
-        || stderr.contains("Permission denied")
-        || stderr.contains("403")
-        || stderr.contains("401")
+        || stderr.contains("Permission denied (publickey")
+        || stderr.contains("returned error: 401")
+        || stderr.contains("returned error: 403")
     {
         return Err(RepoError::Refused(message));
     }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod client;
+mod nats_args;
 mod policy;
 mod remediations;
 mod up;
@@ -41,6 +42,8 @@ enum Command {
         /// The NATS server the services use.
         #[arg(long, env = "SELFHEAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
         nats_url: String,
+        #[command(flatten)]
+        nats: nats_args::NatsArgs,
     },
 }
 
@@ -53,7 +56,7 @@ async fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Remediations(args) => remediations::run(args).await,
-        Command::KillSwitch { state, nats_url } => policy::kill_switch(&state, &nats_url).await,
+        Command::KillSwitch { state, nats_url, nats } => policy::kill_switch(&state, &nats_url, &nats).await,
     };
     match result {
         Ok(code) => code,

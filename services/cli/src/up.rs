@@ -49,9 +49,11 @@ pub struct UpArgs {
     /// Address for the pr-controller's gRPC service (DescribeTarget).
     #[arg(long, default_value = "127.0.0.1:50053")]
     pr_controller_grpc_listen: SocketAddr,
-    /// Use this NATS server instead of the in-process bus.
+    /// Use this NATS server (or servers, separated by commas) instead of the in-process bus.
     #[arg(long, env = "SELFHEAL_NATS_URL")]
     nats_url: Option<String>,
+    #[command(flatten)]
+    nats: crate::nats_args::NatsArgs,
     /// The GitOps repository (default: DIR/gitops.git, created with an example app).
     #[arg(long)]
     repo: Option<PathBuf>,
@@ -129,7 +131,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     let bus: SharedBus = match &args.nats_url {
-        Some(url) => Arc::new(NatsBus::connect(NatsOptions::new(url, "selfheal-up")).await?),
+        Some(url) => {
+            Arc::new(NatsBus::connect(NatsOptions::new(url, "selfheal-up").with_auth(args.nats.auth()?)).await?)
+        }
         None => Arc::new(MemoryBus::default()),
     };
     let mut supervisor = Supervisor::default();

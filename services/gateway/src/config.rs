@@ -13,8 +13,12 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Address of the gRPC `selfheal.v1.Gateway` service.
     pub grpc_listen: SocketAddr,
-    /// NATS server holding the SELFHEAL stream.
+    /// NATS server holding the SELFHEAL stream, or a cluster's servers separated by commas
+    /// (`nats://a:4222,nats://b:4222`): the service starts while any of them is up.
     pub nats_url: String,
+    /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
+    /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
+    pub nats: selfheal_bus::auth::NatsAuth,
     /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
     pub token: Option<Secret>,
     /// A file of accepted tokens, one per line; several lines let tokens rotate without downtime.
@@ -58,6 +62,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9099)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats: Default::default(),
             token: None,
             token_file: None,
             hmac_key: None,

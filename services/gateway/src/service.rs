@@ -10,6 +10,7 @@ pub use selfheal_runtime::Listeners;
 /// The gateway, built from its config with every setting checked.
 pub struct Gateway {
     config: GatewayConfig,
+    nats: selfheal_bus::auth::CheckedAuth,
 }
 
 #[async_trait::async_trait]
@@ -23,7 +24,8 @@ impl Service for Gateway {
     async fn from_config(config: GatewayConfig) -> Result<Self, StartError> {
         config.tokens()?;
         config.hmac_keys()?;
-        Ok(Self { config })
+        let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
+        Ok(Self { config, nats })
     }
 
     fn addresses(&self) -> Addresses {
@@ -34,7 +36,7 @@ impl Service for Gateway {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME);
+        let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone());
         options.duplicate_window = self.config.duplicate_window;
         options.publish_timeout = self.config.publish_timeout;
         options

@@ -20,8 +20,12 @@ pub struct NotifierConfig {
     pub grpc_token: Option<Secret>,
     /// File holding the gRPC token (used when `grpc_token` is unset).
     pub grpc_token_file: Option<std::path::PathBuf>,
-    /// NATS server holding the SELFHEAL stream.
+    /// NATS server holding the SELFHEAL stream, or a cluster's servers separated by commas
+    /// (`nats://a:4222,nats://b:4222`): the service starts while any of them is up.
     pub nats_url: String,
+    /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
+    /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
+    pub nats: selfheal_bus::auth::NatsAuth,
     /// Audit database: `sqlite://PATH` (created if missing) or `postgres://…`; unset:
     /// [`DEFAULT_DATABASE_URL`]. A secret (a PostgreSQL URL carries a password): never logged.
     pub database_url: Option<Secret>,
@@ -66,6 +70,7 @@ impl Default for NotifierConfig {
             grpc_token: None,
             grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats: Default::default(),
             database_url: None,
             database_url_file: None,
             webhook_url: None,

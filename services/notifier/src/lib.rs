@@ -319,6 +319,7 @@ pub struct Notifier {
     store: Arc<dyn AuditStore>,
     routes: Vec<channel::Route>,
     token: selfheal_config::Secret,
+    nats: selfheal_bus::auth::CheckedAuth,
 }
 
 #[async_trait]
@@ -339,11 +340,13 @@ impl Service for Notifier {
         let store = audit::SqlAuditStore::connect(config.database_url().expose())
             .await
             .map_err(|e| StartError::unavailable("the audit log", e))?;
+        let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
         Ok(Self {
             config,
             store: Arc::new(store),
             routes,
             token,
+            nats,
         })
     }
 
@@ -355,7 +358,7 @@ impl Service for Notifier {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        NatsOptions::new(&self.config.nats_url, Self::NAME)
+        NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone())
     }
 
     /// Runs the consumer, the audit gRPC service and the health endpoints until `shutdown`.

@@ -13,8 +13,12 @@ pub struct PolicyConfig {
     pub listen: SocketAddr,
     /// Address of the gRPC `selfheal.v1.Policy` service.
     pub grpc_listen: SocketAddr,
-    /// NATS server holding the SELFHEAL stream.
+    /// NATS server holding the SELFHEAL stream, or a cluster's servers separated by commas
+    /// (`nats://a:4222,nats://b:4222`): the service starts while any of them is up.
     pub nats_url: String,
+    /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
+    /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
+    pub nats: selfheal_bus::auth::NatsAuth,
     /// An OPA server (`http://opa:8181`) to evaluate `query` on instead of the files in
     /// `policy_dir`; the input, the decision contract and the limits stay the same.
     pub opa_url: Option<String>,
@@ -57,6 +61,7 @@ impl Default for PolicyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats: Default::default(),
             opa_url: None,
             opa_timeout: std::time::Duration::from_secs(2),
             policy_dir: PathBuf::from("deploy/policies"),

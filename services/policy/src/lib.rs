@@ -178,6 +178,7 @@ pub struct Policy {
     token: selfheal_config::Secret,
     metrics: promql::MetricsReader,
     target: target::TargetReader,
+    nats: selfheal_bus::auth::CheckedAuth,
 }
 
 #[async_trait]
@@ -207,12 +208,14 @@ impl Service for Policy {
             .map_err(|e| StartError::config(format!("metrics: {e}")))?;
         let target =
             target::TargetReader::from_config(&config.target).map_err(|e| StartError::config(e.to_string()))?;
+        let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
         Ok(Self {
             config,
             engine,
             token,
             metrics,
             target,
+            nats,
         })
     }
 
@@ -224,7 +227,7 @@ impl Service for Policy {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        NatsOptions::new(&self.config.nats_url, Self::NAME)
+        NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone())
     }
 
     /// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.
@@ -235,6 +238,7 @@ impl Service for Policy {
             token,
             metrics: metric_reader,
             target: target_reader,
+            ..
         } = self;
         let cancel = CancellationToken::new();
         let window = config

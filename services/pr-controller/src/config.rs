@@ -20,8 +20,12 @@ pub struct PrControllerConfig {
     pub grpc_token: Option<selfheal_config::Secret>,
     /// File holding the gRPC token (used when `grpc_token` is unset).
     pub grpc_token_file: Option<PathBuf>,
-    /// NATS server holding the SELFHEAL stream.
+    /// NATS server holding the SELFHEAL stream, or a cluster's servers separated by commas
+    /// (`nats://a:4222,nats://b:4222`): the service starts while any of them is up.
     pub nats_url: String,
+    /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
+    /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
+    pub nats: selfheal_bus::auth::NatsAuth,
     /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
     pub repository: PathBuf,
     /// How long a decision may be in work before JetStream delivers it again (to this or another
@@ -85,6 +89,7 @@ impl Default for PrControllerConfig {
             grpc_token: None,
             grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats: Default::default(),
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),
             ack_wait: std::time::Duration::from_secs(30),

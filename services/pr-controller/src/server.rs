@@ -32,6 +32,7 @@ pub struct PrController {
     verify_windows: Vec<(String, Duration)>,
     sync: sync::SyncNow,
     settings: crate::reconcile::ReconcileSettings,
+    nats: selfheal_bus::auth::CheckedAuth,
 }
 
 /// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
@@ -146,7 +147,9 @@ impl Service for PrController {
         let settings = config
             .reconcile_settings()
             .map_err(|e| StartError::config(e.to_string()))?;
+        let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
         Ok(Self {
+            nats,
             settings,
             config,
             repo,
@@ -165,7 +168,7 @@ impl Service for PrController {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        NatsOptions::new(&self.config.nats_url, Self::NAME)
+        NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone())
     }
 
     /// Runs the consumers, the gRPC service and the health endpoints until `shutdown` completes.
@@ -178,6 +181,7 @@ impl Service for PrController {
             verify_windows,
             sync,
             settings,
+            ..
         } = self;
         let cancel = CancellationToken::new();
         let (repo_for_ready, forge_for_ready, main_branch) = (repo.clone(), forge.clone(), config.main_branch.clone());
