@@ -402,13 +402,7 @@ impl GitRepo for GiteaRepository {
         let (Some("base64"), Some(content)) = (found.encoding.as_deref(), found.content) else {
             return Err(RepoError::Refused(format!("{FORGE} sent {path} without its content")));
         };
-        let cleaned: String = content.chars().filter(|c| !c.is_whitespace()).collect();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(cleaned)
-            .map_err(|e| RepoError::Git(format!("{FORGE} sent undecodable content for {path}: {e}")))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| RepoError::Refused(format!("{path} is not UTF-8")))
+        selfheal_git::decode_content(FORGE, path, &content).map(Some)
     }
 
     fn file_history(&self, branch: &str, path: &str, limit: usize) -> Result<Vec<FileVersion>, RepoError> {
@@ -529,11 +523,7 @@ impl Forge for GiteaRepository {
         let Some(pull) = self
             .pulls_of(branch)?
             .into_iter()
-            .max_by_key(|pull| match pull.request().state {
-                ChangeRequestState::Merged => 2,
-                ChangeRequestState::Open => 1,
-                ChangeRequestState::Closed => 0,
-            })
+            .max_by_key(|pull| pull.request().state.standing())
         else {
             return Ok(None);
         };

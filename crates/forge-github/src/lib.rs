@@ -18,7 +18,6 @@
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::json;
 
@@ -466,15 +465,7 @@ impl GitRepo for GitHubRepository {
             return Err(RepoError::Refused(format!("{path} is a {}, not a file", found.kind)));
         }
         match (found.encoding.as_deref(), found.content) {
-            (Some("base64"), Some(content)) => {
-                let cleaned: String = content.chars().filter(|c| !c.is_whitespace()).collect();
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(cleaned)
-                    .map_err(|e| RepoError::Git(format!("GitHub sent undecodable content for {path}: {e}")))?;
-                String::from_utf8(bytes)
-                    .map(Some)
-                    .map_err(|_| RepoError::Refused(format!("{path} is not UTF-8")))
-            }
+            (Some("base64"), Some(content)) => selfheal_git::decode_content("GitHub", path, &content).map(Some),
             _ => Err(RepoError::Refused(format!(
                 "{path} is too large for the contents API (over 1 MB)"
             ))),
@@ -617,11 +608,7 @@ impl Forge for GitHubRepository {
             )
             .map_err(|e| e.into_repo("list pull requests"))?;
         // A merged one wins over an open one, which wins over closed ones.
-        let Some(pull) = pulls.into_iter().max_by_key(|pull| match pull.request().state {
-            ChangeRequestState::Merged => 2,
-            ChangeRequestState::Open => 1,
-            ChangeRequestState::Closed => 0,
-        }) else {
+        let Some(pull) = pulls.into_iter().max_by_key(|pull| pull.request().state.standing()) else {
             return Ok(None);
         };
         if pull.state == "open" {

@@ -20,7 +20,6 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use base64::Engine as _;
 use reqwest::Method;
 use selfheal_forge_http::{Api, ApiSettings, CallError, encode_segment};
 use selfheal_git::{
@@ -279,13 +278,7 @@ impl GitRepo for GitLabRepository {
         if found.encoding != "base64" {
             return Ok(Some(found.content));
         }
-        let cleaned: String = found.content.chars().filter(|c| !c.is_whitespace()).collect();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(cleaned)
-            .map_err(|e| RepoError::Git(format!("{FORGE} sent undecodable content for {path}: {e}")))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| RepoError::Refused(format!("{path} is not UTF-8")))
+        selfheal_git::decode_content(FORGE, path, &found.content).map(Some)
     }
 
     fn file_history(&self, branch: &str, path: &str, limit: usize) -> Result<Vec<FileVersion>, RepoError> {
@@ -391,11 +384,7 @@ impl Forge for GitLabRepository {
             .map_err(|e| e.into_repo(FORGE, "list merge requests"))?;
         let requests: Vec<MergeRequest> = parse(found, "list merge requests")?;
         // A merged one wins over an open one, which wins over closed ones.
-        let Some(request) = requests.into_iter().max_by_key(|mr| match mr.request().state {
-            ChangeRequestState::Merged => 2,
-            ChangeRequestState::Open => 1,
-            ChangeRequestState::Closed => 0,
-        }) else {
+        let Some(request) = requests.into_iter().max_by_key(|mr| mr.request().state.standing()) else {
             return Ok(None);
         };
         if request.request().state == ChangeRequestState::Open {

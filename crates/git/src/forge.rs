@@ -47,6 +47,28 @@ pub enum ChangeRequestState {
     Closed,
 }
 
+impl ChangeRequestState {
+    /// Which of a branch's proposals stands for it: a merged one over an open one over closed
+    /// ones (`max_by_key` this).
+    pub fn standing(self) -> u8 {
+        match self {
+            Self::Merged => 2,
+            Self::Open => 1,
+            Self::Closed => 0,
+        }
+    }
+}
+
+/// The text of `path` from the base64 `content` a forge's API sent (line breaks in it ignored).
+pub fn decode_content(forge: &str, path: &str, content: &str) -> Result<String, RepoError> {
+    use base64::Engine as _;
+    let cleaned: String = content.chars().filter(|c| !c.is_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(cleaned)
+        .map_err(|e| RepoError::Git(format!("{forge} sent undecodable content for {path}: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| RepoError::Refused(format!("{path} is not UTF-8")))
+}
+
 /// What a pull request is opened with.
 #[derive(Clone, Debug)]
 pub struct Proposal<'a> {

@@ -43,7 +43,9 @@ mod store;
 
 pub use batch::Batch;
 pub use error::RepoError;
-pub use forge::{ChangeRequest, ChangeRequestState, Forge, MergeMessage, MergeOutcome, Proposal, fast_forward};
+pub use forge::{
+    ChangeRequest, ChangeRequestState, Forge, MergeMessage, MergeOutcome, Proposal, decode_content, fast_forward,
+};
 pub use local::LocalRepository;
 pub use plumbing::incident_mark;
 pub use remote::{RemoteRepository, RemoteSettings};
