@@ -22,6 +22,10 @@ async fn up_then_the_readme_curl_rolls_back_the_example_app() -> anyhow::Result<
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let grpc = format!("127.0.0.1:{}", free_port()?);
+    // Every listener on a port handed out below the ephemeral range: a default port (50051…) can
+    // be taken by any outgoing connection meanwhile, which once failed this test in CI.
+    let other = |_: u8| -> anyhow::Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
+    let (gateway_grpc, audit_grpc, pr_grpc) = (other(1)?, other(2)?, other(3)?);
     let args = [
         "up",
         "--dir",
@@ -30,6 +34,12 @@ async fn up_then_the_readme_curl_rolls_back_the_example_app() -> anyhow::Result<
         &listen,
         "--grpc-listen",
         &grpc,
+        "--gateway-grpc-listen",
+        &gateway_grpc,
+        "--audit-grpc-listen",
+        &audit_grpc,
+        "--pr-controller-grpc-listen",
+        &pr_grpc,
     ];
     let mut up = Process::start("selfheal-up", &binary("selfheal")?, &args, &[], temp.path())?;
     wait_ready(&format!("http://{listen}/readyz"), &mut up).await?;
@@ -79,7 +89,9 @@ async fn up_then_the_readme_curl_rolls_back_the_example_app() -> anyhow::Result<
         "the merged remediation in the list",
         || async {
             let out = Command::new(binary("selfheal").ok()?)
-                .args(["remediations", "list", "--json", "--state", "merged", "--token-file"])
+                .args(["remediations", "list", "--json", "--state", "merged", "--addr"])
+                .arg(format!("http://{pr_grpc}"))
+                .arg("--token-file")
                 .arg(state.join("token"))
                 .output()
                 .ok()?;
