@@ -73,11 +73,6 @@ impl Faults {
         let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Some((status, headers, "Retry later\n").into_response())
     }
-
-    /// Whether every fault was hit.
-    pub fn spent(&self) -> bool {
-        self.list.iter().all(|f| f.remaining == 0)
-    }
 }
 
 /// Sends `response`, or — when it is a held one — waits for a release first and answers 502.

@@ -21,13 +21,13 @@ use std::{path::PathBuf, time::Duration};
 
 use base64::Engine as _;
 use reqwest::Method;
-use selfheal_forge_http::{Api, ApiSettings, encode_segment};
+use selfheal_forge_http::{Api, ApiSettings, conflict, encode_segment, parse};
 use selfheal_git::{
     Author, ChangeRequest, ChangeRequestState, FileVersion, Forge, GitRepo, MergeMessage, MergeOutcome, Proposal,
     RepoError,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// How a pull request is merged (Gitea's `Do`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,11 +224,6 @@ struct Compare {
     total_commits: usize,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T, RepoError> {
-    serde_json::from_value(value)
-        .map_err(|e| RepoError::Git(format!("{FORGE} {what}: an answer selfheal cannot read: {e}")))
-}
-
 impl GiteaRepository {
     /// Checks the settings and builds the client; connects nothing yet. Changes start from
     /// `base` (the branch Argo CD or Flux deploys). Requests run on `runtime`.
@@ -280,7 +275,7 @@ impl GiteaRepository {
             &[("ref", reference)],
         ) {
             Ok(found) if found.is_array() => Err(RepoError::Refused(format!("{path} is a folder, not a file"))),
-            Ok(found) => parse(found, "get contents").map(Some),
+            Ok(found) => parse(FORGE, found, "get contents").map(Some),
             Err(error) if error.status() == Some(404) => Ok(None),
             Err(error) => Err(error.into_repo(FORGE, "get contents")),
         }
@@ -291,7 +286,7 @@ impl GiteaRepository {
             .api
             .get(&self.route(&format!("pulls/{number}")), &[])
             .map_err(|e| e.into_repo(FORGE, "get pull request"))?;
-        parse(found, "get pull request")
+        parse(FORGE, found, "get pull request")
     }
 
     /// The ids of the configured labels, those missing created.
@@ -303,7 +298,7 @@ impl GiteaRepository {
             .api
             .get(&self.route("labels"), &[("limit", "50")])
             .map_err(|e| e.into_repo(FORGE, "list labels"))?;
-        let existing: Vec<Label> = parse(found, "list labels")?;
+        let existing: Vec<Label> = parse(FORGE, found, "list labels")?;
         let mut ids = Vec::new();
         for name in &self.config.labels {
             match existing.iter().find(|l| &l.name == name) {
@@ -313,7 +308,7 @@ impl GiteaRepository {
                         .api
                         .post(&self.route("labels"), &json!({ "name": name, "color": "#1d76db" }))
                         .map_err(|e| e.into_repo(FORGE, "create label"))?;
-                    ids.push(parse::<Label>(created, "create label")?.id);
+                    ids.push(parse::<Label>(FORGE, created, "create label")?.id);
                 }
             }
         }
@@ -357,7 +352,7 @@ impl GiteaRepository {
                     ],
                 )
                 .map_err(|e| e.into_repo(FORGE, "list pull requests"))?;
-            let pulls: Vec<Pull> = parse(listed, "list pull requests")?;
+            let pulls: Vec<Pull> = parse(FORGE, listed, "list pull requests")?;
             let last = pulls.len() < 50;
             found.extend(pulls.into_iter().filter(|p| p.head.name == branch));
             if last || !found.is_empty() {
@@ -365,14 +360,6 @@ impl GiteaRepository {
             }
         }
         Ok(found)
-    }
-
-    fn conflict(branch: &str, expected: Option<&str>, found: String) -> RepoError {
-        RepoError::Conflict {
-            branch: branch.to_string(),
-            expected: expected.unwrap_or("no branch").to_string(),
-            found,
-        }
     }
 }
 
@@ -386,7 +373,7 @@ impl GitRepo for GiteaRepository {
             .api
             .get(&self.route(&format!("branches/{}", path_segments(branch))), &[])
         {
-            Ok(found) => Ok(Some(parse::<Branch>(found, "get branch")?.commit.id)),
+            Ok(found) => Ok(Some(parse::<Branch>(FORGE, found, "get branch")?.commit.id)),
             Err(error) if error.status() == Some(404) => Ok(None),
             Err(error) => Err(error.into_repo(FORGE, "get branch")),
         }
@@ -417,7 +404,7 @@ impl GitRepo for GiteaRepository {
             ("files", "false"),
         ];
         let commits: Vec<CommitEntry> = match self.api.get(&self.route("commits"), &query) {
-            Ok(found) => parse(found, "list commits")?,
+            Ok(found) => parse(FORGE, found, "list commits")?,
             // No commit touches the path (Gitea answers 404), or the repository is empty (409).
             Err(error) if matches!(error.status(), Some(404 | 409)) => return Ok(Vec::new()),
             Err(error) => return Err(error.into_repo(FORGE, "list commits")),
@@ -451,7 +438,7 @@ impl GitRepo for GiteaRepository {
             // module's documentation).
             let found = self.branch_tip(branch)?;
             if found.as_deref() != Some(expected) {
-                return Err(Self::conflict(
+                return Err(conflict(
                     branch,
                     expected_tip,
                     found.unwrap_or_else(|| "no branch".into()),
@@ -486,10 +473,10 @@ impl GitRepo for GiteaRepository {
             }),
         );
         match written {
-            Ok(written) => Ok(parse::<FileResponse>(written, "update file")?.commit.sha),
+            Ok(written) => Ok(parse::<FileResponse>(FORGE, written, "update file")?.commit.sha),
             // The branch exists already (another replica), or main's file moved under the change.
             Err(error) if error.status() == Some(422) => {
-                Err(Self::conflict(branch, expected_tip, error.message().to_string()))
+                Err(conflict(branch, expected_tip, error.message().to_string()))
             }
             Err(error) => Err(error.into_repo(FORGE, "update file")),
         }
@@ -510,7 +497,7 @@ impl GitRepo for GiteaRepository {
             .api
             .get(&self.route(&format!("compare/{descendant}...{ancestor}")), &[])
             .map_err(|e| e.into_repo(FORGE, "compare"))?;
-        Ok(parse::<Compare>(compared, "compare")?.total_commits == 0)
+        Ok(parse::<Compare>(FORGE, compared, "compare")?.total_commits == 0)
     }
 }
 
@@ -546,7 +533,7 @@ impl Forge for GiteaRepository {
             }),
         );
         match created {
-            Ok(created) => Ok(parse::<Pull>(created, "create pull request")?.request()),
+            Ok(created) => Ok(parse::<Pull>(FORGE, created, "create pull request")?.request()),
             // "pull request already exists for these targets".
             Err(error) if error.status() == Some(409) => match self.find_request(proposal.branch)? {
                 Some(found) => Ok(found),

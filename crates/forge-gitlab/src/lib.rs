@@ -21,13 +21,13 @@
 use std::{path::PathBuf, time::Duration};
 
 use reqwest::Method;
-use selfheal_forge_http::{Api, ApiSettings, CallError, encode_segment};
+use selfheal_forge_http::{Api, ApiSettings, CallError, conflict, encode_segment, parse};
 use selfheal_git::{
     Author, ChangeRequest, ChangeRequestState, FileVersion, Forge, GitRepo, MergeMessage, MergeOutcome, Proposal,
     RepoError,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Settings of the GitLab forge (`[gitlab]`; `SELFHEAL_PR_CONTROLLER_GITLAB__*`). When `project`
 /// is set, selfheal works on GitLab instead of the local repository.
@@ -164,11 +164,6 @@ impl MergeRequest {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T, RepoError> {
-    serde_json::from_value(value)
-        .map_err(|e| RepoError::Git(format!("{FORGE} {what}: an answer selfheal cannot read: {e}")))
-}
-
 impl GitLabRepository {
     /// Checks the settings and builds the client; connects nothing yet. Requests run on `runtime`.
     pub fn new(config: GitLabConfig, runtime: tokio::runtime::Handle) -> Result<Self, RepoError> {
@@ -217,7 +212,7 @@ impl GitLabRepository {
             .api
             .get(&self.route(&format!("merge_requests/{iid}")), &[])
             .map_err(|e| e.into_repo(FORGE, "get merge request"))?;
-        parse(found, "get merge request")
+        parse(FORGE, found, "get merge request")
     }
 
     /// Puts the configured labels on an open merge request that lacks some (idempotent).
@@ -240,14 +235,6 @@ impl GitLabRepository {
             .map(|_| ())
             .map_err(|e| e.into_repo(FORGE, "add labels"))
     }
-
-    fn conflict(branch: &str, expected: Option<&str>, found: String) -> RepoError {
-        RepoError::Conflict {
-            branch: branch.to_string(),
-            expected: expected.unwrap_or("no branch").to_string(),
-            found,
-        }
-    }
 }
 
 impl GitRepo for GitLabRepository {
@@ -260,7 +247,7 @@ impl GitRepo for GitLabRepository {
             &self.route(&format!("repository/branches/{}", encode_segment(branch))),
             &[],
         ) {
-            Ok(found) => Ok(Some(parse::<Branch>(found, "get branch")?.commit.id)),
+            Ok(found) => Ok(Some(parse::<Branch>(FORGE, found, "get branch")?.commit.id)),
             Err(error) if error.status() == Some(404) => Ok(None),
             Err(error) => Err(error.into_repo(FORGE, "get branch")),
         }
@@ -271,7 +258,7 @@ impl GitRepo for GitLabRepository {
             &self.route(&format!("repository/files/{}", encode_segment(path))),
             &[("ref", commit)],
         ) {
-            Ok(found) => parse::<File>(found, "get file")?,
+            Ok(found) => parse::<File>(FORGE, found, "get file")?,
             Err(error) if error.status() == Some(404) => return Ok(None),
             Err(error) => return Err(error.into_repo(FORGE, "get file")),
         };
@@ -290,7 +277,7 @@ impl GitRepo for GitLabRepository {
             ("first_parent", "true"),
         ];
         let commits: Vec<CommitEntry> = match self.api.get(&self.route("repository/commits"), &query) {
-            Ok(found) => parse(found, "list commits")?,
+            Ok(found) => parse(FORGE, found, "list commits")?,
             Err(error) if error.status() == Some(404) => return Ok(Vec::new()),
             Err(error) => return Err(error.into_repo(FORGE, "list commits")),
         };
@@ -322,7 +309,7 @@ impl GitRepo for GitLabRepository {
             // documentation).
             let found = self.branch_tip(branch)?;
             if found.as_deref() != Some(expected) {
-                return Err(Self::conflict(
+                return Err(conflict(
                     branch,
                     expected_tip,
                     found.unwrap_or_else(|| "no branch".into()),
@@ -339,10 +326,10 @@ impl GitRepo for GitLabRepository {
             "actions": [{ "action": "update", "file_path": path, "content": content }],
         });
         match self.api.post(&self.route("repository/commits"), &body) {
-            Ok(created) => Ok(parse::<Id>(created, "create commit")?.id),
+            Ok(created) => Ok(parse::<Id>(FORGE, created, "create commit")?.id),
             // "A branch called '…' already exists": another replica, or an earlier attempt.
             Err(error) if error.status() == Some(400) && error.message().contains("already exists") => {
-                Err(Self::conflict(branch, expected_tip, "a branch".into()))
+                Err(conflict(branch, expected_tip, "a branch".into()))
             }
             Err(error) => Err(error.into_repo(FORGE, "create commit")),
         }
@@ -365,7 +352,7 @@ impl GitRepo for GitLabRepository {
                 &[("refs[]", ancestor), ("refs[]", descendant)],
             )
             .map_err(|e| e.into_repo(FORGE, "merge base"))?;
-        Ok(parse::<Id>(base, "merge base")?.id == ancestor)
+        Ok(parse::<Id>(FORGE, base, "merge base")?.id == ancestor)
     }
 }
 
@@ -382,7 +369,7 @@ impl Forge for GitLabRepository {
                 &[("source_branch", branch), ("state", "all"), ("per_page", "20")],
             )
             .map_err(|e| e.into_repo(FORGE, "list merge requests"))?;
-        let requests: Vec<MergeRequest> = parse(found, "list merge requests")?;
+        let requests: Vec<MergeRequest> = parse(FORGE, found, "list merge requests")?;
         // A merged one wins over an open one, which wins over closed ones.
         let Some(request) = requests.into_iter().max_by_key(|mr| mr.request().state.standing()) else {
             return Ok(None);
@@ -407,7 +394,7 @@ impl Forge for GitLabRepository {
             }),
         );
         match created {
-            Ok(created) => Ok(parse::<MergeRequest>(created, "create merge request")?.request()),
+            Ok(created) => Ok(parse::<MergeRequest>(FORGE, created, "create merge request")?.request()),
             // "Another open merge request already exists for this source branch".
             Err(error) if error.status() == Some(409) => match self.find_request(proposal.branch)? {
                 Some(found) => Ok(found),
@@ -452,7 +439,7 @@ impl Forge for GitLabRepository {
         );
         match merged {
             Ok(merged) => {
-                let merged: MergeRequest = parse(merged, "merge")?;
+                let merged: MergeRequest = parse(FORGE, merged, "merge")?;
                 Ok(MergeOutcome::Merged(merged.request().merge_commit))
             }
             // "SHA does not match HEAD of source branch".

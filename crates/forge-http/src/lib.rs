@@ -237,6 +237,21 @@ fn rate_limit_wait(status: u16, headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(1))
 }
 
+/// A forge's JSON answer as `T`; one that does not fit is a transient error naming the call.
+pub fn parse<T: serde::de::DeserializeOwned>(forge: &str, value: Value, what: &str) -> Result<T, RepoError> {
+    serde_json::from_value(value)
+        .map_err(|e| RepoError::Git(format!("{forge} {what}: an answer selfheal cannot read: {e}")))
+}
+
+/// `branch` was not where the caller expected it (None: expected absent).
+pub fn conflict(branch: &str, expected: Option<&str>, found: String) -> RepoError {
+    RepoError::Conflict {
+        branch: branch.to_string(),
+        expected: expected.unwrap_or("no branch").to_string(),
+        found,
+    }
+}
+
 /// `text` with every byte outside `A-Za-z0-9-._~` percent-encoded: a path segment that may hold
 /// slashes (GitLab's project path, a file path, a branch name).
 pub fn encode_segment(text: &str) -> String {
