@@ -10,6 +10,7 @@ pub mod fake_gitlab;
 pub mod forge_flow;
 pub mod git_backend;
 pub mod git_servers;
+pub mod stack;
 
 use std::{
     net::TcpListener,
@@ -269,7 +270,95 @@ impl Nats {
     }
 }
 
-/// Waits until `GET url` answers 200.
+/// Connects a plain client to `url`: one server, or a cluster's, comma-separated.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<&str> = url.split(',').collect();
+    Ok(async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(servers)
+        .await?)
+}
+
+/// nats-servers with JetStream on loopback, routed into one cluster: `n1`, `n2`, … (one node is
+/// a plain server).
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+}
+
+/// One node of a [`NatsCluster`].
+pub struct NatsNode {
+    /// Its `server_name`, as JetStream names leaders.
+    pub name: String,
+    pub server: Nats,
+}
+
+impl NatsCluster {
+    /// `size` nodes, started; returns once JetStream has a meta leader (before that the JetStream
+    /// API answers nothing).
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        if size == 1 {
+            nodes.push(NatsNode {
+                name: "n1".into(),
+                server: Nats::start().await?,
+            });
+        } else {
+            let routes = (0..size).map(|_| free_port()).collect::<anyhow::Result<Vec<u16>>>()?;
+            let route_list = routes
+                .iter()
+                .map(|port| format!("nats-route://127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for (i, port) in routes.iter().enumerate() {
+                let name = format!("n{}", i + 1);
+                let config = format!(
+                    "server_name: {name}\ncluster {{\n  name: selfheal\n  listen: 127.0.0.1:{port}\n  routes: [{route_list}]\n}}\n"
+                );
+                let server = Nats::start_with_config(&config).await?;
+                nodes.push(NatsNode { name, server });
+            }
+        }
+        let cluster = Self { nodes };
+        let url = cluster.url();
+        wait_for(Duration::from_secs(30), "JetStream's meta leader", || async {
+            let client = connect_nats(&url).await.ok()?;
+            async_nats::jetstream::new(client)
+                .query_account()
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await?;
+        Ok(cluster)
+    }
+
+    /// Every node's client URL, comma-separated (what a service's `nats_url` takes).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| n.server.url()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The first node (the only one of a single server).
+    pub fn first(&mut self) -> &mut Nats {
+        &mut self.nodes[0].server
+    }
+
+    /// The index of the node that leads `stream`'s replicas now.
+    pub async fn leader_of(&self, stream: &str) -> anyhow::Result<usize> {
+        let client = connect_nats(&self.url()).await?;
+        let mut stream = async_nats::jetstream::new(client).get_stream(stream).await?;
+        let info = stream.info().await?;
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .context("the stream has no leader")?;
+        self.nodes
+            .iter()
+            .position(|n| n.name == leader)
+            .with_context(|| format!("no node named {leader}"))
+    }
+}
+
 pub async fn wait_ready(url: &str, process: &mut Process) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

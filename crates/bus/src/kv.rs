@@ -52,18 +52,93 @@ pub trait KeyValue: Send + Sync + 'static {
 /// A shared bucket.
 pub type SharedKeyValue = Arc<dyn KeyValue>;
 
-/// A JetStream key-value bucket.
+/// A JetStream key-value bucket. Each operation rides over a leader election for up to
+/// `budget` ([`crate::retry`]).
 #[derive(Clone)]
 pub struct NatsKeyValue {
     store: kv::Store,
+    budget: Duration,
+}
+
+/// How long one try of a bucket operation waits for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why one try failed: the bucket's answer, or none in time.
+enum Failure<E> {
+    Answered(E),
+    TimedOut,
+}
+
+impl<E: std::fmt::Display> Failure<E> {
+    fn text(&self) -> String {
+        match self {
+            Self::Answered(error) => error.to_string(),
+            Self::TimedOut => format!("no answer in {ATTEMPT_TIMEOUT:?}"),
+        }
+    }
 }
 
 impl NatsKeyValue {
-    /// Opens `bucket`, creating it (file storage, `history` values per key, entries expire after
-    /// `max_age`; zero keeps them forever) if it does not exist.
-    pub async fn open(js: &jetstream::Context, bucket: &str, max_age: Duration) -> Result<Self, KvError> {
+    /// Runs `op` until it succeeds, fails for good (`settled` says so), or the budget is spent.
+    async fn retried<T, E, Fut>(&self, op: impl Fn() -> Fut, settled: impl Fn(&E) -> bool) -> Result<T, Failure<E>>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        crate::retry::within(
+            self.budget,
+            |left| {
+                let attempt = op();
+                async move {
+                    match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), attempt).await {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(error)) => Err(Failure::Answered(error)),
+                        Err(_) => Err(Failure::TimedOut),
+                    }
+                }
+            },
+            |failure| match failure {
+                Failure::Answered(error) => !settled(error),
+                Failure::TimedOut => true,
+            },
+        )
+        .await
+    }
+}
+
+impl NatsKeyValue {
+    /// Opens `bucket`, creating it (file storage, one value per key, `shape`'s replicas, entries
+    /// expire after `max_age`; zero keeps them forever) if it does not exist. When this
+    /// connection `keep`s the bucket, a bucket found with other replicas or `max_age` is updated.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        max_age: Duration,
+        shape: crate::config::StreamShape,
+        keep: bool,
+        budget: Duration,
+    ) -> Result<Self, KvError> {
+        let error = |e: &dyn std::fmt::Display| KvError::Other(format!("bucket {bucket}: {e}"));
         if let Ok(store) = js.get_key_value(bucket).await {
-            return Ok(Self { store });
+            if !keep {
+                return Ok(Self { store, budget });
+            }
+            let current = &store.stream.cached_info().config;
+            if current.num_replicas == shape.replicas && current.max_age == max_age {
+                return Ok(Self { store, budget });
+            }
+            tracing::info!(
+                bucket,
+                replicas = format!("{} -> {}", current.num_replicas, shape.replicas),
+                max_age = ?(current.max_age, max_age),
+                "updating the bucket's settings to this service's"
+            );
+            let mut wanted = current.clone();
+            wanted.num_replicas = shape.replicas;
+            wanted.max_age = max_age;
+            js.update_stream(&wanted).await.map_err(|e| error(&e))?;
+            settled(js, &wanted.name, wanted.num_replicas).await;
+            let store = js.get_key_value(bucket).await.map_err(|e| error(&e))?;
+            return Ok(Self { store, budget });
         }
         let store = js
             .create_key_value(kv::Config {
@@ -71,18 +146,46 @@ impl NatsKeyValue {
                 history: 1,
                 max_age,
                 storage: jetstream::stream::StorageType::File,
+                num_replicas: shape.replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| KvError::Other(format!("bucket {bucket}: {e}")))?;
-        Ok(Self { store })
+            .map_err(|e| error(&e))?;
+        Ok(Self { store, budget })
+    }
+}
+
+/// Waits (10 s at most) until every one of `stream`'s `replicas` is current, after an update
+/// that changed them: a restart right after sees a settled stream.
+pub(crate) async fn settled(js: &jetstream::Context, stream: &str, replicas: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut found) = js.get_stream(stream).await
+            && let Ok(info) = found.info().await
+        {
+            let peers = info.cluster.as_ref().map(|c| c.replicas.as_slice()).unwrap_or_default();
+            if peers.len() + 1 >= replicas && peers.iter().all(|p| p.current) {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(stream, replicas, "the stream's replicas are not all current yet");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[async_trait]
 impl KeyValue for NatsKeyValue {
     async fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
-        let entry = self.store.entry(key).await.map_err(|e| KvError::Other(e.to_string()))?;
+        let entry = self
+            .retried(
+                || self.store.entry(key),
+                |e: &kv::EntryError| e.kind() == kv::EntryErrorKind::InvalidKey,
+            )
+            .await
+            .map_err(|e| KvError::Other(e.text()))?;
         Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| Entry {
             value: e.value,
             revision: e.revision,
@@ -90,28 +193,52 @@ impl KeyValue for NatsKeyValue {
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        self.store.create(key, value).await.map_err(|e| match e.kind() {
-            kv::CreateErrorKind::AlreadyExists => KvError::Exists(key.to_string()),
-            _ => KvError::Other(e.to_string()),
+        self.retried(
+            || self.store.create(key, value.clone()),
+            |e: &kv::CreateError| {
+                matches!(
+                    e.kind(),
+                    kv::CreateErrorKind::AlreadyExists | kv::CreateErrorKind::InvalidKey
+                )
+            },
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::Answered(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => KvError::Exists(key.to_string()),
+            other => KvError::Other(other.text()),
         })
     }
 
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
-        self.store
-            .update(key, value, revision)
-            .await
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => KvError::Conflict {
-                    key: key.to_string(),
-                    expected: revision,
-                },
-                _ => KvError::Other(e.to_string()),
-            })
+        self.retried(
+            || self.store.update(key, value.clone(), revision),
+            |e: &kv::UpdateError| {
+                matches!(
+                    e.kind(),
+                    kv::UpdateErrorKind::WrongLastRevision | kv::UpdateErrorKind::InvalidKey
+                )
+            },
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::Answered(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+                key: key.to_string(),
+                expected: revision,
+            },
+            other => KvError::Other(other.text()),
+        })
     }
 
     async fn keys(&self) -> Result<Vec<String>, KvError> {
-        let keys = self.store.keys().await.map_err(|e| KvError::Other(e.to_string()))?;
-        keys.try_collect().await.map_err(|e| KvError::Other(e.to_string()))
+        self.retried(
+            || async {
+                let keys = self.store.keys().await.map_err(|e| e.to_string())?;
+                keys.try_collect::<Vec<String>>().await.map_err(|e| e.to_string())
+            },
+            |_: &String| false,
+        )
+        .await
+        .map_err(|e| KvError::Other(e.text()))
     }
 }
 

@@ -16,13 +16,14 @@
 //!   `max_deliver` times. Several subscribers to one durable share its messages (a queue group).
 //! * Consumers ack *after* their side effect, so a crash means redelivery, never loss.
 
-pub mod auth;
 pub mod coalesce;
+pub mod config;
 pub mod consumer;
 pub mod control;
 pub mod kv;
 pub mod memory;
 pub mod nats;
+mod retry;
 
 use std::{fmt, sync::Arc, time::Duration};
 

@@ -21,31 +21,51 @@ use crate::{
 pub struct NatsOptions {
     /// `nats://host:port`, or several separated by commas (a cluster's seeds).
     pub url: String,
-    /// Credentials and TLS, checked ([`crate::auth::NatsAuth::check`]).
-    pub auth: crate::auth::CheckedAuth,
+    /// Credentials and TLS, checked ([`crate::config::NatsConfig::check`]).
+    pub settings: crate::config::CheckedNats,
     /// Name this connection shows in the server's monitoring.
     pub connection_name: String,
-    /// How long the stream remembers message ids for deduplication.
-    pub duplicate_window: Duration,
+    /// How long the stream remembers message ids for deduplication: the gateway's to say (its
+    /// publishes carry the ids); `None` keeps the stream's (2 min when it is created).
+    pub duplicate_window: Option<Duration>,
     /// How long a publish may wait for JetStream's acknowledgement before it fails.
     pub publish_timeout: Duration,
+    /// The stream ([`STREAM`]) and buckets whose settings this connection keeps: found with
+    /// other replicas or limits than its own, they are updated. Everything else is created with
+    /// this connection's settings when missing and left as it is otherwise — one keeper each, so
+    /// two services never race to change one stream (a second update while JetStream is still
+    /// moving a stream to more replicas can leave it without a quorum).
+    pub keeps: Vec<String>,
 }
 
 impl NatsOptions {
-    /// Options with selfheal's defaults: 2 min duplicate window, 5 s publish timeout.
+    /// Options with selfheal's defaults: no credentials, the stream left as it is (created with
+    /// [`StreamShape::default`] and a 2 min duplicate window if missing), 5 s publish timeout.
     pub fn new(url: impl Into<String>, connection_name: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            auth: Default::default(),
+            settings: Default::default(),
             connection_name: connection_name.into(),
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: None,
             publish_timeout: Duration::from_secs(5),
+            keeps: Vec::new(),
         }
     }
 
-    /// The same options, connecting with `auth`.
-    pub fn with_auth(mut self, auth: crate::auth::CheckedAuth) -> Self {
-        self.auth = auth;
+    /// The same options, keeping the settings of `names` (the stream's name, or buckets').
+    pub fn keeping(mut self, names: &[&str]) -> Self {
+        self.keeps = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    fn keeps(&self, name: &str) -> bool {
+        self.keeps.iter().any(|kept| kept == name)
+    }
+
+    /// The same options, connecting with `config`'s credentials and TLS, and keeping the stream
+    /// and buckets in its shape.
+    pub fn with_config(mut self, config: crate::config::CheckedNats) -> Self {
+        self.settings = config;
         self
     }
 }
@@ -65,23 +85,23 @@ impl NatsBus {
         // Two TLS back ends are linked (other crates bring ring and aws-lc-rs); rustls will not
         // choose, so the process's is chosen here, once (a second call is a no-op).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let shown = crate::auth::redacted(&options.url);
-        let servers = crate::auth::servers(&options.url);
+        let shown = crate::config::redacted(&options.url);
+        let servers = crate::config::servers(&options.url);
         if servers.is_empty() {
             return Err(BusError::Connect("nats_url: no server".into()));
         }
         let mut connect = async_nats::ConnectOptions::new()
             .name(&options.connection_name)
             .connection_timeout(Duration::from_secs(5));
-        let auth = &options.auth;
+        let auth = &options.settings;
         connect = match &auth.credentials {
-            crate::auth::Credentials::None => connect,
-            crate::auth::Credentials::UserPassword(user, password) => {
+            crate::config::Credentials::None => connect,
+            crate::config::Credentials::UserPassword(user, password) => {
                 connect.user_and_password(user.clone(), password.expose().to_string())
             }
-            crate::auth::Credentials::Token(token) => connect.token(token.expose().to_string()),
-            crate::auth::Credentials::NKey(seed) => connect.nkey(seed.expose().to_string()),
-            crate::auth::Credentials::CredsFile(path) => connect
+            crate::config::Credentials::Token(token) => connect.token(token.expose().to_string()),
+            crate::config::Credentials::NKey(seed) => connect.nkey(seed.expose().to_string()),
+            crate::config::Credentials::CredsFile(path) => connect
                 .credentials_file(path)
                 .await
                 .map_err(|e| BusError::Connect(format!("nats.creds_file {}: {e}", path.display())))?,
@@ -98,7 +118,7 @@ impl NatsBus {
                 Some(ca) => format!(" (TLS with nats.tls_ca_file {})", ca.display()),
                 None => String::new(),
             };
-            BusError::Connect(format!("{shown}{tls}: {}", crate::auth::redacted(&e.to_string())))
+            BusError::Connect(format!("{shown}{tls}: {}", crate::config::redacted(&e.to_string())))
         })?;
         let js = jetstream::new(client.clone());
         let bus = Self { client, js, options };
@@ -116,17 +136,74 @@ impl NatsBus {
         &self.js
     }
 
+    /// The stream, created if missing; its replicas, limits and duplicate window brought to this
+    /// connection's settings when they differ.
     async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        self.js
+        let error = |e: &dyn std::fmt::Display| BusError::Connect(format!("stream {STREAM}: {e}"));
+        let shape = self.options.settings.shape().unwrap_or_default();
+        let stream = self
+            .js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
                 subjects: vec![STREAM_SUBJECTS.into()],
-                duplicate_window: self.options.duplicate_window,
+                duplicate_window: self.options.duplicate_window.unwrap_or(DUPLICATE_WINDOW),
                 storage: stream::StorageType::File,
+                num_replicas: shape.replicas,
+                max_age: shape.max_age,
+                max_bytes: shape.max_bytes,
+                discard: discard_policy(shape.discard),
                 ..Default::default()
             })
             .await
-            .map_err(|e| BusError::Connect(format!("stream {STREAM}: {e}")))
+            .map_err(|e| error(&e))?;
+        if !self.options.keeps(STREAM) {
+            return Ok(stream);
+        }
+        let current = &stream.cached_info().config;
+        let mut wanted = current.clone();
+        if let Some(shape) = self.options.settings.shape() {
+            wanted.num_replicas = shape.replicas;
+            wanted.max_age = shape.max_age;
+            wanted.max_bytes = shape.max_bytes;
+            wanted.discard = discard_policy(shape.discard);
+        }
+        if let Some(window) = self.options.duplicate_window {
+            wanted.duplicate_window = window;
+        }
+        if wanted == *current {
+            return Ok(stream);
+        }
+        tracing::info!(
+            stream = STREAM,
+            replicas = format!("{} -> {}", current.num_replicas, wanted.num_replicas),
+            max_age = ?(current.max_age, wanted.max_age),
+            max_bytes = format!("{} -> {}", current.max_bytes, wanted.max_bytes),
+            discard = ?(current.discard, wanted.discard),
+            duplicate_window = ?(current.duplicate_window, wanted.duplicate_window),
+            "updating the stream's settings to this service's"
+        );
+        self.js.update_stream(&wanted).await.map_err(|e| error(&e))?;
+        crate::kv::settled(&self.js, STREAM, wanted.num_replicas).await;
+        self.js.get_stream(STREAM).await.map_err(|e| error(&e))
+    }
+}
+
+/// How long one try of a publish waits for its acknowledgement.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why one try of a publish failed.
+enum PublishFailure {
+    Refused(jetstream::context::PublishError),
+    TimedOut,
+}
+
+/// The duplicate window of a stream created by a connection that does not set one.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+pub(crate) fn discard_policy(discard: crate::config::Discard) -> stream::DiscardPolicy {
+    match discard {
+        crate::config::Discard::New => stream::DiscardPolicy::New,
+        crate::config::Discard::Old => stream::DiscardPolicy::Old,
     }
 }
 
@@ -157,34 +234,49 @@ fn from_nats_headers(map: Option<&async_nats::HeaderMap>) -> Headers {
 impl Bus for NatsBus {
     async fn publish(&self, message: Outgoing) -> Result<PublishAck, BusError> {
         let subject = message.subject.clone();
-        let publish = PublishMessage::build()
-            .payload(message.payload)
-            .headers(to_nats_headers(&message.msg_id, &message.headers));
+        let headers = to_nats_headers(&message.msg_id, &message.headers);
         let timeout = self.options.publish_timeout;
-        let stored = async {
-            let ack_future = self
-                .js
-                .send_publish(message.subject, publish)
-                .await
-                .map_err(|e| BusError::Publish {
-                    subject: subject.clone(),
-                    reason: e.to_string(),
-                })?;
-            ack_future.await.map_err(|e| BusError::Publish {
-                subject: subject.clone(),
-                reason: e.to_string(),
-            })
+        // Tried again while the stream has no leader (see `retry`); each try waits for its
+        // acknowledgement a while, not the whole budget, so one lost in a dying leader is sent
+        // again to the next (the message id keeps it stored once).
+        let attempt = |left: Duration| {
+            let publish = PublishMessage::build()
+                .payload(message.payload.clone())
+                .headers(headers.clone());
+            let (js, subject) = (self.js.clone(), subject.clone());
+            async move {
+                let wait = left.min(ATTEMPT_TIMEOUT);
+                let stored = async {
+                    let ack = js.send_publish(subject.clone(), publish).await?;
+                    ack.await
+                };
+                match tokio::time::timeout(wait, stored).await {
+                    Ok(Ok(ack)) => Ok(ack),
+                    Ok(Err(error)) => Err(PublishFailure::Refused(error)),
+                    Err(_) => Err(PublishFailure::TimedOut),
+                }
+            }
         };
-        let ack = tokio::time::timeout(timeout, stored)
-            .await
-            .map_err(|_| BusError::Timeout {
-                subject: subject.clone(),
-                timeout,
-            })??;
-        Ok(PublishAck {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        let transient = |failure: &PublishFailure| match failure {
+            PublishFailure::TimedOut => true,
+            PublishFailure::Refused(error) => !matches!(
+                error.kind(),
+                jetstream::context::PublishErrorKind::WrongLastMessageId
+                    | jetstream::context::PublishErrorKind::WrongLastSequence
+                    | jetstream::context::PublishErrorKind::MaxPayloadExceeded
+            ),
+        };
+        match crate::retry::within(timeout, attempt, transient).await {
+            Ok(ack) => Ok(PublishAck {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(PublishFailure::TimedOut) => Err(BusError::Timeout { subject, timeout }),
+            Err(PublishFailure::Refused(error)) => Err(BusError::Publish {
+                subject,
+                reason: error.to_string(),
+            }),
+        }
     }
 
     async fn subscribe(&self, spec: ConsumerSpec) -> Result<DeliveryStream, BusError> {
@@ -265,7 +357,9 @@ impl Bus for NatsBus {
     }
 
     async fn key_value(&self, bucket: &str, max_age: Duration) -> Result<crate::kv::SharedKeyValue, BusError> {
-        let store = crate::kv::NatsKeyValue::open(&self.js, bucket, max_age)
+        let shape = self.options.settings.shape().unwrap_or_default();
+        let keep = self.options.keeps(bucket) && self.options.settings.shape().is_some();
+        let store = crate::kv::NatsKeyValue::open(&self.js, bucket, max_age, shape, keep, self.options.publish_timeout)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
         Ok(std::sync::Arc::new(store))

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use selfheal_bus::auth::{CheckedAuth, NatsAuth};
+use selfheal_bus::config::{CheckedNats, NatsConfig};
 
 /// How `selfheal` authenticates to NATS (one way at most) and checks its certificate.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -35,9 +35,10 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
-    /// The settings, checked (files there, one way to authenticate).
-    pub fn auth(&self) -> Result<CheckedAuth, selfheal_bus::auth::AuthError> {
-        NatsAuth {
+    /// The settings, checked (files there, one way to authenticate). The CLI leaves the stream's
+    /// replicas and limits as the services keep them (it creates a missing stream with the defaults).
+    pub fn auth(&self) -> Result<CheckedNats, selfheal_bus::config::NatsConfigError> {
+        NatsConfig {
             user: self.nats_user.clone(),
             password_file: self.nats_password_file.clone(),
             token_file: self.nats_token_file.clone(),
@@ -49,5 +50,6 @@ impl NatsArgs {
             ..Default::default()
         }
         .check()
+        .map(CheckedNats::leaving_stream_as_is)
     }
 }

@@ -98,7 +98,7 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 /// `selfheal kill-switch on|off|status`.
 pub async fn kill_switch(state: &str, nats_url: &str, nats: &crate::nats_args::NatsArgs) -> anyhow::Result<ExitCode> {
     use selfheal_policy::limits;
-    let options = selfheal_bus::nats::NatsOptions::new(nats_url, "selfheal-cli").with_auth(nats.auth()?);
+    let options = selfheal_bus::nats::NatsOptions::new(nats_url, "selfheal-cli").with_config(nats.auth()?);
     let bus: selfheal_bus::SharedBus = std::sync::Arc::new(selfheal_bus::nats::NatsBus::connect(options).await?);
     let kv = limits::control_bucket(&bus).await?;
     match state {

@@ -132,7 +132,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let bus: SharedBus = match &args.nats_url {
         Some(url) => {
-            Arc::new(NatsBus::connect(NatsOptions::new(url, "selfheal-up").with_auth(args.nats.auth()?)).await?)
+            Arc::new(NatsBus::connect(NatsOptions::new(url, "selfheal-up").with_config(args.nats.auth()?)).await?)
         }
         None => Arc::new(MemoryBus::default()),
     };

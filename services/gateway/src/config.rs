@@ -18,7 +18,7 @@ pub struct GatewayConfig {
     pub nats_url: String,
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
-    pub nats: selfheal_bus::auth::NatsAuth,
+    pub nats: selfheal_bus::config::NatsConfig,
     /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
     pub token: Option<Secret>,
     /// A file of accepted tokens, one per line; several lines let tokens rotate without downtime.

@@ -10,7 +10,7 @@ pub use selfheal_runtime::Listeners;
 /// The gateway, built from its config with every setting checked.
 pub struct Gateway {
     config: GatewayConfig,
-    nats: selfheal_bus::auth::CheckedAuth,
+    nats: selfheal_bus::config::CheckedNats,
 }
 
 #[async_trait::async_trait]
@@ -36,8 +36,12 @@ impl Service for Gateway {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone());
-        options.duplicate_window = self.config.duplicate_window;
+        // The gateway keeps the stream's settings (its publishes carry the ids the duplicate
+        // window is for) and its incidents bucket's.
+        let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME)
+            .with_config(self.nats.clone())
+            .keeping(&[selfheal_bus::STREAM, crate::incidents::BUCKET]);
+        options.duplicate_window = Some(self.config.duplicate_window);
         options.publish_timeout = self.config.publish_timeout;
         options
     }

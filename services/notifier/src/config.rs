@@ -25,7 +25,7 @@ pub struct NotifierConfig {
     pub nats_url: String,
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
-    pub nats: selfheal_bus::auth::NatsAuth,
+    pub nats: selfheal_bus::config::NatsConfig,
     /// Audit database: `sqlite://PATH` (created if missing) or `postgres://…`; unset:
     /// [`DEFAULT_DATABASE_URL`]. A secret (a PostgreSQL URL carries a password): never logged.
     pub database_url: Option<Secret>,

@@ -319,7 +319,7 @@ pub struct Notifier {
     store: Arc<dyn AuditStore>,
     routes: Vec<channel::Route>,
     token: selfheal_config::Secret,
-    nats: selfheal_bus::auth::CheckedAuth,
+    nats: selfheal_bus::config::CheckedNats,
 }
 
 #[async_trait]
@@ -358,7 +358,7 @@ impl Service for Notifier {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone())
+        NatsOptions::new(&self.config.nats_url, Self::NAME).with_config(self.nats.clone())
     }
 
     /// Runs the consumer, the audit gRPC service and the health endpoints until `shutdown`.

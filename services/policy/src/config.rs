@@ -18,7 +18,7 @@ pub struct PolicyConfig {
     pub nats_url: String,
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
-    pub nats: selfheal_bus::auth::NatsAuth,
+    pub nats: selfheal_bus::config::NatsConfig,
     /// An OPA server (`http://opa:8181`) to evaluate `query` on instead of the files in
     /// `policy_dir`; the input, the decision contract and the limits stay the same.
     pub opa_url: Option<String>,

@@ -178,7 +178,7 @@ pub struct Policy {
     token: selfheal_config::Secret,
     metrics: promql::MetricsReader,
     target: target::TargetReader,
-    nats: selfheal_bus::auth::CheckedAuth,
+    nats: selfheal_bus::config::CheckedNats,
 }
 
 #[async_trait]
@@ -227,7 +227,11 @@ impl Service for Policy {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone())
+        // The policy keeps its action records' bucket. Nobody keeps the kill switch's: a user
+        // allowed to change that bucket's settings could make the switch expire.
+        NatsOptions::new(&self.config.nats_url, Self::NAME)
+            .with_config(self.nats.clone())
+            .keeping(&[limits::BUCKET])
     }
 
     /// Runs the consumer, the gRPC service and the health endpoints until `shutdown` completes.

@@ -25,7 +25,7 @@ pub struct PrControllerConfig {
     pub nats_url: String,
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
-    pub nats: selfheal_bus::auth::NatsAuth,
+    pub nats: selfheal_bus::config::NatsConfig,
     /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
     pub repository: PathBuf,
     /// How long a decision may be in work before JetStream delivers it again (to this or another

@@ -32,7 +32,7 @@ pub struct PrController {
     verify_windows: Vec<(String, Duration)>,
     sync: sync::SyncNow,
     settings: crate::reconcile::ReconcileSettings,
-    nats: selfheal_bus::auth::CheckedAuth,
+    nats: selfheal_bus::config::CheckedNats,
 }
 
 /// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
@@ -168,7 +168,10 @@ impl Service for PrController {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        NatsOptions::new(&self.config.nats_url, Self::NAME).with_auth(self.nats.clone())
+        // The pr-controller keeps its remediation records' bucket.
+        NatsOptions::new(&self.config.nats_url, Self::NAME)
+            .with_config(self.nats.clone())
+            .keeping(&[crate::verify::BUCKET])
     }
 
     /// Runs the consumers, the gRPC service and the health endpoints until `shutdown` completes.

@@ -1,18 +1,22 @@
-//! How a service proves who it is to NATS, and how the connection is encrypted: [`NatsAuth`]
-//! (`[nats]` in every service's file, `SELFHEAL_<SERVICE>_NATS__*` in the environment), and the
+//! How a service uses NATS: [`NatsConfig`] (`[nats]` in every service's file,
+//! `SELFHEAL_<SERVICE>_NATS__*` in the environment) — how it proves who it is, how the connection
+//! is encrypted, and the shape of the stream and buckets it keeps ([`StreamShape`]) — and the
 //! server list of a `nats_url`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use selfheal_config::Secret;
 use serde::{Deserialize, Serialize};
 
-/// Credentials and TLS for the NATS connection. At most one way to authenticate: user and
-/// password, a token, an NKey seed file, or a `.creds` file (JWT and seed). Secrets come inline
-/// or from files, like every other secret.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Credentials and TLS for the NATS connection, and the stream's replicas and limits. At most one
+/// way to authenticate: user and password, a token, an NKey seed file, or a `.creds` file (JWT and
+/// seed). Secrets come inline or from files, like every other secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct NatsAuth {
+pub struct NatsConfig {
     /// User name (with `password` or `password_file`).
     pub user: Option<String>,
     pub password: Option<Secret>,
@@ -31,12 +35,79 @@ pub struct NatsAuth {
     pub tls_key_file: Option<PathBuf>,
     /// Require TLS even without a CA file of our own (the system roots are used).
     pub tls_required: bool,
+    /// Copies JetStream keeps of the stream and of every bucket: 1 on one server, 3 on a
+    /// cluster (at most 5). Give every service the same value; a service that finds the stream
+    /// or a bucket it keeps with other settings updates them.
+    pub replicas: usize,
+    /// The stream forgets an event this old.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The stream holds at most this many bytes.
+    pub max_bytes: i64,
+    /// What a full stream does: `new` refuses new events (the gateway answers 503 and
+    /// Alertmanager sends again; nothing stored goes before `max_age`), `old` drops the oldest.
+    pub discard: Discard,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        let shape = StreamShape::default();
+        Self {
+            user: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+            nkey_seed_file: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            replicas: shape.replicas,
+            max_age: shape.max_age,
+            max_bytes: shape.max_bytes,
+            discard: shape.discard,
+        }
+    }
+}
+
+/// What a full stream does (`discard` in `[nats]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Refuse new events: back pressure, never silent loss of what was accepted.
+    #[default]
+    New,
+    /// Drop the oldest events to make room.
+    Old,
+}
+
+/// The replicas and limits of the stream and buckets a service keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamShape {
+    pub replicas: usize,
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub discard: Discard,
+}
+
+impl Default for StreamShape {
+    /// One replica; seven days or 1 GiB, whichever comes first; a full stream refuses new events.
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1 << 30,
+            discard: Discard::New,
+        }
+    }
 }
 
 /// A `[nats]` setting that cannot work, named.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("nats.{field}: {problem}")]
-pub struct AuthError {
+pub struct NatsConfigError {
     pub field: &'static str,
     pub problem: String,
 }
@@ -52,51 +123,70 @@ pub(crate) enum Credentials {
     CredsFile(PathBuf),
 }
 
-/// [`NatsAuth`], checked: secrets read, files there.
+/// [`NatsConfig`], checked: secrets read, files there, limits possible.
 #[derive(Clone, Debug, Default)]
-pub struct CheckedAuth {
+pub struct CheckedNats {
     pub(crate) credentials: Credentials,
     pub(crate) ca: Option<PathBuf>,
     pub(crate) client_cert: Option<(PathBuf, PathBuf)>,
     pub(crate) tls_required: bool,
+    /// The shape this connection keeps the stream and its buckets in; `None` creates what is
+    /// missing with the defaults and changes nothing that exists (the CLI's tools).
+    pub(crate) shape: Option<StreamShape>,
 }
 
-impl CheckedAuth {
+impl CheckedNats {
     /// The CA file, when TLS uses one (named in connection errors).
     pub fn ca_file(&self) -> Option<&Path> {
         self.ca.as_deref()
     }
+
+    /// The shape this connection keeps the stream and buckets in, if it keeps one.
+    pub fn shape(&self) -> Option<StreamShape> {
+        self.shape
+    }
+
+    /// The same connection, leaving the stream and buckets as they are: for an operator's tool,
+    /// which must not undo the replicas the services keep.
+    pub fn leaving_stream_as_is(mut self) -> Self {
+        self.shape = None;
+        self
+    }
 }
 
-fn file(field: &'static str, path: &Path) -> Result<PathBuf, AuthError> {
+fn file(field: &'static str, path: &Path) -> Result<PathBuf, NatsConfigError> {
     if path.is_file() {
         Ok(path.to_path_buf())
     } else {
-        Err(AuthError {
+        Err(NatsConfigError {
             field,
             problem: format!("{} is not a readable file", path.display()),
         })
     }
 }
 
-fn secret(field: &'static str, inline: &Option<Secret>, path: &Option<PathBuf>) -> Result<Option<Secret>, AuthError> {
-    Secret::inline_or_file(inline.clone(), path.as_deref()).map_err(|e| AuthError {
+fn secret(
+    field: &'static str,
+    inline: &Option<Secret>,
+    path: &Option<PathBuf>,
+) -> Result<Option<Secret>, NatsConfigError> {
+    Secret::inline_or_file(inline.clone(), path.as_deref()).map_err(|e| NatsConfigError {
         field,
         problem: e.to_string(),
     })
 }
 
-impl NatsAuth {
+impl NatsConfig {
     /// Checks the settings and reads the secrets: one way to authenticate at most, every file
     /// there, a client certificate with its key.
-    pub fn check(&self) -> Result<CheckedAuth, AuthError> {
+    pub fn check(&self) -> Result<CheckedNats, NatsConfigError> {
         let password = secret("password_file", &self.password, &self.password_file)?;
         let token = secret("token_file", &self.token, &self.token_file)?;
         let nkey = match &self.nkey_seed_file {
             Some(path) => {
                 let seed = secret("nkey_seed_file", &None, &Some(path.clone()))?;
                 if !seed.as_ref().is_some_and(|s| s.expose().starts_with('S')) {
-                    return Err(AuthError {
+                    return Err(NatsConfigError {
                         field: "nkey_seed_file",
                         problem: format!("{} does not hold an NKey seed (S…)", path.display()),
                     });
@@ -114,7 +204,7 @@ impl NatsAuth {
             creds.is_some(),
         ];
         if ways.iter().filter(|set| **set).count() > 1 {
-            return Err(AuthError {
+            return Err(NatsConfigError {
                 field: "user",
                 problem: "set one way to authenticate: user and password, token, nkey_seed_file or creds_file".into(),
             });
@@ -122,13 +212,13 @@ impl NatsAuth {
         let credentials = match (user, password, token, nkey, creds) {
             (Some(user), Some(password), ..) => Credentials::UserPassword(user, password),
             (Some(_), None, ..) => {
-                return Err(AuthError {
+                return Err(NatsConfigError {
                     field: "password",
                     problem: "must be set with user (password or password_file)".into(),
                 });
             }
             (None, Some(_), ..) => {
-                return Err(AuthError {
+                return Err(NatsConfigError {
                     field: "user",
                     problem: "must be set with a password".into(),
                 });
@@ -146,24 +236,56 @@ impl NatsAuth {
         let client_cert = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => Some((file("tls_cert_file", cert)?, file("tls_key_file", key)?)),
             (Some(_), None) => {
-                return Err(AuthError {
+                return Err(NatsConfigError {
                     field: "tls_key_file",
                     problem: "must be set with tls_cert_file".into(),
                 });
             }
             (None, Some(_)) => {
-                return Err(AuthError {
+                return Err(NatsConfigError {
                     field: "tls_cert_file",
                     problem: "must be set with tls_key_file".into(),
                 });
             }
             (None, None) => None,
         };
-        Ok(CheckedAuth {
+        Ok(CheckedNats {
             tls_required: self.tls_required || ca.is_some() || client_cert.is_some(),
             credentials,
             ca,
             client_cert,
+            shape: Some(self.shape()?),
+        })
+    }
+
+    /// The stream's replicas and limits, checked.
+    fn shape(&self) -> Result<StreamShape, NatsConfigError> {
+        if !(1..=5).contains(&self.replicas) {
+            return Err(NatsConfigError {
+                field: "replicas",
+                problem: format!("{} is not a replica count JetStream keeps (1 to 5)", self.replicas),
+            });
+        }
+        if self.max_age < Duration::from_secs(3600) {
+            return Err(NatsConfigError {
+                field: "max_age",
+                problem: format!(
+                    "{} is shorter than an hour: events must outlive their incident's handling",
+                    humantime::format_duration(self.max_age)
+                ),
+            });
+        }
+        if self.max_bytes < 1 << 20 {
+            return Err(NatsConfigError {
+                field: "max_bytes",
+                problem: format!("{} is less than 1 MiB (1048576)", self.max_bytes),
+            });
+        }
+        Ok(StreamShape {
+            replicas: self.replicas,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            discard: self.discard,
         })
     }
 }
@@ -227,21 +349,21 @@ mod tests {
         std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n")?;
         for (auth, field) in [
             (
-                NatsAuth {
+                NatsConfig {
                     user: Some("gateway".into()),
                     ..Default::default()
                 },
                 "password",
             ),
             (
-                NatsAuth {
+                NatsConfig {
                     password: Some(Secret::new("p")),
                     ..Default::default()
                 },
                 "user",
             ),
             (
-                NatsAuth {
+                NatsConfig {
                     token: Some(Secret::new("t")),
                     creds_file: Some(pem.clone()),
                     ..Default::default()
@@ -249,38 +371,59 @@ mod tests {
                 "user",
             ),
             (
-                NatsAuth {
+                NatsConfig {
                     nkey_seed_file: Some(seed.clone()),
                     ..Default::default()
                 },
                 "nkey_seed_file",
             ),
             (
-                NatsAuth {
+                NatsConfig {
                     tls_ca_file: Some(dir.path().join("missing.pem")),
                     ..Default::default()
                 },
                 "tls_ca_file",
             ),
             (
-                NatsAuth {
+                NatsConfig {
                     tls_cert_file: Some(pem.clone()),
                     ..Default::default()
                 },
                 "tls_key_file",
             ),
             (
-                NatsAuth {
+                NatsConfig {
                     token_file: Some(dir.path().join("missing")),
                     ..Default::default()
                 },
                 "token_file",
             ),
+            (
+                NatsConfig {
+                    replicas: 0,
+                    ..Default::default()
+                },
+                "replicas",
+            ),
+            (
+                NatsConfig {
+                    max_age: Duration::from_secs(60),
+                    ..Default::default()
+                },
+                "max_age",
+            ),
+            (
+                NatsConfig {
+                    max_bytes: -1,
+                    ..Default::default()
+                },
+                "max_bytes",
+            ),
         ] {
             let error = auth.check().expect_err("refused");
             assert_eq!(error.field, field, "{error}");
         }
-        let checked = NatsAuth {
+        let checked = NatsConfig {
             user: Some("gateway".into()),
             password: Some(Secret::new("p")),
             tls_ca_file: Some(pem.clone()),
@@ -289,6 +432,8 @@ mod tests {
         .check()?;
         assert!(checked.tls_required && checked.ca_file() == Some(pem.as_path()));
         assert!(!format!("{checked:?}").contains("\"p\""), "{checked:?}");
+        assert_eq!(checked.shape(), Some(StreamShape::default()));
+        assert_eq!(checked.leaving_stream_as_is().shape(), None);
         Ok(())
     }
 }
