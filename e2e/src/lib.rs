@@ -163,6 +163,25 @@ impl Process {
         Some(ticks as f64 / 100.0)
     }
 
+    /// Stops the process (SIGSTOP): it holds what it has in hand and answers nothing.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the process has exited")?;
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// Kills the process and waits for it.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;

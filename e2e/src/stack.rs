@@ -446,6 +446,52 @@ impl Stack {
         Ok(())
     }
 
+    /// Messages delivered to the durable consumer `durable` and not acked yet (in work).
+    pub async fn in_work(&self, durable: &str) -> u64 {
+        let Ok(client) = crate::connect_nats(&self.nats_url).await else {
+            return 0;
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(stream) = js.get_stream("SELFHEAL").await else {
+            return 0;
+        };
+        match stream.consumer_info(durable).await {
+            Ok(info) => info.num_ack_pending as u64,
+            Err(_) => 0,
+        }
+    }
+
+    /// The value of the metric line `series` (name and labels, as `/metrics` writes them) of
+    /// the selfheal process `name`, or 0 when it has none.
+    pub async fn metric(&self, client: &reqwest::Client, name: &str, series: &str) -> anyhow::Result<f64> {
+        let url = self
+            .specs
+            .get(name)
+            .context("no such process")?
+            .ready
+            .replace("/readyz", "/metrics");
+        let text = client.get(url).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// The stream sequence of the last message on `subject`.
+    pub async fn sequence_on_bus(&self, subject: &str) -> anyhow::Result<u64> {
+        let js = async_nats::jetstream::new(crate::connect_nats(&self.nats_url).await?);
+        let message = crate::wait_for(Duration::from_secs(30), "the stream", || async {
+            js.get_stream("SELFHEAL")
+                .await
+                .ok()?
+                .get_last_raw_message_by_subject(subject)
+                .await
+                .ok()
+        })
+        .await?;
+        Ok(message.sequence)
+    }
+
     /// Whether the stream holds a message on `subject`.
     pub async fn on_bus(&self, subject: &str) -> bool {
         let Ok(client) = crate::connect_nats(&self.nats_url).await else {

@@ -155,21 +155,43 @@ async fn error_rate_and_cpu_incidents_heal_on_real_prometheus_and_alertmanager()
     Ok(())
 }
 
-/// The faults the seeds name, each once, each in the middle of its own incident.
+/// The faults the seeds name, each once, each in the middle of its own incident. A service is
+/// killed while it holds its message unacked — held there by something it waits on, so the kill
+/// lands mid-work every time — and the message is delivered again to the service started after.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    /// SIGKILL the gateway before the alert fires; Alertmanager retries until it is back.
+    /// SIGKILL the gateway before the alert fires; Alertmanager sends again until it is back.
     Gateway,
-    /// SIGKILL the policy once the alert is on the bus.
+    /// SIGKILL the policy while it holds the alert (waiting on the pr-controller, paused).
     Policy,
-    /// SIGKILL the pr-controller once the decision is on the bus.
+    /// SIGKILL the pr-controller while it holds the decision (main is locked: it cannot finish).
     PrController,
-    /// SIGKILL the notifier once the remediation is on the bus.
+    /// SIGKILL the notifier while it holds the remediation (the audit database is locked).
     Notifier,
-    /// SIGKILL nats-server once the alert is on the bus, and start it again.
+    /// SIGKILL nats-server with the alert stored and not yet delivered (the policy is down), and
+    /// start it again: the alert is delivered from what it kept.
     Nats,
     /// The GitOps repository refuses ref updates (a stale lock on main) for a few seconds.
     Forge,
+}
+
+/// How many times `consumer` got a message again, as its (current) process counts.
+async fn redeliveries(stack: &Stack, client: &reqwest::Client, process: &str, consumer: &str) -> anyhow::Result<f64> {
+    stack
+        .metric(
+            client,
+            process,
+            &format!("selfheal_consumer_redeliveries_total{{consumer=\"{consumer}\"}}"),
+        )
+        .await
+}
+
+/// How many lines of `process`'s log contain `text`.
+fn logged(stack: &Stack, process: &str, text: &str) -> usize {
+    stack
+        .processes
+        .get(process)
+        .map_or(0, |p| p.output().matches(text).count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,17 +207,21 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
         ("fforge", Fault::Forge),
     ];
     let demos: Vec<Demo<'_>> = faults.iter().map(|(s, _)| (*s, &[("v1.4.1", 1u32)][..], 0.2)).collect();
-    // Redelivery after a crash comes this long after the work was taken.
+    // Redelivery after a crash comes this long after the work was taken. The policy waits for
+    // the pr-controller's answer as long as the pr-controller stays paused.
     let ack_wait = [
         ("SELFHEAL_POLICY_ACK_WAIT", "3s".to_string()),
         ("SELFHEAL_PR_CONTROLLER_ACK_WAIT", "3s".to_string()),
         ("SELFHEAL_NOTIFIER_ACK_WAIT", "3s".to_string()),
+        ("SELFHEAL_POLICY_TARGET__TIMEOUT", "60s".to_string()),
     ];
     let mut stack = Stack::start(temp.path(), &demos, &[], &ack_wait).await?;
+    let audit_db = format!("sqlite://{}", temp.path().join("audit.db").display());
     let client = reqwest::Client::new();
 
     for (service, fault) in faults {
         let started = tokio::time::Instant::now();
+        let forge_redeliveries = redeliveries(&stack, &client, "pr-controller", "pr-controller").await?;
         stack.deploy(service, "v1.5.0")?;
         let alert = format!("selfheal.alerts.firing.{service}");
         match fault {
@@ -208,20 +234,54 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 stack.launch("gateway").await?;
             }
-            Fault::Policy => stack.crash_once_on_bus(&alert, "policy").await?,
+            Fault::Policy => {
+                stack.processes["pr-controller"].pause()?;
+                until("the policy holding the alert", &stack, async || {
+                    stack.in_work("policy").await > 0
+                })
+                .await?;
+                stack.kill("policy").await?;
+                stack.processes["pr-controller"].resume()?;
+                stack.launch("policy").await?;
+            }
             Fault::PrController => {
-                stack
-                    .crash_once_on_bus(&format!("selfheal.decisions.{service}"), "pr-controller")
-                    .await?;
+                let lock = stack.repo.join("refs/heads/main.lock");
+                std::fs::write(&lock, "")?;
+                let failed = logged(&stack, "pr-controller", "remediation not finished");
+                until("the pr-controller holding the decision", &stack, async || {
+                    logged(&stack, "pr-controller", "remediation not finished") > failed
+                })
+                .await?;
+                stack.kill("pr-controller").await?;
+                std::fs::remove_file(&lock)?;
+                stack.launch("pr-controller").await?;
             }
             Fault::Notifier => {
-                stack
-                    .crash_once_on_bus(&format!("selfheal.remediations.{service}"), "notifier")
-                    .await?;
+                use sqlx::Connection as _;
+                let mut holder = sqlx::SqliteConnection::connect(&audit_db).await?;
+                sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await?;
+                let failed = logged(&stack, "notifier", "audit row not written");
+                let remediation = format!("selfheal.remediations.{service}");
+                until("the notifier holding the remediation", &stack, async || {
+                    stack.on_bus(&remediation).await && logged(&stack, "notifier", "audit row not written") > failed
+                })
+                .await?;
+                stack.kill("notifier").await?;
+                sqlx::query("ROLLBACK").execute(&mut holder).await?;
+                holder.close().await?;
+                stack.launch("notifier").await?;
             }
             Fault::Nats => {
+                stack.kill("policy").await?;
                 until("the alert on the bus", &stack, async || stack.on_bus(&alert).await).await?;
+                let stored = stack.sequence_on_bus(&alert).await?;
                 stack.nats.first().crash_and_restart().await?;
+                assert_eq!(
+                    stack.sequence_on_bus(&alert).await?,
+                    stored,
+                    "the alert kept across the SIGKILL"
+                );
+                stack.launch("policy").await?;
             }
             Fault::Forge => {
                 let lock = stack.repo.join("refs/heads/main.lock");
@@ -250,6 +310,7 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
                     .iter()
                     .any(|e| matches!(e.state(), RemediationState::Verified | RemediationState::Escalated))
                     .then_some((decisions, events))
+                // (Escalated ends the wait too, to fail at once: the rollback target is good.)
             },
         )
         .await
@@ -284,7 +345,32 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
             1,
             "{fault:?}: one commit marked with the incident"
         );
-        // The fault did bite.
+        assert!(
+            events.iter().any(|e| e.state() == RemediationState::Verified),
+            "{fault:?}: the rollback to a good release is verified, not escalated: {events:?}"
+        );
+        // The fault did bite: the message was delivered again.
+        let (process, consumer, before) = match fault {
+            Fault::Policy => ("policy", "policy", 0.0),
+            Fault::PrController => ("pr-controller", "pr-controller", 0.0),
+            Fault::Notifier => ("notifier", "notifier", 0.0),
+            Fault::Forge => ("pr-controller", "pr-controller", forge_redeliveries),
+            Fault::Gateway | Fault::Nats => ("", "", 0.0),
+        };
+        let again = if process.is_empty() {
+            0.0
+        } else {
+            // (The notifier may take its redelivery after the incident is verified.)
+            wait_for(
+                Duration::from_secs(30),
+                &format!("{fault:?}: a redelivery counted"),
+                || async {
+                    let counted = redeliveries(&stack, &client, process, consumer).await.ok()? - before;
+                    (counted >= 1.0).then_some(counted)
+                },
+            )
+            .await?
+        };
         match fault {
             Fault::Forge => ensure!(
                 stack.processes["pr-controller"]
@@ -301,11 +387,14 @@ async fn faults_lose_no_incident_and_duplicate_no_remediation() -> anyhow::Resul
             ),
             _ => {}
         }
-        let verified = events.iter().any(|e| e.state() == RemediationState::Verified);
+        let delivered_again = match fault {
+            Fault::Gateway => "Alertmanager sent the alert again".to_string(),
+            Fault::Nats => "the alert kept across the crash was delivered after it".to_string(),
+            _ => format!("{again} redelivery(ies) counted"),
+        };
         let _ = std::io::stderr().write_all(
             format!(
-                "fault {fault:?}: incident {incident} {} in {:.1} s, 1 decision, 1 commit, 1 remediation\n",
-                if verified { "verified" } else { "escalated" },
+                "fault {fault:?}: incident {incident} verified in {:.1} s, 1 decision, 1 commit, 1 remediation; {delivered_again}\n",
                 started.elapsed().as_secs_f64()
             )
             .as_bytes(),

@@ -3,6 +3,11 @@
 //! Deliveries are handled one at a time per loop and settled only after the handler returns, so
 //! the side effect happens before the ack. On shutdown the loop stops taking new deliveries and
 //! finishes the one in hand; anything unacked is redelivered to another replica.
+//!
+//! The loop counts deliveries: a message whose handler failed on each of its `max_deliver`
+//! deliveries, or that it rejects as unprocessable, or that comes back once more after that (the
+//! service died handling it), goes to the dead letters ([`crate::dead`]) and is terminated. If
+//! the dead letter cannot be written, the message is delivered again later: never dropped.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -27,6 +32,9 @@ pub enum Disposition {
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, delivery: &Delivery) -> Disposition;
 }
+
+/// Deliveries that were not the first, by `consumer` (a crash or a failure shows here).
+pub const REDELIVERIES: &str = "selfheal_consumer_redeliveries_total";
 
 /// Subscribes to `spec` and feeds deliveries to `handler` until `shutdown` completes.
 /// A broken subscription is re-established after a pause.
@@ -81,9 +89,27 @@ pub async fn run(
                 }
                 None => break,
             };
-            let (handler, durable) = (handler.clone(), spec.durable.clone());
+            let (handler, bus, spec) = (handler.clone(), bus.clone(), spec.clone());
             in_work.spawn(async move {
-                settle(&durable, &delivery, handler.handle(&delivery).await).await;
+                if delivery.delivered > 1 {
+                    metrics::counter!(REDELIVERIES, "consumer" => spec.durable.clone()).increment(1);
+                }
+                let max_deliver = u64::try_from(spec.max_deliver).unwrap_or(1).max(1);
+                let disposition = if delivery.delivered > max_deliver {
+                    // Delivered once more than it may be: the service died handling it.
+                    Disposition::Reject(format!(
+                        "delivered {} times, never handled to the end (max_deliver {max_deliver})",
+                        delivery.delivered
+                    ))
+                } else {
+                    match handler.handle(&delivery).await {
+                        Disposition::Retry(_) if delivery.delivered >= max_deliver => Disposition::Reject(format!(
+                            "failed on each of its {max_deliver} deliveries (max_deliver); the service's log says why"
+                        )),
+                        disposition => disposition,
+                    }
+                };
+                settle(&bus, &spec.durable, &delivery, disposition).await;
                 drop(slot);
             });
         }
@@ -92,15 +118,38 @@ pub async fn run(
     }
 }
 
-/// Acks, naks or terminates `delivery` as `disposition` says.
-async fn settle(durable: &str, delivery: &Delivery, disposition: Disposition) {
+/// How long a message waits before it comes back when its dead letter could not be written.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+
+/// Acks, naks or terminates `delivery` as `disposition` says; a rejected one is kept as a dead
+/// letter first.
+async fn settle(bus: &SharedBus, durable: &str, delivery: &Delivery, disposition: Disposition) {
     let settled = match &disposition {
         Disposition::Ack => delivery.ack().await,
         Disposition::Retry(delay) => delivery.nak(*delay).await,
-        Disposition::Reject(reason) => {
-            tracing::error!(consumer = %durable, subject = %delivery.subject, reason = %reason, "message rejected");
-            delivery.term().await
-        }
+        Disposition::Reject(reason) => match bus.publish(crate::dead::letter(durable, delivery, reason)).await {
+            Ok(_) => {
+                tracing::error!(
+                    consumer = %durable,
+                    subject = %delivery.subject,
+                    sequence = delivery.sequence,
+                    deliveries = delivery.delivered,
+                    reason = %reason,
+                    "message moved to the dead letters"
+                );
+                metrics::counter!(crate::dead::METRIC, "consumer" => durable.to_string()).increment(1);
+                delivery.term().await
+            }
+            Err(error) => {
+                tracing::error!(
+                    consumer = %durable,
+                    sequence = delivery.sequence,
+                    error = %error,
+                    "the dead letter could not be written; the message comes back"
+                );
+                delivery.nak(DEAD_LETTER_RETRY).await
+            }
+        },
     };
     let result = match disposition {
         Disposition::Ack => "ack",

@@ -12,14 +12,17 @@
 //! * [`Bus::publish`] returns only once the message is stored; a message id seen within the
 //!   duplicate window is acknowledged as a duplicate and not stored again.
 //! * A durable consumer sees every stored message that matches its filter, at least once. A
-//!   delivery that is not acked within `ack_wait`, or that is nak'ed, is delivered again, up to
-//!   `max_deliver` times. Several subscribers to one durable share its messages (a queue group).
+//!   delivery that is not acked within `ack_wait`, or that is nak'ed, is delivered again, without
+//!   end: the consumer loop ([`consumer::run`]) counts deliveries against `max_deliver` and moves
+//!   a message that used them up, or that its handler rejects, to the dead letters ([`dead`]).
+//!   Several subscribers to one durable share its messages (a queue group).
 //! * Consumers ack *after* their side effect, so a crash means redelivery, never loss.
 
 pub mod coalesce;
 pub mod config;
 pub mod consumer;
 pub mod control;
+pub mod dead;
 pub mod kv;
 pub mod memory;
 pub mod nats;
@@ -128,7 +131,7 @@ pub struct ConsumerSpec {
     pub filter_subjects: Vec<String>,
     /// How long a delivery may stay unacked before it is delivered again.
     pub ack_wait: Duration,
-    /// How many times a message is delivered before the bus gives up on it.
+    /// How many deliveries the handler gets before the message goes to the dead letters.
     pub max_deliver: i64,
     /// How many deliveries one subscriber handles at once (1: one after the other).
     pub concurrency: usize,

@@ -222,12 +222,11 @@ async fn next_delivery(inner: &Arc<Inner>, durable: &str) -> Result<Delivery, Bu
                 durable: durable.to_string(),
                 reason: "consumer vanished".into(),
             })?;
-            let max_deliver = u64::try_from(consumer.spec.max_deliver).unwrap_or(u64::MAX);
             // Redeliveries first, oldest first.
             let due = consumer
                 .pending
                 .iter()
-                .find(|(_, p)| p.redeliver_at <= now && p.delivered < max_deliver)
+                .find(|(_, p)| p.redeliver_at <= now)
                 .map(|(seq, _)| *seq);
             if let Some(sequence) = due {
                 let ack_wait = consumer.spec.ack_wait;
@@ -261,12 +260,7 @@ async fn next_delivery(inner: &Arc<Inner>, durable: &str) -> Result<Delivery, Bu
                     return Ok(make_delivery(inner, durable, message, 1));
                 }
             }
-            consumer
-                .pending
-                .values()
-                .filter(|p| p.delivered < max_deliver)
-                .map(|p| p.redeliver_at)
-                .min()
+            consumer.pending.values().map(|p| p.redeliver_at).min()
         };
         match wait_until {
             Some(deadline) => {

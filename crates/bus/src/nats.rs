@@ -123,6 +123,7 @@ impl NatsBus {
         let js = jetstream::new(client.clone());
         let bus = Self { client, js, options };
         bus.ensure_stream().await?;
+        bus.ensure_dead_letters().await?;
         Ok(bus)
     }
 
@@ -136,45 +137,116 @@ impl NatsBus {
         &self.js
     }
 
-    /// The stream, created if missing; its replicas, limits and duplicate window brought to this
-    /// connection's settings when they differ.
+    /// Every dead letter kept ([`crate::dead`]), oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<crate::dead::DeadLetter>, BusError> {
+        let error = |e: &dyn std::fmt::Display| BusError::Consumer {
+            durable: crate::dead::STREAM.into(),
+            reason: e.to_string(),
+        };
+        let mut stream = self.ensure_dead_letters().await?;
+        let state = stream.info().await.map_err(|e| error(&e))?.state.clone();
+        let mut letters = Vec::new();
+        if state.messages == 0 {
+            return Ok(letters);
+        }
+        for sequence in state.first_sequence..=state.last_sequence {
+            // Gaps are letters already retried (deleted).
+            if let Some(letter) = self.dead_letter(sequence).await? {
+                letters.push(letter);
+            }
+        }
+        Ok(letters)
+    }
+
+    /// The dead letter at `sequence`, if there is one.
+    pub async fn dead_letter(&self, sequence: u64) -> Result<Option<crate::dead::DeadLetter>, BusError> {
+        let stream = self.ensure_dead_letters().await?;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(crate::dead::DeadLetter::read(
+                sequence,
+                &from_nats_headers(Some(&message.headers)),
+                message.payload,
+            )),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BusError::Consumer {
+                durable: crate::dead::STREAM.into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Publishes the dead letter at `sequence` again on its subject, then removes it; the letter
+    /// carried out, or `None` when there is none at `sequence`.
+    pub async fn retry_dead_letter(&self, sequence: u64) -> Result<Option<crate::dead::DeadLetter>, BusError> {
+        let Some(letter) = self.dead_letter(sequence).await? else {
+            return Ok(None);
+        };
+        self.publish(letter.retry()).await?;
+        let stream = self.ensure_dead_letters().await?;
+        stream.delete_message(sequence).await.map_err(|e| BusError::Consumer {
+            durable: crate::dead::STREAM.into(),
+            reason: format!("dead letter {sequence} published again but not removed: {e}"),
+        })?;
+        Ok(Some(letter))
+    }
+
+    /// The events' stream, created if missing; its replicas, limits and duplicate window brought
+    /// to this connection's settings when it keeps them and they differ.
     async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        let error = |e: &dyn std::fmt::Display| BusError::Connect(format!("stream {STREAM}: {e}"));
+        let shape = self.options.settings.shape().unwrap_or_default();
+        self.ensure(STREAM, STREAM_SUBJECTS, shape.max_age, self.options.duplicate_window)
+            .await
+    }
+
+    /// The dead letters' stream ([`crate::dead`]): the events' shape, but kept a month.
+    async fn ensure_dead_letters(&self) -> Result<stream::Stream, BusError> {
+        self.ensure(crate::dead::STREAM, crate::dead::SUBJECTS, crate::dead::MAX_AGE, None)
+            .await
+    }
+
+    async fn ensure(
+        &self,
+        name: &str,
+        subjects: &str,
+        max_age: Duration,
+        duplicate_window: Option<Duration>,
+    ) -> Result<stream::Stream, BusError> {
+        let error = |e: &dyn std::fmt::Display| BusError::Connect(format!("stream {name}: {e}"));
         let shape = self.options.settings.shape().unwrap_or_default();
         let stream = self
             .js
             .get_or_create_stream(stream::Config {
-                name: STREAM.into(),
-                subjects: vec![STREAM_SUBJECTS.into()],
-                duplicate_window: self.options.duplicate_window.unwrap_or(DUPLICATE_WINDOW),
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                duplicate_window: duplicate_window.unwrap_or(DUPLICATE_WINDOW),
                 storage: stream::StorageType::File,
                 num_replicas: shape.replicas,
-                max_age: shape.max_age,
+                max_age,
                 max_bytes: shape.max_bytes,
                 discard: discard_policy(shape.discard),
                 ..Default::default()
             })
             .await
             .map_err(|e| error(&e))?;
-        if !self.options.keeps(STREAM) {
+        if !self.options.keeps(name) {
             return Ok(stream);
         }
         let current = &stream.cached_info().config;
         let mut wanted = current.clone();
         if let Some(shape) = self.options.settings.shape() {
             wanted.num_replicas = shape.replicas;
-            wanted.max_age = shape.max_age;
+            wanted.max_age = max_age;
             wanted.max_bytes = shape.max_bytes;
             wanted.discard = discard_policy(shape.discard);
         }
-        if let Some(window) = self.options.duplicate_window {
+        if let Some(window) = duplicate_window {
             wanted.duplicate_window = window;
         }
         if wanted == *current {
             return Ok(stream);
         }
         tracing::info!(
-            stream = STREAM,
+            stream = name,
             replicas = format!("{} -> {}", current.num_replicas, wanted.num_replicas),
             max_age = ?(current.max_age, wanted.max_age),
             max_bytes = format!("{} -> {}", current.max_bytes, wanted.max_bytes),
@@ -183,8 +255,8 @@ impl NatsBus {
             "updating the stream's settings to this service's"
         );
         self.js.update_stream(&wanted).await.map_err(|e| error(&e))?;
-        crate::kv::settled(&self.js, STREAM, wanted.num_replicas).await;
-        self.js.get_stream(STREAM).await.map_err(|e| error(&e))
+        crate::kv::settled(&self.js, name, wanted.num_replicas).await;
+        self.js.get_stream(name).await.map_err(|e| error(&e))
     }
 }
 
@@ -284,21 +356,40 @@ impl Bus for NatsBus {
             durable: spec.durable.clone(),
             reason: e.to_string(),
         };
-        let stream = self.ensure_stream().await?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &spec.durable,
-                pull::Config {
-                    durable_name: Some(spec.durable.clone()),
-                    filter_subjects: spec.filter_subjects.clone(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: spec.ack_wait,
-                    max_deliver: spec.max_deliver,
-                    ..Default::default()
-                },
-            )
+        let dead_letters =
+            !spec.filter_subjects.is_empty() && spec.filter_subjects.iter().all(|f| f.starts_with("selfheal_dead."));
+        let stream = if dead_letters {
+            self.ensure_dead_letters().await?
+        } else {
+            self.ensure_stream().await?
+        };
+        // The server redelivers without end: the consumer loop counts deliveries against
+        // `spec.max_deliver` and moves a message that used them up to the dead letters
+        // (`crate::dead`), so none is dropped without a trace.
+        let config = pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subjects: spec.filter_subjects.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_deliver: -1,
+            ..Default::default()
+        };
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(&spec.durable, config.clone())
             .await
             .map_err(|e| consumer_error(&e))?;
+        let current = &consumer.cached_info().config;
+        let filters = match (current.filter_subjects.is_empty(), current.filter_subject.is_empty()) {
+            (true, false) => vec![current.filter_subject.clone()],
+            _ => current.filter_subjects.clone(),
+        };
+        if current.max_deliver != config.max_deliver
+            || current.ack_wait != config.ack_wait
+            || filters != config.filter_subjects
+        {
+            tracing::info!(consumer = %spec.durable, "updating the consumer's settings to this service's");
+            consumer = stream.update_consumer(config).await.map_err(|e| consumer_error(&e))?;
+        }
         let messages = consumer.messages().await.map_err(|e| consumer_error(&e))?;
         let durable = spec.durable.clone();
         let deliveries = messages.map(move |next| {

@@ -54,6 +54,11 @@ pub const SYNC_REQUESTS: &str = "selfheal_pr_controller_sync_requests_total";
 /// Messages a durable consumer has not acked yet (waiting or in work), by `consumer`: the lag.
 pub const CONSUMER_PENDING: &str = "selfheal_consumer_pending_messages";
 
+/// Deliveries that were not a message's first, by `consumer` (written by the consumer loop).
+pub const CONSUMER_REDELIVERIES: &str = selfheal_bus::consumer::REDELIVERIES;
+/// Messages moved to the dead letters, by `consumer` (written by the consumer loop).
+pub const DEAD_LETTERS: &str = selfheal_bus::dead::METRIC;
+
 /// Every metric selfheal exports (the Grafana dashboard's test checks its queries against it).
 pub const ALL: &[&str] = &[
     GATEWAY_ALERTS_RECEIVED,
@@ -79,6 +84,8 @@ pub const ALL: &[&str] = &[
     FORGE_RETRIES,
     SYNC_REQUESTS,
     CONSUMER_PENDING,
+    CONSUMER_REDELIVERIES,
+    DEAD_LETTERS,
 ];
 
 /// Samples, every `interval` until `shutdown`, how many messages each of `durables` has not

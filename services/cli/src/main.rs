@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod client;
+mod dead_letters;
 mod nats_args;
 mod policy;
 mod remediations;
@@ -30,6 +31,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Remediations: list them, look at one, approve, reject or retry it.
     Remediations(remediations::RemediationsArgs),
+    /// Messages a service gave up on (failed on every delivery, or unreadable): list them, or
+    /// publish them again once the cause is fixed.
+    DeadLetters(dead_letters::DeadLettersArgs),
     /// Stop (on) or allow (off) every automatic action at once, on every replica: no new
     /// decision changes anything, decisions still waiting are not carried out (they become failed
     /// remediations to retry by hand), a fix that escalates meanwhile is not reverted. It stays on until turned
@@ -56,6 +60,7 @@ async fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Remediations(args) => remediations::run(args).await,
+        Command::DeadLetters(args) => dead_letters::run(args).await,
         Command::KillSwitch { state, nats_url, nats } => policy::kill_switch(&state, &nats_url, &nats).await,
     };
     match result {

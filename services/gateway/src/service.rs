@@ -36,11 +36,15 @@ impl Service for Gateway {
     }
 
     fn bus_options(&self) -> NatsOptions {
-        // The gateway keeps the stream's settings (its publishes carry the ids the duplicate
+        // The gateway keeps the streams' settings (its publishes carry the ids the duplicate
         // window is for) and its incidents bucket's.
         let mut options = NatsOptions::new(&self.config.nats_url, Self::NAME)
             .with_config(self.nats.clone())
-            .keeping(&[selfheal_bus::STREAM, crate::incidents::BUCKET]);
+            .keeping(&[
+                selfheal_bus::STREAM,
+                selfheal_bus::dead::STREAM,
+                crate::incidents::BUCKET,
+            ]);
         options.duplicate_window = Some(self.config.duplicate_window);
         options.publish_timeout = self.config.publish_timeout;
         options

@@ -38,6 +38,8 @@ pub use config::NotifierConfig;
 
 /// The durable consumer name.
 pub const CONSUMER: &str = "notifier";
+/// The durable consumer of the dead letters.
+pub const DEAD_LETTER_CONSUMER: &str = "notifier-dead-letters";
 
 /// The decision as JSON, for the audit row.
 pub fn decision_json(decision: &Decision) -> serde_json::Value {
@@ -70,6 +72,47 @@ fn label(decision: &Decision, name: &str) -> String {
 struct Event {
     entry: AuditEntry,
     notification: Option<Notification>,
+}
+
+/// The audit row of a dead letter: which consumer gave up on what, and why. The incident and
+/// service come from the message it carried, when it can be read.
+fn from_dead_letter(letter: &selfheal_bus::dead::DeadLetter, trace_id: &str, now: &str) -> Event {
+    let service = letter.subject.rsplit('.').next().unwrap_or_default().to_string();
+    let (incident, action) = if letter.subject.starts_with("selfheal.decisions.") {
+        Decision::decode(letter.payload.clone())
+            .map(|d| (d.incident_key.clone(), names::action(d.action()).to_string()))
+            .unwrap_or_default()
+    } else if letter.subject.starts_with("selfheal.remediations.") {
+        RemediationEvent::decode(letter.payload.clone())
+            .map(|r| (r.incident_key, String::new()))
+            .unwrap_or_default()
+    } else {
+        selfheal_proto::v1::AlertEvent::decode(letter.payload.clone())
+            .map(|a| (a.incident_key, String::new()))
+            .unwrap_or_default()
+    };
+    let entry = AuditEntry {
+        event_key: format!("dead_letter.{}.{}", letter.consumer, letter.original_sequence),
+        recorded_at: now.to_string(),
+        incident,
+        service,
+        kind: "dead_letter".into(),
+        action,
+        state: letter.consumer.clone(),
+        reason: format!(
+            "{} (delivered {} times; {} #{}; dead letter #{})",
+            letter.reason, letter.deliveries, letter.subject, letter.original_sequence, letter.sequence
+        ),
+        decision_json: String::new(),
+        reference: String::new(),
+        success: Some(false),
+        trace_id: trace_id.to_string(),
+        mttr_seconds: None,
+    };
+    Event {
+        entry,
+        notification: None,
+    }
 }
 
 fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) -> Event {
@@ -283,6 +326,11 @@ impl Handler for NotifyHandler {
                     return Disposition::Reject(format!("undecodable RemediationEvent: {error}"));
                 }
             }
+        } else if delivery.subject.starts_with("selfheal_dead.") {
+            match selfheal_bus::dead::DeadLetter::read(delivery.sequence, &delivery.headers, delivery.payload.clone()) {
+                Some(letter) => from_dead_letter(&letter, &trace_id, &now),
+                None => return Disposition::Ack,
+            }
         } else {
             return Disposition::Ack;
         };
@@ -375,6 +423,15 @@ impl Service for Notifier {
         let consumer_task = tokio::spawn(consumer::run(
             bus.clone(),
             events,
+            handler.clone(),
+            cancel.clone().cancelled_owned(),
+        ));
+        // Every dead letter gets its audit row too.
+        let mut dead_letters = ConsumerSpec::new(DEAD_LETTER_CONSUMER, &[selfheal_bus::dead::SUBJECTS]);
+        dead_letters.ack_wait = pacing.ack_wait;
+        let dead_letter_task = tokio::spawn(consumer::run(
+            bus.clone(),
+            dead_letters,
             handler,
             cancel.clone().cancelled_owned(),
         ));
@@ -405,6 +462,7 @@ impl Service for Notifier {
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;
+        dead_letter_task.await??;
         servers.join().await
     }
 }

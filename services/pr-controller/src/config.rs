@@ -32,6 +32,12 @@ pub struct PrControllerConfig {
     /// replica): after a crash, the decision comes back this long after it was taken.
     #[serde(with = "humantime_serde")]
     pub ack_wait: std::time::Duration,
+    /// How long a decision that could not be carried out waits before its next try: this, then
+    /// twice as long each time, up to 30 times this.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: std::time::Duration,
+    /// Tries a decision gets before it goes to the dead letters (`selfheal dead-letters`).
+    pub max_deliver: u32,
     /// Decisions in work at once. On a local repository they are carried out together, in
     /// batches written at once (one pack, one ref transaction); on a forge, one at a time
     /// whatever this says, as GitHub asks of content-creating requests.
@@ -93,6 +99,8 @@ impl Default for PrControllerConfig {
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),
             ack_wait: std::time::Duration::from_secs(30),
+            retry_base: std::time::Duration::from_secs(2),
+            max_deliver: 10,
             concurrency: 64,
             targets: Vec::new(),
             target: None,

@@ -37,6 +37,8 @@ pub struct RemediationHandler {
     /// The operators' switches (`selfheal_control`): the kill switch stops decisions still
     /// waiting in the stream, not only new ones.
     control: Option<selfheal_bus::control::KillSwitch>,
+    /// The first pause before a failed decision's next try.
+    retry_base: Duration,
 }
 
 /// What a remediation stopped by the kill switch says.
@@ -59,11 +61,18 @@ impl RemediationHandler {
             sync: None,
             batches,
             control: None,
+            retry_base: Duration::from_secs(2),
         }
     }
 
     /// Reads the kill switch in `control` (the `selfheal_control` bucket) before every automatic
     /// change.
+    /// Waits `base` before the first retry of a failed decision, doubling after each.
+    pub fn with_retry_base(mut self, base: Duration) -> Self {
+        self.retry_base = base;
+        self
+    }
+
     pub fn with_kill_switch(mut self, control: SharedKeyValue) -> Self {
         self.control = Some(selfheal_bus::control::KillSwitch::new(control));
         self
@@ -159,9 +168,10 @@ impl Handler for RemediationHandler {
         {
             Ok(_) => Disposition::Ack,
             Err(error) => {
-                // Backs off by attempt: 2 s, 4 s, 8 s ... up to a minute.
-                let wait = Duration::from_secs(2u64.saturating_pow(delivery.delivered.clamp(1, 6) as u32).min(60));
-                tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "remediation not finished; retrying");
+                // Backs off by attempt: base, 2×base, 4×base … up to 30×base (2 s … 1 min).
+                let doubling = 1u32 << delivery.delivered.saturating_sub(1).min(5);
+                let wait = (self.retry_base * doubling).min(self.retry_base * 30);
+                tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "remediation not finished; retrying");
                 Disposition::Retry(wait)
             }
         }

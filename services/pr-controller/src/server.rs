@@ -195,6 +195,7 @@ impl Service for PrController {
             config.ack_wait,
             config.concurrency,
         );
+        let (retry_base, max_deliver) = (config.retry_base, config.max_deliver);
         let remediations = bus
             .key_value(verify::BUCKET, verify_window * 4 + Duration::from_secs(24 * 3600))
             .await?;
@@ -205,6 +206,7 @@ impl Service for PrController {
         let control = selfheal_bus::control::open(&bus).await?;
         let handler = Arc::new(
             RemediationHandler::new(Reconciler::new(repo, forge, settings), bus.clone())
+                .with_retry_base(retry_base)
                 .with_verifier(verifier.clone())
                 .with_sync(sync)
                 .with_kill_switch(control.clone()),
@@ -228,6 +230,7 @@ impl Service for PrController {
         let grpc_handler = handler.clone();
         let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
         decisions.ack_wait = ack_wait;
+        decisions.max_deliver = i64::from(max_deliver.max(1));
         decisions.concurrency = if handler.batches() { concurrency.max(1) } else { 1 };
         let consumer_task = tokio::spawn(consumer::run(
             bus.clone(),
