@@ -10,6 +10,9 @@
    requests and limits.
 4. The README's compose instructions name only profiles, services and ports the compose file has,
    and each chart's README documents the values its values.yaml has.
+5. deploy/nats/helm-values.yaml (the NATS chart's) gives every user of deploy/nats/nats-server.conf
+   the same password variable and permissions, and no other user; the password variables come
+   from the Secret; the cluster has 3 nodes.
 
 Exit status 0 when everything holds; otherwise each failure is printed and the status is 1.
 """
@@ -179,7 +182,53 @@ def check_chart_readmes() -> None:
         print("ok   chart READMEs match their values.yaml")
 
 
+def nats_conf_users(text: str) -> dict:
+    """user -> (password variable, publish allow, subscribe allow) of a nats-server.conf."""
+    users = {}
+    for chunk in text.split('user: "')[1:]:
+        name = chunk.split('"')[0]
+        password = re.search(r"password: \$(\w+)", chunk)
+        publish = re.search(r"publish: \{\s*allow: \[(.*?)\]", chunk, re.S)
+        subscribe = re.search(r"subscribe: \{\s*allow: \[(.*?)\]", chunk, re.S)
+        users[name] = (
+            password.group(1) if password else None,
+            re.findall(r'"([^"]+)"', publish.group(1)) if publish else [],
+            re.findall(r'"([^"]+)"', subscribe.group(1)) if subscribe else [],
+        )
+    return users
+
+
+def check_nats_helm_values() -> None:
+    conf = nats_conf_users((ROOT / "deploy/nats/nats-server.conf").read_text())
+    values = yaml.safe_load((ROOT / "deploy/nats/helm-values.yaml").read_text())
+    helm = {}
+    for user in values["config"]["merge"]["authorization"]["users"]:
+        password = re.fullmatch(r"<< \$(\w+) >>", user["password"])
+        helm[user["user"]] = (
+            password.group(1) if password else None,
+            user["permissions"]["publish"]["allow"],
+            user["permissions"]["subscribe"]["allow"],
+        )
+    ok = True
+    for name in sorted(set(conf) | set(helm)):
+        if conf.get(name) != helm.get(name):
+            fail(f"nats helm values: user {name} differs from nats-server.conf: {helm.get(name)} vs {conf.get(name)}")
+            ok = False
+    env = values["container"]["env"]
+    for name, (variable, _, _) in helm.items():
+        ref = env.get(variable, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if ref.get("key") != name:
+            fail(f"nats helm values: {variable} does not come from the Secret's key {name}")
+            ok = False
+    if values["config"]["cluster"] != {"enabled": True, "replicas": 3}:
+        fail("nats helm values: the cluster is not 3 nodes")
+        ok = False
+    if ok:
+        print(f"ok   nats helm values: {len(helm)} users as nats-server.conf, 3 nodes")
+
+
 def main() -> int:
+    check_nats_helm_values()
     check_chart_readmes()
     compose = check_compose()
     for name in CHARTS:

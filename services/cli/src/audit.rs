@@ -17,7 +17,7 @@ pub struct AuditArgs {
     /// Only this incident's rows.
     #[arg(long)]
     incident: Option<String>,
-    /// Only `decision` or `remediation` rows.
+    /// Only `decision`, `remediation` or `dead_letter` rows.
     #[arg(long)]
     kind: Option<String>,
     /// Per-service figures (actions, success ratio, MTTR) instead of rows.

@@ -12,13 +12,13 @@ use sqlx::{
 /// One audit row.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuditEntry {
-    /// `decision.<incident>` or `remediation.<incident>.<state>`.
+    /// `decision.<incident>`, `remediation.<incident>.<state>` or `dead_letter.<consumer>.<sequence>`.
     pub event_key: String,
     /// RFC 3339.
     pub recorded_at: String,
     pub incident: String,
     pub service: String,
-    /// `decision` or `remediation`.
+    /// `decision`, `remediation` or `dead_letter`.
     pub kind: String,
     pub action: String,
     /// The decision's approval, or the remediation's state.
