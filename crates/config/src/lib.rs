@@ -216,6 +216,17 @@ pub mod signature {
     /// The header that carries the signature.
     pub const HEADER: &str = "x-selfheal-signature";
 
+    /// The header that carries the time a timestamped signature was made (Unix seconds).
+    pub const TIMESTAMP_HEADER: &str = "x-selfheal-timestamp";
+
+    /// What a timestamped signature covers: `<timestamp>.<body>`, as Slack and Stripe sign, so
+    /// a captured body cannot be sent again with a newer time.
+    pub fn timestamped(timestamp: i64, body: &[u8]) -> Vec<u8> {
+        let mut signed = format!("{timestamp}.").into_bytes();
+        signed.extend_from_slice(body);
+        signed
+    }
+
     /// `sha256=<hex HMAC-SHA256 of body under key>`.
     pub fn sign(key: &[u8], body: &[u8]) -> String {
         match Hmac::<Sha256>::new_from_slice(key) {

@@ -11,7 +11,7 @@ use crate::{
     place::Place,
     read_cache::{READS, ReadKey},
     restart as restarts,
-    yaml::{append_block, has_key, parse, scalar, set, tag_scalar},
+    yaml::{append_block, has_key, parse, scalar, set, set_tag_value, tag_scalar},
 };
 
 /// The kind of `file` (the place's, or read from the file) and the bytes of the document the
@@ -103,7 +103,7 @@ fn set_tag_in(kind: Kind, place: &Place, file: &str, doc: &str, tag: &str) -> Re
         },
         Kind::HelmValues | Kind::HelmRelease => {
             let document = parse(file, doc)?;
-            set(&document, file, &place.tag_path(kind), tag)?;
+            set_tag_value(&document, file, &place.tag_path(kind), tag)?;
             Ok(document.to_string())
         }
         Kind::Manifest => {

@@ -54,12 +54,7 @@ pub fn set_kustomize_image_tag(
         file: file.into(),
         image: image.unwrap_or(service).into(),
     })?;
-    let path = format!("images[{index}].newTag");
-    document.try_set_path(&path, tag).map_err(|e| EditError::Set {
-        file: file.into(),
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    crate::yaml::set_tag_value(&document, file, &format!("images[{index}].newTag"), tag)?;
     Ok(document.to_string())
 }
 

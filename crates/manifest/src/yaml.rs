@@ -20,13 +20,38 @@ pub(crate) fn scalar(document: &Document, path: &str) -> Option<String> {
     }
 }
 
-/// A YAML plain scalar for `tag` that reads back as the string `tag` (quoted when YAML would
+/// A YAML scalar for `tag` that reads back as the string `tag`, as text (quoted when YAML would
 /// read it as a number, a boolean or null). Tags are validated OCI tags before they get here.
 pub(crate) fn tag_scalar(tag: &str) -> String {
-    match serde_norway::from_str::<serde_norway::Value>(tag) {
-        Ok(serde_norway::Value::String(s)) if s == tag => tag.to_string(),
-        _ => format!("\"{tag}\""),
+    if needs_quotes(tag) {
+        format!("\"{tag}\"")
+    } else {
+        tag.to_string()
     }
+}
+
+/// Sets the tag at `path` to `tag`, quoted when [`tag_scalar`] would quote it (otherwise as
+/// yaml-edit writes a string, which keeps the value's style).
+pub(crate) fn set_tag_value(document: &Document, file: &str, path: &str, tag: &str) -> Result<(), EditError> {
+    if needs_quotes(tag) {
+        set(document, file, path, yaml_edit::ScalarValue::double_quoted(tag))
+    } else {
+        set(document, file, path, tag)
+    }
+}
+
+/// Whether a YAML reader would take `tag` unquoted for something else than that string: YAML
+/// 1.2 (a number, `true`, `null`), or YAML 1.1 — which Helm's parser and many tools still speak —
+/// where `on`, `yes`, `n` … are booleans and `1_000` a number.
+fn needs_quotes(tag: &str) -> bool {
+    const YAML11_WORDS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE",
+        "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~",
+    ];
+    let reads_as_string = |text: &str| matches!(serde_norway::from_str::<serde_norway::Value>(text), Ok(serde_norway::Value::String(s)) if s == text);
+    YAML11_WORDS.contains(&tag)
+        || !reads_as_string(tag)
+        || (tag.contains('_') && !reads_as_string(&tag.replace('_', "")))
 }
 
 /// `text` with `block` appended as new top-level lines.

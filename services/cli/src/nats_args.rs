@@ -9,28 +9,28 @@ use selfheal_bus::config::{CheckedNats, NatsConfig};
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct NatsArgs {
     /// NATS user (with --nats-password-file).
-    #[arg(long, env = "SELFHEAL_NATS_USER")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_USER")]
     pub nats_user: Option<String>,
     /// File holding the NATS user's password.
-    #[arg(long, env = "SELFHEAL_NATS_PASSWORD_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_PASSWORD_FILE")]
     pub nats_password_file: Option<PathBuf>,
     /// File holding a NATS token.
-    #[arg(long, env = "SELFHEAL_NATS_TOKEN_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_TOKEN_FILE")]
     pub nats_token_file: Option<PathBuf>,
     /// File holding an NKey seed.
-    #[arg(long, env = "SELFHEAL_NATS_NKEY_SEED_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_NKEY_SEED_FILE")]
     pub nats_nkey_seed_file: Option<PathBuf>,
     /// A `.creds` file (JWT and seed).
-    #[arg(long, env = "SELFHEAL_NATS_CREDS_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
     /// The CA that signed the NATS server's certificate (TLS is then required).
-    #[arg(long, env = "SELFHEAL_NATS_TLS_CA_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_TLS_CA_FILE")]
     pub nats_tls_ca_file: Option<PathBuf>,
     /// A client certificate for mutual TLS (with --nats-tls-key-file).
-    #[arg(long, env = "SELFHEAL_NATS_TLS_CERT_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_TLS_CERT_FILE")]
     pub nats_tls_cert_file: Option<PathBuf>,
     /// The client certificate's key.
-    #[arg(long, env = "SELFHEAL_NATS_TLS_KEY_FILE")]
+    #[arg(long, global = true, env = "SELFHEAL_NATS_TLS_KEY_FILE")]
     pub nats_tls_key_file: Option<PathBuf>,
 }
 

@@ -23,11 +23,16 @@ pub struct GatewayConfig {
     pub token: Option<Secret>,
     /// A file of accepted tokens, one per line; several lines let tokens rotate without downtime.
     pub token_file: Option<PathBuf>,
-    /// Key for HMAC-SHA256 body signatures (`X-Selfheal-Signature: sha256=<hex>`); a valid
-    /// signature authenticates a request as a bearer token does. Unset: bearer tokens only.
+    /// Key for HMAC-SHA256 signatures of the time and the body (`X-Selfheal-Timestamp: <unix
+    /// seconds>`, `X-Selfheal-Signature: sha256=<hex of HMAC(key, "<timestamp>.<body>")>`); a
+    /// valid signature within `signature_window` authenticates a request as a bearer token does.
+    /// Unset: bearer tokens only.
     pub hmac_key: Option<Secret>,
     /// A file of accepted HMAC keys, one per line.
     pub hmac_key_file: Option<PathBuf>,
+    /// How far a signed request's `X-Selfheal-Timestamp` may be from the gateway's clock.
+    #[serde(with = "humantime_serde")]
+    pub signature_window: Duration,
     /// Largest body accepted, in bytes; larger gets 413.
     pub max_body_bytes: usize,
     /// Most alerts one body may carry.
@@ -42,6 +47,8 @@ pub struct GatewayConfig {
     /// Most annotation bytes (names and values) one alert may carry: the alert travels inside
     /// the decision and the remediation event, which must fit a NATS message.
     pub max_annotations_bytes: usize,
+    /// Longest `generatorURL`, `fingerprint`, `groupKey`, `externalURL` or `receiver`, in bytes.
+    pub max_field_len: usize,
     /// How long a publish may wait for JetStream before the request gets 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -67,12 +74,14 @@ impl Default for GatewayConfig {
             token_file: None,
             hmac_key: None,
             hmac_key_file: None,
+            signature_window: Duration::from_secs(300),
             max_body_bytes: 1024 * 1024,
             max_alerts: 1000,
             max_labels: 64,
             max_label_value_len: 1024,
             max_annotation_value_len: 16 * 1024,
             max_annotations_bytes: 64 * 1024,
+            max_field_len: 4096,
             publish_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             incident_max_age: Duration::from_secs(30 * 24 * 3600),

@@ -73,7 +73,7 @@ async fn alertmanager(
             RequestError::invalid("body", rejection.body_text())
         }
     })?;
-    if !bearer_ok && !state.auth.signature_ok(&headers, &body) {
+    if !bearer_ok && !state.auth.signature_ok(&headers, &body, chrono::Utc::now().timestamp()) {
         return Err(RequestError::Unauthorized);
     }
     let webhook = webhook::parse(&body)?;

@@ -31,6 +31,7 @@ impl AppState {
         let auth = auth::Auth::new(
             config.tokens().map_err(StartError::from)?,
             config.hmac_keys().map_err(StartError::from)?,
+            config.signature_window,
         );
         let bucket = bus.key_value(incidents::BUCKET, config.incident_max_age).await?;
         Ok(Self {
@@ -44,6 +45,7 @@ impl AppState {
                 max_label_value_len: config.max_label_value_len,
                 max_annotation_value_len: config.max_annotation_value_len,
                 max_annotations_bytes: config.max_annotations_bytes,
+                max_field_len: config.max_field_len,
             },
             identity: incident::Identity::with_extra_labels(&config.identity_labels),
             max_body_bytes: config.max_body_bytes,

@@ -204,24 +204,33 @@ mod tests {
         };
         let app = app(AppState::new(&config, Arc::new(bus.clone())).await.expect("state"));
         let body = fixture("02-firing-1alerts.json");
-        let signed = |signature: String| {
+        let signed = |(timestamp, signature): (String, String)| {
             Request::post("/v1/alerts/alertmanager")
+                .header(auth::TIMESTAMP_HEADER, timestamp)
                 .header(auth::SIGNATURE_HEADER, signature)
                 .body(Body::from(body.clone()))
                 .expect("request")
         };
+        let now = chrono::Utc::now().timestamp();
         let good = app
             .clone()
-            .oneshot(signed(auth::sign(b"signing-key", &body)))
+            .oneshot(signed(auth::sign(b"signing-key", now, &body)))
             .await
             .expect("response");
         assert_eq!(good.status(), StatusCode::OK);
         let forged = app
             .clone()
-            .oneshot(signed(auth::sign(b"other-key", &body)))
+            .oneshot(signed(auth::sign(b"other-key", now, &body)))
             .await
             .expect("response");
         assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+        // The same body signed an hour ago: a replay.
+        let replayed = app
+            .clone()
+            .oneshot(signed(auth::sign(b"signing-key", now - 3600, &body)))
+            .await
+            .expect("response");
+        assert_eq!(replayed.status(), StatusCode::UNAUTHORIZED);
         let unsigned = app.oneshot(request(None, body.clone())).await.expect("response");
         assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(bus.messages().len(), 1);

@@ -61,6 +61,8 @@ pub struct Limits {
     pub max_label_value_len: usize,
     pub max_annotation_value_len: usize,
     pub max_annotations_bytes: usize,
+    /// Longest `generatorURL`, `fingerprint`, `groupKey`, `externalURL` or `receiver`.
+    pub max_field_len: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +73,7 @@ impl Default for Limits {
             max_label_value_len: 1024,
             max_annotation_value_len: 16 * 1024,
             max_annotations_bytes: 64 * 1024,
+            max_field_len: 4096,
         }
     }
 }
@@ -136,6 +139,13 @@ pub fn to_events(
             ),
         ));
     }
+    for (name, value) in [
+        ("groupKey", &webhook.group_key),
+        ("externalURL", &webhook.external_url),
+        ("receiver", &webhook.receiver),
+    ] {
+        check_len(name.to_string(), value, limits)?;
+    }
     let mut events = Events::default();
     for (index, alert) in webhook.alerts.iter().enumerate() {
         match to_event(webhook, index, alert, limits, identity, received_at) {
@@ -164,6 +174,8 @@ fn to_event(
 ) -> Result<AlertEvent, RequestError> {
     let field = |name: &str| format!("alerts[{index}].{name}");
     check_alert(index, &alert.status, &alert.labels, &alert.annotations, limits)?;
+    check_len(field("generatorURL"), &alert.generator_url, limits)?;
+    check_len(field("fingerprint"), &alert.fingerprint, limits)?;
     let starts_at = parse_time(&alert.starts_at)
         .ok_or_else(|| RequestError::invalid(field("startsAt"), "is not an RFC 3339 time"))?;
     let ends_at = match alert.ends_at.as_str() {
@@ -194,6 +206,21 @@ fn to_event(
         truncated_alerts: webhook.truncated_alerts,
         received_at: Some(timestamp(received_at)),
     })
+}
+
+/// A free-text field within `max_field_len`.
+fn check_len(field: String, value: &str, limits: &Limits) -> Result<(), RequestError> {
+    if value.len() > limits.max_field_len {
+        return Err(RequestError::invalid(
+            field,
+            format!(
+                "is {} bytes, more than the limit of {}",
+                value.len(),
+                limits.max_field_len
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The checks every alert passes, whichever way it came: status, label count and sizes, an
@@ -288,6 +315,8 @@ pub fn from_proto(
     let labels: BTreeMap<String, String> = alert.labels.clone().into_iter().collect();
     let annotations: BTreeMap<String, String> = alert.annotations.clone().into_iter().collect();
     check_alert(index, &alert.status, &labels, &annotations, limits)?;
+    check_len(format!("alerts[{index}].generator_url"), &alert.generator_url, limits)?;
+    check_len(format!("alerts[{index}].fingerprint"), &alert.fingerprint, limits)?;
     let starts_at = alert
         .starts_at
         .as_ref()
@@ -429,6 +458,51 @@ mod tests {
         let error = check(body("", &"d".repeat(limits.max_annotation_value_len + 1))).expect_err("too long");
         assert_eq!(error.field(), "alerts[0].annotations.description");
         assert!(error.to_string().contains("more than the limit"), "{error}");
+    }
+
+    #[test]
+    fn every_free_text_field_has_a_limit() {
+        let limits = Limits::default();
+        let long = "u".repeat(limits.max_field_len + 1);
+        let alert = |generator: &str, fingerprint: &str| {
+            format!(
+                "{{\"status\":\"firing\",\"labels\":{{\"alertname\":\"A\"}},\"startsAt\":\"2026-01-01T00:00:00Z\",\
+                 \"generatorURL\":\"{generator}\",\"fingerprint\":\"{fingerprint}\"}}"
+            )
+        };
+        let body = |top: &str, alerts: &[String]| {
+            format!(
+                "{{\"version\":\"4\",\"status\":\"firing\"{top},\"alerts\":[{}]}}",
+                alerts.join(",")
+            )
+        };
+        let events = |text: String| {
+            parse(text.as_bytes()).and_then(|w| to_events(&w, &limits, &incident::Identity::default(), Utc::now()))
+        };
+        // An over-long generatorURL or fingerprint refuses that alert alone, naming the field.
+        let taken = events(body(
+            "",
+            &[
+                alert("http://prometheus/graph", "a1"),
+                alert(&long, "a2"),
+                alert("http://p", &long),
+            ],
+        ))
+        .expect("the good alert is taken");
+        assert_eq!(taken.accepted.len(), 1);
+        let fields: Vec<_> = taken.refused.iter().map(RequestError::field).collect();
+        assert_eq!(fields, ["alerts[1].generatorURL", "alerts[2].fingerprint"]);
+        assert!(
+            taken.refused[0].to_string().contains("more than the limit of 4096"),
+            "{}",
+            taken.refused[0]
+        );
+        // An over-long field of the body refuses the body.
+        for field in ["groupKey", "externalURL", "receiver"] {
+            let error =
+                events(body(&format!(",\"{field}\":\"{long}\""), &[alert("http://p", "a1")])).expect_err("refused");
+            assert_eq!(error.field(), field);
+        }
     }
 
     #[test]

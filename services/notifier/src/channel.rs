@@ -7,7 +7,7 @@ use selfheal_config::Secret;
 use serde::Serialize;
 
 /// What people are told.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Notification {
     /// `decision` or `remediation`.
     pub kind: String,
@@ -126,39 +126,52 @@ pub fn block_kit(n: &Notification, commit_url: Option<&str>) -> serde_json::Valu
         "failed" | "escalated" => "🚨",
         _ => "ℹ️",
     };
+    // The header is plain text; everything else is mrkdwn, where alert text must not become a
+    // mention (`<!channel>`) or a link (`<https://…|Approve>`).
     let title: String = format!("{icon} {} on {}: {} {}", n.alertname, n.service, n.action, n.state)
         .chars()
         .take(150)
         .collect();
+    let m = mrkdwn;
     let mut fields = vec![
-        serde_json::json!({"type": "mrkdwn", "text": format!("*Service*\n{}", n.service)}),
-        serde_json::json!({"type": "mrkdwn", "text": format!("*Action*\n{} ({})", n.action, n.state)}),
+        serde_json::json!({"type": "mrkdwn", "text": format!("*Service*\n{}", m(&n.service))}),
+        serde_json::json!({"type": "mrkdwn", "text": format!("*Action*\n{} ({})", m(&n.action), m(&n.state))}),
     ];
     if !n.from.is_empty() || !n.to.is_empty() {
-        fields.push(serde_json::json!({"type": "mrkdwn", "text": format!("*Change*\n`{}` → `{}`", n.from, n.to)}));
+        fields.push(
+            serde_json::json!({"type": "mrkdwn", "text": format!("*Change*\n`{}` → `{}`", m(&n.from), m(&n.to))}),
+        );
     }
     if let Some(mttr) = n.mttr_seconds {
         fields.push(serde_json::json!({"type": "mrkdwn", "text": format!("*MTTR*\n{mttr:.0}s")}));
     }
     let mut context = vec![
-        serde_json::json!({"type": "mrkdwn", "text": format!("incident `{}` · trace `{}`", n.incident, n.trace_id)}),
+        serde_json::json!({"type": "mrkdwn", "text": format!("incident `{}` · trace `{}`", m(&n.incident), m(&n.trace_id))}),
     ];
     if !n.commit.is_empty() {
-        let short: String = n.commit.chars().take(12).collect();
+        let short = m(&n.commit.chars().take(12).collect::<String>());
         let commit = match commit_url {
-            Some(template) => format!("<{}|{short}>", template.replace("{commit}", &n.commit)),
+            // The template is the operator's; the commit id in it is escaped like the rest.
+            Some(template) => format!("<{}|{short}>", template.replace("{commit}", &m(&n.commit))),
             None => format!("`{short}`"),
         };
-        context.push(serde_json::json!({"type": "mrkdwn", "text": format!("commit {commit} on `{}`", n.branch)}));
+        context.push(serde_json::json!({"type": "mrkdwn", "text": format!("commit {commit} on `{}`", m(&n.branch))}));
     }
+    let reason: String = m(&n.reason).chars().take(2900).collect();
     serde_json::json!({
-        "text": n.text,
+        "text": m(&n.text),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": n.reason.chars().take(2900).collect::<String>()}, "fields": fields},
+            {"type": "section", "text": {"type": "mrkdwn", "text": reason}, "fields": fields},
             {"type": "context", "elements": context},
         ],
     })
+}
+
+/// `text` as Slack's mrkdwn shows it literally: `&`, `<` and `>` escaped, as Slack asks
+/// ("Escaping text"), so no mention, channel ping or link can come from it.
+pub fn mrkdwn(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[async_trait]
@@ -217,5 +230,62 @@ impl Channel for LogChannel {
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
         tracing::info!(incident.key = %notification.incident, text = %notification.text, "notification");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_text_cannot_ping_or_link_in_slack() {
+        let hostile = "<!channel> <https://evil.example|Approve> & <@U123>";
+        let n = Notification {
+            kind: "decision".into(),
+            incident: "abc".into(),
+            service: "checkout".into(),
+            alertname: hostile.into(),
+            action: "escalate".into(),
+            state: "required".into(),
+            reason: format!("{hostile} on checkout"),
+            commit: "0123456789abcdef".into(),
+            branch: "main".into(),
+            from: "<v1>".into(),
+            to: "v2".into(),
+            text: format!("{hostile} needs a person"),
+            ..Default::default()
+        };
+        let message = block_kit(&n, Some("https://git.example/c/{commit}"));
+        // Everything Slack reads as mrkdwn: the fallback text and every mrkdwn object. (The
+        // header is plain_text, which Slack shows as it is: no mention, no link.)
+        let mut mrkdwn = vec![message["text"].as_str().unwrap_or_default().to_string()];
+        fn collect(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if map.get("type").and_then(|t| t.as_str()) == Some("mrkdwn") {
+                        out.push(map.get("text").and_then(|t| t.as_str()).unwrap_or_default().to_string());
+                    }
+                    map.values().for_each(|v| collect(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        collect(&message["blocks"], &mut mrkdwn);
+        assert!(mrkdwn.len() >= 5, "{mrkdwn:?}");
+        let all = mrkdwn.join("\n");
+        for live in ["<!channel>", "<https://evil", "<@U123>", "<v1>"] {
+            assert!(!all.contains(live), "{live} reaches Slack live: {all}");
+        }
+        assert!(
+            all.contains("&lt;!channel&gt; &lt;https://evil.example|Approve&gt; &amp; &lt;@U123&gt;"),
+            "{all}"
+        );
+        assert_eq!(message["blocks"][0]["text"]["type"], "plain_text");
+        // selfheal's own link still works.
+        assert!(
+            all.contains("<https://git.example/c/0123456789abcdef|0123456789ab>"),
+            "{all}"
+        );
     }
 }

@@ -158,3 +158,41 @@ fn missing_entries_are_named() {
         Some("ghcr.io/checkout/api")
     ));
 }
+
+/// What a YAML 1.1 reader (PyYAML, as Helm's go-yaml v2 reads values) makes of `text`'s
+/// `image.tag`: its type and value.
+fn yaml11_tag(text: &str) -> (String, String) {
+    use std::io::Write as _;
+    let mut python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml; t = yaml.safe_load(sys.stdin)['image']['tag']; print(type(t).__name__, t)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML (scripts/test installs it)");
+    if let Some(stdin) = python.stdin.as_mut() {
+        stdin.write_all(text.as_bytes()).expect("write");
+    }
+    let out = python.wait_with_output().expect("python3 ran");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (kind, value) = out.split_once(' ').unwrap_or((out.as_str(), ""));
+    (kind.to_string(), value.to_string())
+}
+
+#[test]
+fn tags_yaml_1_1_reads_as_booleans_or_numbers_stay_strings() {
+    let values = "image:\n  repository: ghcr.io/acme/checkout\n  tag: v1.5.0 # release bot\n";
+    let place = Place::of(Kind::HelmValues, "checkout");
+    for tag in ["on", "yes", "y", "No", "off", "1_000", "1.10", "v1.4.1"] {
+        let after = set_tag(&place, "values.yaml", values, tag).expect("edit");
+        assert_eq!(yaml11_tag(&after), ("str".to_string(), tag.to_string()), "{after}");
+        assert_eq!(read_tag(&place, "values.yaml", &after), Ok(Some(tag.to_string())));
+        assert!(after.contains("# release bot"), "{after}");
+    }
+    // A tag that needs no quotes gets none.
+    let after = set_tag(&place, "values.yaml", values, "v1.4.1").expect("edit");
+    assert!(after.contains("tag: v1.4.1 # release bot"), "{after}");
+}

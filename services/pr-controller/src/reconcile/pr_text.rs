@@ -15,8 +15,10 @@ use super::{
 };
 
 /// One line, printable, at most `max` characters: for untrusted text in commit messages.
+/// Bidirectional controls (which make text read otherwise than it is) are dropped.
 pub(super) fn one_line(text: &str, max: usize) -> String {
     text.chars()
+        .filter(|c| !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(max)
         .collect::<String>()
@@ -41,7 +43,8 @@ pub fn pr_title(action: Action, labels: &BTreeMap<String, String>, service: &str
 }
 
 /// Untrusted text made inert in Markdown: one line, at most `max` characters, with Markdown's
-/// and HTML's special characters escaped.
+/// and HTML's special characters escaped and `@` kept from mentioning anyone (a word joiner
+/// after it).
 pub fn md(text: &str, max: usize) -> String {
     let mut out = String::new();
     for c in one_line(text, max).chars() {
@@ -49,6 +52,7 @@ pub fn md(text: &str, max: usize) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
+            '@' => out.push_str("@\u{2060}"),
             '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' | '~' | '(' | ')' => {
                 out.push('\\');
                 out.push(c);
@@ -183,6 +187,13 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_text_mentions_nobody_and_reads_as_it_is() {
+        let text = md("ping @acme/oncall \u{202e}evil\u{202c} <b>", 500);
+        assert_eq!(text, "ping @\u{2060}acme/oncall evil &lt;b&gt;");
+        assert_eq!(one_line("a\u{2066}b\u{2069}\nc", 50), "ab c");
+    }
 
     #[test]
     fn the_diff_shows_the_changed_line_with_three_lines_around_it() {
