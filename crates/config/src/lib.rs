@@ -67,9 +67,14 @@ impl Secret {
         self.0.is_empty()
     }
 
-    /// Constant-time comparison with `candidate` (no early exit on the first differing byte).
+    /// Constant-time comparison with `candidate`: no early exit on the first differing byte, and
+    /// none on a differing length either — the SHA-256 digests (always 32 bytes) are compared, so
+    /// the time says nothing about how long the secret is.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        !self.0.is_empty() && bool::from(self.0.as_bytes().ct_eq(candidate))
+        use sha2::Digest as _;
+        let ours = sha2::Sha256::digest(self.0.as_bytes());
+        let theirs = sha2::Sha256::digest(candidate);
+        !self.0.is_empty() && bool::from(ours.as_slice().ct_eq(theirs.as_slice()))
     }
 
     /// The secret given inline, or else read from `file` (trailing newline trimmed).
