@@ -5,7 +5,10 @@
 //! [`StartError::Config`], exit 64), then run on given [`Listeners`] and a bus until a shutdown
 //! future completes ([`Service::run`]). A binary's `main` is [`main`]; `selfheal up` builds the
 //! four services the same way and starts them on one [`Supervisor`], so no service is wired
-//! twice. [`serve`] starts a service's gRPC and HTTP servers, the part every service shares.
+//! twice. [`serve`] starts a service's gRPC and HTTP servers, the part every service shares;
+//! [`http`] is the HTTP server, within [`http::HttpLimits`] (`[http]` in every service's file).
+
+pub mod http;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, process::ExitCode, sync::Arc};
 
@@ -20,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// Resolves when the service is to stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// Connections the kernel holds for a listener before it accepts them.
+const LISTEN_QUEUE: u32 = 4096;
+
 /// Where a service serves.
 pub struct Listeners {
     /// `/healthz`, `/readyz`, `/metrics` (and, for the gateway, the webhook).
@@ -29,16 +35,26 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds both addresses.
+    /// Binds both addresses, each with a listen queue of 4096 (a burst of new connections waits
+    /// there instead of being dropped and sent again a second later).
     pub async fn bind(addresses: Addresses) -> Result<Self, StartError> {
-        let bind = |address: SocketAddr| async move {
-            TcpListener::bind(address)
-                .await
+        let bind = |address: SocketAddr| {
+            let socket = if address.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            };
+            socket
+                .and_then(|socket| {
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(address)?;
+                    socket.listen(LISTEN_QUEUE)
+                })
                 .map_err(|error| StartError::unavailable(format!("binding {address}"), error))
         };
         Ok(Self {
-            http: bind(addresses.http).await?,
-            grpc: bind(addresses.grpc).await?,
+            http: bind(addresses.http)?,
+            grpc: bind(addresses.grpc)?,
         })
     }
 }
@@ -247,28 +263,20 @@ fn args<S: Service>() -> clap::ArgMatches {
 }
 
 /// Serves `grpc` and `http` on `listeners` until `cancel` fires, then lets both finish what
-/// they have in hand. Both sockets send small answers where latency matters: no Nagle.
+/// they have in hand. HTTP within `limits` ([`http::serve`]). Both sockets send small answers
+/// where latency matters: no Nagle.
 pub fn serve(
     listeners: Listeners,
     grpc: tonic::transport::server::Router,
     http: axum::Router,
+    limits: http::HttpLimits,
     cancel: &CancellationToken,
 ) -> Servers {
-    use axum::serve::ListenerExt as _;
     let grpc = tokio::spawn(grpc.serve_with_incoming_shutdown(
         tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
         cancel.clone().cancelled_owned(),
     ));
-    let http = tokio::spawn(
-        axum::serve(
-            listeners.http.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            http,
-        )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .into_future(),
-    );
+    let http = tokio::spawn(http::serve(listeners.http, http, limits, cancel.clone()));
     Servers { grpc, http }
 }
 

@@ -19,6 +19,9 @@ pub struct GatewayConfig {
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
     pub nats: selfheal_bus::config::NatsConfig,
+    /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
+    /// work).
+    pub http: selfheal_runtime::http::HttpLimits,
     /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
     pub token: Option<Secret>,
     /// A file of accepted tokens, one per line; several lines let tokens rotate without downtime.
@@ -70,6 +73,7 @@ impl Default for GatewayConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
+            http: Default::default(),
             token: None,
             token_file: None,
             hmac_key: None,

@@ -62,7 +62,7 @@ impl Service for Gateway {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(grpc::server(state.clone()));
-        let servers = selfheal_runtime::serve(listeners, grpc, app(state), &cancel);
+        let servers = selfheal_runtime::serve(listeners, grpc, app(state), self.config.http, &cancel);
         shutdown.await;
         cancel.cancel();
         servers.join().await

@@ -26,6 +26,9 @@ pub struct NotifierConfig {
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
     pub nats: selfheal_bus::config::NatsConfig,
+    /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
+    /// work).
+    pub http: selfheal_runtime::http::HttpLimits,
     /// Audit database: `sqlite://PATH` (created if missing) or `postgres://…`; unset:
     /// [`DEFAULT_DATABASE_URL`]. A secret (a PostgreSQL URL carries a password): never logged.
     pub database_url: Option<Secret>,
@@ -71,6 +74,7 @@ impl Default for NotifierConfig {
             grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
+            http: Default::default(),
             database_url: None,
             database_url_file: None,
             webhook_url: None,

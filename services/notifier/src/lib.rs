@@ -412,6 +412,7 @@ impl Service for Notifier {
     /// Runs the consumer, the audit gRPC service and the health endpoints until `shutdown`.
     async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
         let pacing = Pacing::from_config(&self.config);
+        let http_limits = self.config.http;
         let Self {
             store, routes, token, ..
         } = self;
@@ -458,7 +459,7 @@ impl Service for Notifier {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(grpc::server(grpc_store, token));
-        let servers = selfheal_runtime::serve(listeners, grpc, health, &cancel);
+        let servers = selfheal_runtime::serve(listeners, grpc, health, http_limits, &cancel);
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;

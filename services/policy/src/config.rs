@@ -19,6 +19,9 @@ pub struct PolicyConfig {
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
     pub nats: selfheal_bus::config::NatsConfig,
+    /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
+    /// work).
+    pub http: selfheal_runtime::http::HttpLimits,
     /// An OPA server (`http://opa:8181`) to evaluate `query` on instead of the files in
     /// `policy_dir`; the input, the decision contract and the limits stay the same.
     pub opa_url: Option<String>,
@@ -62,6 +65,7 @@ impl Default for PolicyConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
+            http: Default::default(),
             opa_url: None,
             opa_timeout: std::time::Duration::from_secs(2),
             policy_dir: PathBuf::from("deploy/policies"),

@@ -322,7 +322,7 @@ impl Service for Policy {
             selfheal_telemetry::health::bus_ready(bus),
             selfheal_telemetry::metrics::install(),
         );
-        let servers = selfheal_runtime::serve(listeners, grpc, health, &cancel);
+        let servers = selfheal_runtime::serve(listeners, grpc, health, config.http, &cancel);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "policy service running");
         shutdown.await;
         cancel.cancel();

@@ -26,6 +26,9 @@ pub struct PrControllerConfig {
     /// Credentials and TLS for the NATS connection (`[nats]`: user and password, token, NKey
     /// seed file or `.creds` file; `tls_ca_file`, `tls_cert_file` and `tls_key_file`).
     pub nats: selfheal_bus::config::NatsConfig,
+    /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
+    /// work).
+    pub http: selfheal_runtime::http::HttpLimits,
     /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
     pub repository: PathBuf,
     /// How long a decision may be in work before JetStream delivers it again (to this or another
@@ -96,6 +99,7 @@ impl Default for PrControllerConfig {
             grpc_token_file: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
+            http: Default::default(),
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),
             ack_wait: std::time::Duration::from_secs(30),

@@ -289,7 +289,7 @@ impl Service for PrController {
             readiness(bus, repo_for_ready, forge_for_ready, main_branch),
             selfheal_telemetry::metrics::install(),
         );
-        let servers = selfheal_runtime::serve(listeners, grpc, health, &cancel);
+        let servers = selfheal_runtime::serve(listeners, grpc, health, config.http, &cancel);
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;
