@@ -19,7 +19,17 @@ pub fn router(ready: ReadinessCheck, metrics: PrometheusHandle) -> Router {
                 async move {
                     match ready().await {
                         Ok(()) => (StatusCode::OK, "ready".to_string()).into_response(),
-                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+                        // The endpoint has no token: the reason (a path, a server) goes to the
+                        // log, the prober gets its id.
+                        Err(reason) => {
+                            let id = crate::errors::id();
+                            tracing::warn!(error.id = %id, reason = %reason, "not ready");
+                            (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready (error id {id} in the service's log)"),
+                            )
+                                .into_response()
+                        }
                     }
                 }
             }),
@@ -90,6 +100,33 @@ fn probe_status(url: &str) -> Result<u16, String> {
 #[cfg(test)]
 mod probe_tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_keeps_its_reason_for_the_log() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ready: ReadinessCheck =
+            Arc::new(|| Box::pin(async { Err("the repository /srv/gitops/team.git cannot be read".to_string()) }));
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        tokio::spawn(async move { axum::serve(listener, router(ready, handle)).await });
+        let answer = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("read");
+            answer
+        })
+        .join()
+        .expect("join");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("not ready (error id "), "{answer}");
+        assert!(!answer.contains("/srv/gitops"), "{answer}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_probe_succeeds_only_on_200() {

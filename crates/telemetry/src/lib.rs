@@ -11,6 +11,7 @@
 //! * [`metrics`]: the Prometheus recorder and the metric names, in one place.
 //! * [`health`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod errors;
 pub mod health;
 pub mod metrics;
 pub mod propagation;

@@ -42,7 +42,11 @@ pub fn server(
 /// (`Unavailable`); a record that does not read is `DataLoss`.
 fn lifecycle_status(error: VerifyError) -> Status {
     match error {
-        VerifyError::Store(_) | VerifyError::Contended(_) => Status::unavailable(error.to_string()),
+        VerifyError::Store(_) | VerifyError::Contended(_) => selfheal_telemetry::errors::hidden(
+            tonic::Code::Unavailable,
+            "the remediation records cannot be read now; try again",
+            &error,
+        ),
         VerifyError::Record { .. } | VerifyError::Event { .. } => Status::data_loss(error.to_string()),
     }
 }
@@ -171,12 +175,18 @@ impl RemediationsService {
         let targets = self.targets.clone();
         let described = tokio::task::spawn_blocking(move || reconciler.describe_with(&labels, &targets))
             .await
-            .map_err(|e| Status::internal(format!("describe panicked: {e}")))?;
+            .map_err(|e| {
+                selfheal_telemetry::errors::hidden(tonic::Code::Internal, "describing the target failed", &e)
+            })?;
         match described {
             Ok(target) => Ok(Response::new(target)),
             Err(ReconcileError::Refused(reason)) => Err(Status::failed_precondition(reason)),
             Err(ReconcileError::Edit(error)) => Err(Status::failed_precondition(error.to_string())),
-            Err(ReconcileError::Repo(error)) => Err(Status::unavailable(error.to_string())),
+            Err(ReconcileError::Repo(error)) => Err(selfheal_telemetry::errors::hidden(
+                tonic::Code::Unavailable,
+                "the repository cannot be read now; try again",
+                &error,
+            )),
         }
     }
 }
@@ -295,7 +305,9 @@ impl Remediations for RemediationsService {
         {
             let withdrawn = tokio::task::spawn_blocking(move || forge.withdraw(&branch))
                 .await
-                .map_err(|e| Status::internal(format!("withdraw panicked: {e}")))?;
+                .map_err(|e| {
+                    selfheal_telemetry::errors::hidden(tonic::Code::Internal, "closing the pull request failed", &e)
+                })?;
             if let Err(error) = withdrawn {
                 tracing::warn!(incident.key = %record.incident, error = %error, "pull request not closed");
                 event.message = format!("{}; the pull request could not be closed: {error}", event.message);

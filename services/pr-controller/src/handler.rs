@@ -202,7 +202,9 @@ impl From<CarryOutError> for tonic::Status {
     /// What a gRPC caller is told: a bug is `Internal`, anything else may pass (`Unavailable`).
     fn from(error: CarryOutError) -> Self {
         match error {
-            CarryOutError::Panicked(_) => tonic::Status::internal(error.to_string()),
+            CarryOutError::Panicked(_) => {
+                selfheal_telemetry::errors::hidden(tonic::Code::Internal, "carrying the decision out failed", &error)
+            }
             other => tonic::Status::unavailable(other.to_string()),
         }
     }
