@@ -128,6 +128,61 @@ impl Serialize for Secret {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn named_tokens_are_checked_and_name_their_caller() {
+        use tonic::service::Interceptor as _;
+        let token = |name: &str, roles: Vec<super::Role>| super::NamedToken {
+            name: name.into(),
+            token: Some(super::Secret::new(format!("{name}-secret"))),
+            token_file: None,
+            roles,
+        };
+        let refused = |named: Vec<super::NamedToken>, shared: Option<&str>| {
+            super::TokenCheck::from_settings(shared.map(super::Secret::new), None, &named)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(refused(vec![], None).contains("no gRPC token"));
+        assert!(refused(vec![token("on call", vec![super::Role::Read])], None).contains("grpc_tokens[0].name"));
+        assert!(
+            refused(
+                vec![token("a", vec![super::Role::Read]), token("a", vec![super::Role::Read])],
+                None
+            )
+            .contains("twice")
+        );
+        assert!(refused(vec![token("a", vec![])], None).contains("grpc_tokens[0].roles"));
+
+        let mut check = super::TokenCheck::from_settings(
+            Some(super::Secret::new("shared")),
+            None,
+            &[token("reader", vec![super::Role::Read])],
+        )
+        .expect("tokens");
+        let call = |check: &mut super::TokenCheck, bearer: &str| {
+            let mut request = tonic::Request::new(());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {bearer}").parse().expect("header"));
+            check.call(request)
+        };
+        let reader = call(&mut check, "reader-secret").expect("admitted");
+        assert_eq!(
+            super::require(&reader, super::Role::Read).map(|c| c.name).ok(),
+            Some("reader".to_string())
+        );
+        let denied = super::require(&reader, super::Role::Operate).expect_err("a reader");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let shared = call(&mut check, "shared").expect("admitted");
+        let caller = super::require(&shared, super::Role::Operate).expect("the shared token does everything");
+        assert!(caller.shared);
+        assert_eq!(
+            call(&mut check, "nope").expect_err("refused").code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
     use super::*;
 
     #[derive(Debug, Default, Serialize, Deserialize)]
@@ -183,32 +238,185 @@ mod tests {
     }
 }
 
-/// A gRPC interceptor that admits calls carrying `authorization: Bearer <token>` for this
-/// secret (constant-time comparison) and answers `UNAUTHENTICATED` otherwise.
+/// What a gRPC token may do. Every RPC names the role it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Send alerts (`Gateway.Ingest`).
+    Ingest,
+    /// Read: incidents, remediations, the audit log, policies.
+    Read,
+    /// Act on remediations (`Approve`, `Reject`, `Retry`), reload policies.
+    Operate,
+    /// Ask the pr-controller where a service lives (`DescribeTarget`: the policy's token).
+    Describe,
+}
+
+impl Role {
+    /// Every role: what the one shared `grpc_token` may do.
+    pub const ALL: [Role; 4] = [Role::Ingest, Role::Read, Role::Operate, Role::Describe];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Read => "read",
+            Role::Operate => "operate",
+            Role::Describe => "describe",
+        }
+    }
+}
+
+/// A named gRPC token and what it may do (`[[grpc_tokens]]`). Its name is who acted, in the
+/// audit log and the remediation, for what it does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: Option<Secret>,
+    pub token_file: Option<std::path::PathBuf>,
+    pub roles: Vec<Role>,
+}
+
+/// Who called: put on every admitted request by [`TokenCheck`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name.
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// The one shared `grpc_token`, which names nobody: who acted is then what the caller says.
+    pub shared: bool,
+}
+
+/// The name the shared `grpc_token` goes by.
+pub const SHARED_TOKEN: &str = "grpc_token";
+
+/// A gRPC interceptor that admits calls carrying `authorization: Bearer <token>` for one of its
+/// tokens (every one compared, in constant time) and answers `UNAUTHENTICATED` otherwise. The
+/// admitted call carries its [`Caller`]; [`require`] checks its role.
 #[derive(Clone)]
-pub struct TokenCheck(std::sync::Arc<Secret>);
+pub struct TokenCheck(std::sync::Arc<Vec<(Caller, Secret)>>);
 
 impl TokenCheck {
+    /// One shared token, with every role.
     pub fn new(token: Secret) -> Self {
-        Self(std::sync::Arc::new(token))
+        Self::with(Some(token), Vec::new())
+    }
+
+    /// The shared token (if any, every role) and named ones.
+    pub fn with(shared: Option<Secret>, named: Vec<(Caller, Secret)>) -> Self {
+        let mut tokens = named;
+        if let Some(token) = shared.filter(|t| !t.is_empty()) {
+            tokens.push((
+                Caller {
+                    name: SHARED_TOKEN.into(),
+                    roles: Role::ALL.to_vec(),
+                    shared: true,
+                },
+                token,
+            ));
+        }
+        Self(std::sync::Arc::new(tokens))
+    }
+
+    /// From a service's settings: `grpc_token` / `grpc_token_file` (shared) and `grpc_tokens`
+    /// (named, each with its roles). At least one token; names unique and plain.
+    pub fn from_settings(
+        shared: Option<Secret>,
+        shared_file: Option<&Path>,
+        named: &[NamedToken],
+    ) -> Result<Self, ConfigError> {
+        let shared = Secret::inline_or_file(shared, shared_file)?;
+        let mut checked = Vec::new();
+        for (i, entry) in named.iter().enumerate() {
+            let field = |what: &str| format!("grpc_tokens[{i}].{what}");
+            let plain = !entry.name.is_empty()
+                && entry.name.len() <= 64
+                && entry
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+            if !plain || entry.name == SHARED_TOKEN {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: a name of letters, digits, '-', '_', '.' or '@' (at most 64), not {:?}",
+                    field("name"),
+                    entry.name
+                )));
+            }
+            if checked.iter().any(|(c, _): &(Caller, Secret)| c.name == entry.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: {:?} twice",
+                    field("name"),
+                    entry.name
+                )));
+            }
+            if entry.roles.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: give the token at least one of ingest, read, operate, describe",
+                    field("roles")
+                )));
+            }
+            let secret = Secret::inline_or_file(entry.token.clone(), entry.token_file.as_deref())?
+                .ok_or_else(|| ConfigError::Invalid(format!("{}: set token or token_file", field("token"))))?;
+            checked.push((
+                Caller {
+                    name: entry.name.clone(),
+                    roles: entry.roles.clone(),
+                    shared: false,
+                },
+                secret,
+            ));
+        }
+        if shared.is_none() && checked.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no gRPC token: set grpc_token (or grpc_token_file), or [[grpc_tokens]]".into(),
+            ));
+        }
+        Ok(Self::with(shared, checked))
     }
 }
 
 impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
+            .map(|(_, token)| token.trim().to_string())
             .unwrap_or_default();
-        if self.0.matches(presented.as_bytes()) {
-            Ok(request)
-        } else {
-            Err(tonic::Status::unauthenticated("missing or invalid bearer token"))
+        // Every token is compared, with no early exit: the time says nothing about which one.
+        let mut found = None;
+        for (caller, secret) in self.0.iter() {
+            if secret.matches(presented.as_bytes()) && found.is_none() {
+                found = Some(caller.clone());
+            }
         }
+        match found {
+            Some(caller) => {
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
+            None => Err(tonic::Status::unauthenticated("missing or invalid bearer token")),
+        }
+    }
+}
+
+/// The caller of `request`, if its token has `role`; `PermissionDenied` naming both otherwise.
+pub fn require<T>(request: &tonic::Request<T>, role: Role) -> Result<Caller, tonic::Status> {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| tonic::Status::unauthenticated("missing or invalid bearer token"))?;
+    if caller.roles.contains(&role) {
+        Ok(caller.clone())
+    } else {
+        Err(tonic::Status::permission_denied(format!(
+            "the token {:?} may not {}: it has {}",
+            caller.name,
+            role.name(),
+            caller.roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+        )))
     }
 }
 

@@ -20,6 +20,9 @@ pub struct NotifierConfig {
     pub grpc_token: Option<Secret>,
     /// File holding the gRPC token (used when `grpc_token` is unset).
     pub grpc_token_file: Option<std::path::PathBuf>,
+    /// Named gRPC tokens, each with its roles (`read`: `Query`, `Stats`). The shared `grpc_token` may do
+    /// everything.
+    pub grpc_tokens: Vec<selfheal_config::NamedToken>,
     /// NATS server holding the SELFHEAL stream, or a cluster's servers separated by commas
     /// (`nats://a:4222,nats://b:4222`): the service starts while any of them is up.
     pub nats_url: String,
@@ -72,6 +75,7 @@ impl Default for NotifierConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
             grpc_token: None,
             grpc_token_file: None,
+            grpc_tokens: Vec::new(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
             http: Default::default(),

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use selfheal_config::{Secret, TokenCheck};
+use selfheal_config::TokenCheck;
 use selfheal_proto::v1::{
     AuditQueryRequest, AuditQueryResponse, AuditRow, AuditStatsRequest, AuditStatsResponse, ServiceStats,
     audit_server::{Audit, AuditServer},
@@ -17,8 +17,11 @@ pub struct AuditService {
 }
 
 /// The service behind its token check.
-pub fn server(store: Arc<dyn AuditStore>, token: Secret) -> InterceptedService<AuditServer<AuditService>, TokenCheck> {
-    AuditServer::with_interceptor(AuditService { store }, TokenCheck::new(token))
+pub fn server(
+    store: Arc<dyn AuditStore>,
+    tokens: TokenCheck,
+) -> InterceptedService<AuditServer<AuditService>, TokenCheck> {
+    AuditServer::with_interceptor(AuditService { store }, tokens)
 }
 
 fn row(id: i64, entry: AuditEntry) -> AuditRow {
@@ -94,6 +97,7 @@ pub fn stats(rows: &[AuditEntry]) -> Vec<ServiceStats> {
 #[tonic::async_trait]
 impl Audit for AuditService {
     async fn query(&self, request: Request<AuditQueryRequest>) -> Result<Response<AuditQueryResponse>, Status> {
+        selfheal_config::require(&request, selfheal_config::Role::Read)?;
         let request = request.into_inner();
         let page_size = match request.page_size {
             0 => 100,
@@ -131,6 +135,7 @@ impl Audit for AuditService {
     }
 
     async fn stats(&self, request: Request<AuditStatsRequest>) -> Result<Response<AuditStatsResponse>, Status> {
+        selfheal_config::require(&request, selfheal_config::Role::Read)?;
         let filter = Filter {
             service: non_empty(request.into_inner().service),
             kind: Some("remediation".into()),

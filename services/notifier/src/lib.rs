@@ -166,6 +166,15 @@ fn from_decision(decision: &Decision, service: &str, trace_id: &str, now: &str) 
     Event { entry, notification }
 }
 
+/// The part of a remediation's message that says a person acted ("approved by oncall-1"), if
+/// it says so: the pr-controller writes it from the caller's token.
+fn operator_note(message: &str) -> Option<&str> {
+    ["approved by ", "rejected by ", "retried by "]
+        .iter()
+        .any(|prefix| message.starts_with(prefix))
+        .then(|| message.split(": ").next().unwrap_or(message).trim())
+}
+
 fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Event {
     let decision = event.decision.clone().unwrap_or_default();
     let state = names::state(event.state());
@@ -188,7 +197,11 @@ fn from_remediation(event: &RemediationEvent, trace_id: &str, now: &str) -> Even
         kind: "remediation".into(),
         action: action.into(),
         state: state.into(),
-        reason: decision.reason.clone(),
+        reason: match operator_note(&event.message) {
+            // Who acted is part of the record: "approved by oncall-1; <the decision's reason>".
+            Some(note) => format!("{note}; {}", decision.reason),
+            None => decision.reason.clone(),
+        },
         decision_json: decision_json(&decision).to_string(),
         reference,
         success,
@@ -366,7 +379,7 @@ pub struct Notifier {
     config: NotifierConfig,
     store: Arc<dyn AuditStore>,
     routes: Vec<channel::Route>,
-    token: selfheal_config::Secret,
+    token: selfheal_config::TokenCheck,
     nats: selfheal_bus::config::CheckedNats,
 }
 
@@ -379,11 +392,12 @@ impl Service for Notifier {
 
     async fn from_config(config: NotifierConfig) -> Result<Self, StartError> {
         let config = config.with_secret_files()?;
-        let token =
-            selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
-                .ok_or_else(|| {
-                    StartError::config("no gRPC token: set SELFHEAL_NOTIFIER_GRPC_TOKEN or grpc_token_file")
-                })?;
+        let token = selfheal_config::TokenCheck::from_settings(
+            config.grpc_token.clone(),
+            config.grpc_token_file.as_deref(),
+            &config.grpc_tokens,
+        )
+        .map_err(|e| StartError::config(e.to_string()))?;
         let routes = routes_from(&config).map_err(|e| StartError::config(e.to_string()))?;
         let store = audit::SqlAuditStore::connect(config.database_url().expose())
             .await
@@ -524,4 +538,29 @@ pub fn routes_from(config: &NotifierConfig) -> Result<Vec<channel::Route>, Route
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_acted_on_a_remediation_is_in_its_audit_row() {
+        let mut event = RemediationEvent {
+            incident_key: "inc4".into(),
+            service: "checkout".into(),
+            message: "approved by oncall-1: merged into main as 0a1b2c".into(),
+            decision: Some(Decision {
+                reason: "CPU over 80 %".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        event.set_state(RemediationState::Merged);
+        let row = from_remediation(&event, "", "2026-12-01T12:00:00Z").entry;
+        assert_eq!(row.reason, "approved by oncall-1; CPU over 80 %");
+        // A remediation nobody acted on keeps the decision's reason alone.
+        event.message = "merged into main as 0a1b2c".into();
+        assert_eq!(from_remediation(&event, "", "now").entry.reason, "CPU over 80 %");
+    }
 }

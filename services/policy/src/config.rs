@@ -36,6 +36,9 @@ pub struct PolicyConfig {
     pub grpc_token: Option<Secret>,
     /// File holding the gRPC token (used when `grpc_token` is unset).
     pub grpc_token_file: Option<PathBuf>,
+    /// Named gRPC tokens, each with its roles (`read`: `Evaluate`, `ListPolicies`; `operate`: `Reload`). The shared `grpc_token` may do
+    /// everything.
+    pub grpc_tokens: Vec<selfheal_config::NamedToken>,
     /// Decide and publish, but mark every decision dry-run so nothing is changed.
     pub dry_run: bool,
     /// How often to look for changed policy files (zero: never; gRPC Reload still works).
@@ -72,6 +75,7 @@ impl Default for PolicyConfig {
             query: "data.selfheal.decision".into(),
             grpc_token: None,
             grpc_token_file: None,
+            grpc_tokens: Vec::new(),
             dry_run: false,
             reload_interval: std::time::Duration::from_secs(2),
             ack_wait: std::time::Duration::from_secs(30),

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use selfheal_config::{Secret, TokenCheck};
+use selfheal_config::TokenCheck;
 use selfheal_proto::v1::{
     AlertEvent, EvaluateRequest, EvaluateResponse, ListPoliciesRequest, ListPoliciesResponse, PolicyFile,
     ReloadRequest,
@@ -30,7 +30,7 @@ pub fn server(
     target: crate::target::TargetReader,
     limiter: crate::limits::Limiter,
     dry_run: bool,
-    token: Secret,
+    tokens: TokenCheck,
 ) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
     PolicyServer::with_interceptor(
         PolicyService {
@@ -40,13 +40,14 @@ pub fn server(
             limiter,
             dry_run,
         },
-        TokenCheck::new(token),
+        tokens,
     )
 }
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
+        selfheal_config::require(&request, selfheal_config::Role::Read)?;
         let span = selfheal_telemetry::rpc_span!(
             "policy.evaluate",
             "server",
@@ -137,7 +138,8 @@ impl Policy for PolicyService {
         }))
     }
 
-    async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ListPoliciesResponse>, Status> {
+    async fn reload(&self, request: Request<ReloadRequest>) -> Result<Response<ListPoliciesResponse>, Status> {
+        selfheal_config::require(&request, selfheal_config::Role::Operate)?;
         match self.engine.reload() {
             Ok(files) => Ok(Response::new(ListPoliciesResponse {
                 policies: files
@@ -154,7 +156,11 @@ impl Policy for PolicyService {
         }
     }
 
-    async fn list_policies(&self, _: Request<ListPoliciesRequest>) -> Result<Response<ListPoliciesResponse>, Status> {
+    async fn list_policies(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        selfheal_config::require(&request, selfheal_config::Role::Read)?;
         let policies = self
             .engine
             .policies()
@@ -209,13 +215,19 @@ mod tests {
                 ("severity", "critical"),
                 ("auto_heal", "true"),
             ];
-            let request = Request::new(EvaluateRequest {
+            let mut request = Request::new(EvaluateRequest {
                 alert: Some(Alert {
                     status: "firing".into(),
                     labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                     ..Default::default()
                 }),
                 dry_run: false,
+            });
+            // What the token check puts on an admitted call.
+            request.extensions_mut().insert(selfheal_config::Caller {
+                name: "reader".into(),
+                roles: vec![selfheal_config::Role::Read],
+                shared: false,
             });
             let answer = service.evaluate(request).await?.into_inner();
             let input: serde_json::Value = serde_json::from_str(&answer.input_json)?;

@@ -175,7 +175,7 @@ pub use selfheal_runtime::Listeners;
 pub struct Policy {
     config: PolicyConfig,
     engine: Arc<dyn PolicyEngine>,
-    token: selfheal_config::Secret,
+    token: selfheal_config::TokenCheck,
     metrics: promql::MetricsReader,
     target: target::TargetReader,
     nats: selfheal_bus::config::CheckedNats,
@@ -189,11 +189,12 @@ impl Service for Policy {
     const ABOUT: &'static str = "selfheal's decision layer: Rego policies over firing alerts.";
 
     async fn from_config(config: PolicyConfig) -> Result<Self, StartError> {
-        let token =
-            selfheal_config::Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?
-                .ok_or_else(|| {
-                    StartError::config("no gRPC token: set SELFHEAL_POLICY_GRPC_TOKEN or grpc_token_file")
-                })?;
+        let token = selfheal_config::TokenCheck::from_settings(
+            config.grpc_token.clone(),
+            config.grpc_token_file.as_deref(),
+            &config.grpc_tokens,
+        )
+        .map_err(|e| StartError::config(e.to_string()))?;
         let engine: Arc<dyn PolicyEngine> = match &config.opa_url {
             Some(url) if !url.is_empty() => Arc::new(
                 opa::OpaEngine::new(url, &config.query, config.opa_timeout)

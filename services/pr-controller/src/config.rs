@@ -20,6 +20,10 @@ pub struct PrControllerConfig {
     pub grpc_token: Option<selfheal_config::Secret>,
     /// File holding the gRPC token (used when `grpc_token` is unset).
     pub grpc_token_file: Option<PathBuf>,
+    /// Named gRPC tokens, each with its roles (`read`: `Get`, `List`; `operate`: `Approve`,
+    /// `Reject`, `Retry`; `describe`: `DescribeTarget`). An approval made with one is recorded
+    /// under its name. The shared `grpc_token` may do everything and names nobody.
+    pub grpc_tokens: Vec<selfheal_config::NamedToken>,
     /// NATS server holding the SELFHEAL stream, or a cluster's servers separated by commas
     /// (`nats://a:4222,nats://b:4222`): the service starts while any of them is up.
     pub nats_url: String,
@@ -97,6 +101,7 @@ impl Default for PrControllerConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
             grpc_token: None,
             grpc_token_file: None,
+            grpc_tokens: Vec::new(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
             http: Default::default(),

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use selfheal_config::{Secret, TokenCheck};
+use selfheal_config::{Role, TokenCheck, require};
 use selfheal_proto::{
     IncidentKey,
     names::{self, is_dns1123_label},
@@ -30,12 +30,17 @@ pub struct RemediationsService {
     targets: Arc<crate::reconcile::TargetCache>,
 }
 
-/// The service behind its token check.
+/// The service behind its token check; each RPC checks its role.
 pub fn server(
     handler: Arc<RemediationHandler>,
-    token: Secret,
+    tokens: TokenCheck,
 ) -> InterceptedService<RemediationsServer<RemediationsService>, TokenCheck> {
-    RemediationsServer::with_interceptor(RemediationsService::new(handler), TokenCheck::new(token))
+    RemediationsServer::with_interceptor(RemediationsService::new(handler), tokens)
+}
+
+/// Who acted: a named token's name; for the shared token, what the caller says it is.
+fn actor(caller: &selfheal_config::Caller, said: &str) -> String {
+    if caller.shared { who(said) } else { caller.name.clone() }
 }
 
 /// What a gRPC caller is told of the lifecycle store: an outage or a lost race may pass
@@ -194,6 +199,7 @@ impl RemediationsService {
 #[tonic::async_trait]
 impl Remediations for RemediationsService {
     async fn describe_target(&self, request: Request<DescribeTargetRequest>) -> Result<Response<Target>, Status> {
+        require(&request, Role::Describe)?;
         let span = selfheal_telemetry::rpc_span!(
             "pr_controller.describe_target",
             "server",
@@ -205,6 +211,7 @@ impl Remediations for RemediationsService {
     }
 
     async fn get(&self, request: Request<GetRemediationRequest>) -> Result<Response<RemediationEvent>, Status> {
+        require(&request, Role::Read)?;
         let record = self.record(&request.into_inner().incident_key).await?;
         Ok(Response::new(record.event().map_err(lifecycle_status)?))
     }
@@ -213,6 +220,7 @@ impl Remediations for RemediationsService {
         &self,
         request: Request<ListRemediationsRequest>,
     ) -> Result<Response<ListRemediationsResponse>, Status> {
+        require(&request, Role::Read)?;
         let request = request.into_inner();
         let state = RemediationState::try_from(request.state)
             .map_err(|_| Status::invalid_argument(format!("state: {} is not a remediation state", request.state)))?;
@@ -246,6 +254,7 @@ impl Remediations for RemediationsService {
     }
 
     async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let caller = require(&request, Role::Operate)?;
         let request = request.into_inner();
         let record = self.record(&request.incident_key).await?;
         if record.state != RemediationState::Opened {
@@ -255,13 +264,14 @@ impl Remediations for RemediationsService {
                 names::state(record.state)
             )));
         }
-        let note = format!("approved by {}", who(&request.by));
+        let note = format!("approved by {}", actor(&caller, &request.by));
         tracing::info!(incident.key = %record.incident, %note, "approval");
         let event = self.again(&record, Some(Approval::Auto), note).await?;
         Ok(Response::new(event))
     }
 
     async fn reject(&self, request: Request<RejectRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let caller = require(&request, Role::Operate)?;
         let request = request.into_inner();
         let record = self.record(&request.incident_key).await?;
         if !matches!(record.state, RemediationState::Opened | RemediationState::Failed) {
@@ -282,8 +292,8 @@ impl Remediations for RemediationsService {
         let reason = request.reason.chars().take(500).collect::<String>();
         let reason = reason.lines().next().unwrap_or("").trim();
         event.message = match reason {
-            "" => format!("rejected by {}", who(&request.by)),
-            reason => format!("rejected by {}: {reason}", who(&request.by)),
+            "" => format!("rejected by {}", actor(&caller, &request.by)),
+            reason => format!("rejected by {}: {reason}", actor(&caller, &request.by)),
         };
         let now = chrono::Utc::now();
         event.at = Some(selfheal_proto::time::timestamp(now));
@@ -328,6 +338,7 @@ impl Remediations for RemediationsService {
     }
 
     async fn retry(&self, request: Request<RetryRequest>) -> Result<Response<RemediationEvent>, Status> {
+        let caller = require(&request, Role::Operate)?;
         let request = request.into_inner();
         let record = self.record(&request.incident_key).await?;
         if record.state != RemediationState::Failed {
@@ -337,7 +348,7 @@ impl Remediations for RemediationsService {
                 names::state(record.state)
             )));
         }
-        let note = format!("retried by {}", who(&request.by));
+        let note = format!("retried by {}", actor(&caller, &request.by));
         let event = self.again(&record, None, note).await?;
         Ok(Response::new(event))
     }

@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use selfheal_bus::{ConsumerSpec, SharedBus, consumer, nats::NatsOptions, subjects};
-use selfheal_config::Secret;
 use selfheal_forge_gitea::GiteaRepository;
 use selfheal_forge_github::GitHubRepository;
 use selfheal_forge_gitlab::GitLabRepository;
@@ -28,7 +27,7 @@ pub struct PrController {
     config: PrControllerConfig,
     repo: Arc<dyn GitRepo>,
     forge: Option<Arc<dyn Forge>>,
-    token: Secret,
+    token: selfheal_config::TokenCheck,
     verify_windows: Vec<(String, Duration)>,
     sync: sync::SyncNow,
     settings: crate::reconcile::ReconcileSettings,
@@ -74,10 +73,12 @@ impl Service for PrController {
     const ABOUT: &'static str = "selfheal's execution layer: decisions into GitOps commits.";
 
     async fn from_config(config: PrControllerConfig) -> Result<Self, StartError> {
-        let token =
-            Secret::inline_or_file(config.grpc_token.clone(), config.grpc_token_file.as_deref())?.ok_or_else(|| {
-                StartError::config("no gRPC token: set SELFHEAL_PR_CONTROLLER_GRPC_TOKEN or grpc_token_file")
-            })?;
+        let token = selfheal_config::TokenCheck::from_settings(
+            config.grpc_token.clone(),
+            config.grpc_token_file.as_deref(),
+            &config.grpc_tokens,
+        )
+        .map_err(|e| StartError::config(e.to_string()))?;
         let places: Vec<&str> = [
             (config.github.enabled(), "github.repository"),
             (config.gitlab.enabled(), "gitlab.project"),

@@ -45,11 +45,33 @@ fn decision(incident: &str, service: &str, action: Action, approval: Approval) -
 }
 
 fn authed<T>(message: T) -> Request<T> {
+    bearer(message, TOKEN)
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
     request
+}
+
+/// The shared token, a reader's and an on-call engineer's.
+fn tokens() -> selfheal_config::TokenCheck {
+    use selfheal_config::{NamedToken, Role, Secret};
+    let named = [
+        ("reader", "reader-token", vec![Role::Read]),
+        ("oncall-1", "oncall-token", vec![Role::Read, Role::Operate]),
+    ]
+    .into_iter()
+    .map(|(name, token, roles)| NamedToken {
+        name: name.into(),
+        token: Some(Secret::new(token)),
+        token_file: None,
+        roles,
+    })
+    .collect::<Vec<_>>();
+    selfheal_config::TokenCheck::from_settings(Some(Secret::new(TOKEN)), None, &named).expect("tokens")
 }
 
 fn file(tag: &str, replicas: u32) -> String {
@@ -97,7 +119,7 @@ async fn approve_reject_and_retry_move_remediations_once() -> anyhow::Result<()>
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(grpc::server(handler.clone(), selfheal_config::Secret::new(TOKEN)))
+            .add_service(grpc::server(handler.clone(), tokens()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let mut client: RemediationsClient<Channel> = RemediationsClient::connect(format!("http://{addr}")).await?;
@@ -245,6 +267,74 @@ async fn approve_reject_and_retry_move_remediations_once() -> anyhow::Result<()>
             .contains("newTag: v1")
     );
 
+    // Named tokens: a reader may list but not approve; an on-call engineer's approval is
+    // recorded under the token's name, whatever the caller says it is.
+    handler
+        .carry_out(
+            decision("inc4", "checkout", Action::Scale, Approval::Required),
+            "checkout".into(),
+            None,
+            span(),
+        )
+        .await?;
+    let listed = client
+        .list(bearer(ListRemediationsRequest::default(), "reader-token"))
+        .await?
+        .into_inner();
+    assert!(listed.remediations.iter().any(|r| r.incident_key == "inc4"));
+    let denied = client
+        .approve(bearer(
+            ApproveRequest {
+                incident_key: "inc4".into(),
+                by: "reader".into(),
+            },
+            "reader-token",
+        ))
+        .await
+        .expect_err("a reader may not approve");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("\"reader\" may not operate"),
+        "{}",
+        denied.message()
+    );
+    let approved = client
+        .approve(bearer(
+            ApproveRequest {
+                incident_key: "inc4".into(),
+                by: "mallory".into(),
+            },
+            "oncall-token",
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(approved.state(), RemediationState::Merged, "{}", approved.message);
+    assert!(
+        approved.message.starts_with("approved by oncall-1"),
+        "{}",
+        approved.message
+    );
+    let stored = client
+        .get(bearer(
+            GetRemediationRequest {
+                incident_key: "inc4".into(),
+            },
+            "reader-token",
+        ))
+        .await?
+        .into_inner();
+    assert!(stored.message.starts_with("approved by oncall-1"), "{}", stored.message);
+    let wrong = client
+        .get(bearer(
+            GetRemediationRequest {
+                incident_key: "inc4".into(),
+            },
+            "no-such-token",
+        ))
+        .await
+        .expect_err("unknown token");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+
     // Get and bad input.
     let got = client
         .get(authed(GetRemediationRequest {
@@ -289,6 +379,8 @@ async fn approve_reject_and_retry_move_remediations_once() -> anyhow::Result<()>
             ("inc2".to_string(), Rejected),
             ("inc3".to_string(), Failed),
             ("inc3".to_string(), Merged),
+            ("inc4".to_string(), Opened),
+            ("inc4".to_string(), Merged),
         ]
     );
     Ok(())
