@@ -138,12 +138,12 @@ mod tests {
             roles,
         };
         let refused = |named: Vec<super::NamedToken>, shared: Option<&str>| {
-            super::TokenCheck::from_settings(shared.map(super::Secret::new), None, &named)
+            super::TokenCheck::from_settings(shared.map(super::Secret::new), None, &named, "SELFHEAL_X_")
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default()
         };
-        assert!(refused(vec![], None).contains("no gRPC token"));
+        assert!(refused(vec![], None).contains("no gRPC token: set SELFHEAL_X_GRPC_TOKEN"));
         assert!(refused(vec![token("on call", vec![super::Role::Read])], None).contains("grpc_tokens[0].name"));
         assert!(
             refused(
@@ -158,6 +158,7 @@ mod tests {
             Some(super::Secret::new("shared")),
             None,
             &[token("reader", vec![super::Role::Read])],
+            "SELFHEAL_X_",
         )
         .expect("tokens");
         let call = |check: &mut super::TokenCheck, bearer: &str| {
@@ -319,11 +320,13 @@ impl TokenCheck {
     }
 
     /// From a service's settings: `grpc_token` / `grpc_token_file` (shared) and `grpc_tokens`
-    /// (named, each with its roles). At least one token; names unique and plain.
+    /// (named, each with its roles). At least one token; names unique and plain. `env_prefix`
+    /// (`SELFHEAL_POLICY_`) names the variable to set when there is none.
     pub fn from_settings(
         shared: Option<Secret>,
         shared_file: Option<&Path>,
         named: &[NamedToken],
+        env_prefix: &str,
     ) -> Result<Self, ConfigError> {
         let shared = Secret::inline_or_file(shared, shared_file)?;
         let mut checked = Vec::new();
@@ -367,9 +370,9 @@ impl TokenCheck {
             ));
         }
         if shared.is_none() && checked.is_empty() {
-            return Err(ConfigError::Invalid(
-                "no gRPC token: set grpc_token (or grpc_token_file), or [[grpc_tokens]]".into(),
-            ));
+            return Err(ConfigError::Invalid(format!(
+                "no gRPC token: set {env_prefix}GRPC_TOKEN (or grpc_token_file), or [[grpc_tokens]]"
+            )));
         }
         Ok(Self::with(shared, checked))
     }

@@ -396,6 +396,7 @@ impl Service for Notifier {
             config.grpc_token.clone(),
             config.grpc_token_file.as_deref(),
             &config.grpc_tokens,
+            Self::ENV_PREFIX,
         )
         .map_err(|e| StartError::config(e.to_string()))?;
         let routes = routes_from(&config).map_err(|e| StartError::config(e.to_string()))?;

@@ -193,6 +193,7 @@ impl Service for Policy {
             config.grpc_token.clone(),
             config.grpc_token_file.as_deref(),
             &config.grpc_tokens,
+            Self::ENV_PREFIX,
         )
         .map_err(|e| StartError::config(e.to_string()))?;
         let engine: Arc<dyn PolicyEngine> = match &config.opa_url {

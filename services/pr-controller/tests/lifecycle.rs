@@ -71,7 +71,8 @@ fn tokens() -> selfheal_config::TokenCheck {
         roles,
     })
     .collect::<Vec<_>>();
-    selfheal_config::TokenCheck::from_settings(Some(Secret::new(TOKEN)), None, &named).expect("tokens")
+    selfheal_config::TokenCheck::from_settings(Some(Secret::new(TOKEN)), None, &named, "SELFHEAL_PR_CONTROLLER_")
+        .expect("tokens")
 }
 
 fn file(tag: &str, replicas: u32) -> String {
