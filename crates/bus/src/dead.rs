@@ -51,7 +51,7 @@ pub fn letter(consumer: &str, delivery: &Delivery, reason: &str) -> Outgoing {
     headers.insert(DELIVERIES, delivery.delivered.to_string());
     // Header values are one line.
     headers.insert(REASON, reason.replace(['\r', '\n'], " "));
-    headers.insert(AT, chrono_now());
+    headers.insert(AT, now_rfc3339());
     Outgoing {
         subject: subject(consumer),
         msg_id: format!("dead.{consumer}.{}", delivery.sequence),
@@ -60,7 +60,7 @@ pub fn letter(consumer: &str, delivery: &Delivery, reason: &str) -> Outgoing {
     }
 }
 
-fn chrono_now() -> String {
+fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 

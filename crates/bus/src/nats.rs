@@ -151,7 +151,7 @@ impl NatsBus {
         }
         for sequence in state.first_sequence..=state.last_sequence {
             // Gaps are letters already retried (deleted).
-            if let Some(letter) = self.dead_letter(sequence).await? {
+            if let Some(letter) = letter_at(&stream, sequence).await? {
                 letters.push(letter);
             }
         }
@@ -160,29 +160,17 @@ impl NatsBus {
 
     /// The dead letter at `sequence`, if there is one.
     pub async fn dead_letter(&self, sequence: u64) -> Result<Option<crate::dead::DeadLetter>, BusError> {
-        let stream = self.ensure_dead_letters().await?;
-        match stream.get_raw_message(sequence).await {
-            Ok(message) => Ok(crate::dead::DeadLetter::read(
-                sequence,
-                &from_nats_headers(Some(&message.headers)),
-                message.payload,
-            )),
-            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(BusError::Consumer {
-                durable: crate::dead::STREAM.into(),
-                reason: e.to_string(),
-            }),
-        }
+        letter_at(&self.ensure_dead_letters().await?, sequence).await
     }
 
     /// Publishes the dead letter at `sequence` again on its subject, then removes it; the letter
     /// carried out, or `None` when there is none at `sequence`.
     pub async fn retry_dead_letter(&self, sequence: u64) -> Result<Option<crate::dead::DeadLetter>, BusError> {
-        let Some(letter) = self.dead_letter(sequence).await? else {
+        let stream = self.ensure_dead_letters().await?;
+        let Some(letter) = letter_at(&stream, sequence).await? else {
             return Ok(None);
         };
         self.publish(letter.retry()).await?;
-        let stream = self.ensure_dead_letters().await?;
         stream.delete_message(sequence).await.map_err(|e| BusError::Consumer {
             durable: crate::dead::STREAM.into(),
             reason: format!("dead letter {sequence} published again but not removed: {e}"),
@@ -257,6 +245,22 @@ impl NatsBus {
         self.js.update_stream(&wanted).await.map_err(|e| error(&e))?;
         crate::kv::settled(&self.js, name, wanted.num_replicas).await;
         self.js.get_stream(name).await.map_err(|e| error(&e))
+    }
+}
+
+/// The dead letter at `sequence` of the dead letters' `stream`, if there is one.
+async fn letter_at(stream: &stream::Stream, sequence: u64) -> Result<Option<crate::dead::DeadLetter>, BusError> {
+    match stream.get_raw_message(sequence).await {
+        Ok(message) => Ok(crate::dead::DeadLetter::read(
+            sequence,
+            &from_nats_headers(Some(&message.headers)),
+            message.payload,
+        )),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(BusError::Consumer {
+            durable: crate::dead::STREAM.into(),
+            reason: e.to_string(),
+        }),
     }
 }
 
