@@ -11,6 +11,7 @@ pub mod forge_flow;
 pub mod git_backend;
 pub mod git_servers;
 pub mod stack;
+pub mod tls;
 
 use std::{
     net::TcpListener,

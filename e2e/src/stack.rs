@@ -205,6 +205,15 @@ impl Stack {
         let pr_grpc = free_port()?;
         let prometheus_port = free_port()?;
         let alertmanager_port = free_port()?;
+        // With a CA for the policy's client in `extra_env`, it calls the pr-controller over TLS.
+        let target_scheme = if extra_env
+            .iter()
+            .any(|(k, _)| *k == "SELFHEAL_POLICY_TARGET__TLS__CA_FILE")
+        {
+            "https"
+        } else {
+            "http"
+        };
         let policy_config = dir.join("policy.toml");
         std::fs::write(
             &policy_config,
@@ -241,7 +250,10 @@ impl Stack {
                         workspace_root().join("deploy/policies").display().to_string(),
                     ),
                     ("SELFHEAL_POLICY_GRPC_TOKEN", TOKEN.into()),
-                    ("SELFHEAL_POLICY_TARGET__URL", format!("http://127.0.0.1:{pr_grpc}")),
+                    (
+                        "SELFHEAL_POLICY_TARGET__URL",
+                        format!("{target_scheme}://127.0.0.1:{pr_grpc}"),
+                    ),
                     ("SELFHEAL_POLICY_TARGET__TOKEN", TOKEN.into()),
                 ],
                 policy_port,
@@ -362,6 +374,17 @@ impl Stack {
             .context("prometheus must be installed (apt-get install prometheus) or named by $PROMETHEUS")?;
         stack.prometheus = format!("http://127.0.0.1:{prometheus_port}");
         Ok(stack)
+    }
+
+    /// Where the service `name` (`gateway`, `pr-controller`, …) serves gRPC: `127.0.0.1:PORT`.
+    pub fn grpc_address(&self, name: &str) -> Option<String> {
+        let variable = format!("SELFHEAL_{}_GRPC_LISTEN", name.to_uppercase().replace('-', "_"));
+        let spec = self.specs.get(name)?;
+        spec.env
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == variable)
+            .map(|(_, v)| v.clone())
     }
 
     pub fn main_file(&self, service: &str) -> anyhow::Result<String> {

@@ -3,100 +3,13 @@
 //! client certificate and its password connects and is ready; without credentials, without a
 //! client certificate, or trusting another CA, it stops at start-up — the last naming the CA file.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Context, ensure};
-use selfheal_e2e::{Nats, Process, TOKEN, binary, free_port, wait_ready};
-
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("openssl must be installed")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A CA `name` in `dir`: `name.pem` and `name.key`.
-fn ca(dir: &Path, name: &str) -> anyhow::Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    )
-}
-
-/// A certificate `name` signed by CA `by`, for `usage` (`serverAuth` or `clientAuth`).
-fn leaf(dir: &Path, name: &str, by: &str, usage: &str) -> anyhow::Result<()> {
-    let ext = format!("{name}.ext");
-    std::fs::write(
-        dir.join(&ext),
-        format!(
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        ),
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{by}.pem"),
-            "-CAkey",
-            &format!("{by}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &format!("{name}.pem"),
-            "-extfile",
-            &ext,
-        ],
-    )
-}
+use selfheal_e2e::{
+    Nats, Process, TOKEN, binary, free_port,
+    tls::{ca, leaf},
+    wait_ready,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_mutual_tls_with_credentials_and_clear_refusals() -> anyhow::Result<()> {
@@ -203,7 +116,11 @@ async fn tls_and_mutual_tls_with_credentials_and_clear_refusals() -> anyhow::Res
 async fn a_list_of_servers_is_taken_and_a_password_in_the_url_is_never_shown() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let nats = Nats::start().await?;
-    let dead = free_port()?;
+    // A port bound but not listening: connections to it are refused, and no other process of
+    // the suite can take it meanwhile (a port merely found free could be).
+    let dead_socket = tokio::net::TcpSocket::new_v4()?;
+    dead_socket.bind("127.0.0.1:0".parse()?)?;
+    let dead = dead_socket.local_addr()?.port();
     let start = |name: &str, url: String| -> anyhow::Result<(Process, u16)> {
         let port = free_port()?;
         let env = vec![

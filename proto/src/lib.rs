@@ -10,6 +10,10 @@ pub mod v1 {
 
 pub use prost_types::Timestamp;
 
+/// The encoded `FileDescriptorSet` of `selfheal/v1/*.proto` and their imports, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/selfheal_v1.fds"));
+
 mod incident_key;
 pub mod time;
 pub use incident_key::{IncidentKey, InvalidIncidentKey};

@@ -319,6 +319,13 @@ impl TokenCheck {
         Self(std::sync::Arc::new(tokens))
     }
 
+    /// These tokens as well.
+    pub fn and(self, more: Vec<(Caller, Secret)>) -> Self {
+        let mut tokens = (*self.0).clone();
+        tokens.extend(more);
+        Self(std::sync::Arc::new(tokens))
+    }
+
     /// From a service's settings: `grpc_token` / `grpc_token_file` (shared) and `grpc_tokens`
     /// (named, each with its roles). At least one token; names unique and plain. `env_prefix`
     /// (`SELFHEAL_POLICY_`) names the variable to set when there is none.

@@ -8,6 +8,7 @@
 //! twice. [`serve`] starts a service's gRPC and HTTP servers, the part every service shares;
 //! [`http`] is the HTTP server, within [`http::HttpLimits`] (`[http]` in every service's file).
 
+pub mod grpc_tls;
 pub mod http;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, process::ExitCode, sync::Arc};
@@ -102,6 +103,12 @@ impl StartError {
             Self::Config(_) => 64,
             Self::Unavailable { .. } => 1,
         }
+    }
+}
+
+impl From<grpc_tls::TlsError> for StartError {
+    fn from(error: grpc_tls::TlsError) -> Self {
+        Self::Config(error.to_string())
     }
 }
 
@@ -262,20 +269,52 @@ fn args<S: Service>() -> clap::ArgMatches {
         .get_matches()
 }
 
+/// The start of every selfheal gRPC server: beside the service named `name` (which the caller
+/// adds), the standard services that Kubernetes probes and integrators' tools use —
+/// `grpc.health.v1.Health` (SERVING, for `name` and for the server as a whole) and server
+/// reflection (`grpc.reflection.v1` and `v1alpha`, as grpcurl and grpcio's clients ask) of
+/// `name` from selfheal's protos.
+pub async fn grpc_server(name: &'static str) -> Result<tonic::transport::server::Router, StartError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(name, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(selfheal_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(name)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let unusable = |error| StartError::unavailable("gRPC server reflection", error);
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection().build_v1().map_err(unusable)?)
+        .add_service(reflection().build_v1alpha().map_err(unusable)?))
+}
+
 /// Serves `grpc` and `http` on `listeners` until `cancel` fires, then lets both finish what
-/// they have in hand. HTTP within `limits` ([`http::serve`]). Both sockets send small answers
-/// where latency matters: no Nagle.
+/// they have in hand. gRPC over TLS only when `tls` is given ([`grpc_tls::incoming`]); HTTP
+/// within `limits` ([`http::serve`]). Both sockets send small answers where latency matters:
+/// no Nagle.
 pub fn serve(
     listeners: Listeners,
     grpc: tonic::transport::server::Router,
+    tls: Option<grpc_tls::ServerTls>,
     http: axum::Router,
     limits: http::HttpLimits,
     cancel: &CancellationToken,
 ) -> Servers {
-    let grpc = tokio::spawn(grpc.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-        cancel.clone().cancelled_owned(),
-    ));
+    let stop = cancel.clone().cancelled_owned();
+    let grpc = match tls {
+        Some(tls) => tokio::spawn(
+            grpc.serve_with_incoming_shutdown(grpc_tls::incoming(listeners.grpc, tls, cancel.clone()), stop),
+        ),
+        None => tokio::spawn(grpc.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stop,
+        )),
+    };
     let http = tokio::spawn(http::serve(listeners.http, http, limits, cancel.clone()));
     Servers { grpc, http }
 }

@@ -1,11 +1,9 @@
 //! `selfheal audit`: the audit log from the notifier's gRPC `Audit` service, as a table or JSON.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use crate::client::authorized;
-use anyhow::Context as _;
+use crate::client::{GrpcArgs, authorized};
 use clap::Args;
-use selfheal_config::Secret;
 use selfheal_proto::v1::{AuditQueryRequest, AuditRow, AuditStatsRequest, audit_client::AuditClient};
 use serde_json::json;
 
@@ -29,12 +27,8 @@ pub struct AuditArgs {
     /// The notifier's gRPC address.
     #[arg(long, env = "SELFHEAL_AUDIT_URL", default_value = "http://127.0.0.1:50054")]
     addr: String,
-    /// The gRPC token (default: read from --token-file).
-    #[arg(long, env = "SELFHEAL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// File holding the gRPC token (`selfheal up` writes it there).
-    #[arg(long, default_value = ".selfheal/token")]
-    token_file: PathBuf,
+    #[command(flatten)]
+    grpc: GrpcArgs,
 }
 
 fn row_json(row: &AuditRow) -> serde_json::Value {
@@ -46,11 +40,17 @@ fn row_json(row: &AuditRow) -> serde_json::Value {
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let token = Secret::inline_or_file(args.token.map(Secret::new), Some(&args.token_file))?
-        .context("no token: pass --token, set SELFHEAL_TOKEN, or point --token-file at one")?;
-    let mut client = AuditClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+    let token = args.grpc.token()?;
+    let addr = args.addr.clone();
+    let client = AuditClient::new(args.grpc.connect(&addr).await?);
+    crate::client::calling(&addr, call(args, client, token)).await
+}
+
+async fn call(
+    args: AuditArgs,
+    mut client: AuditClient<tonic::transport::Channel>,
+    token: selfheal_config::Secret,
+) -> anyhow::Result<ExitCode> {
     if args.stats {
         let request = AuditStatsRequest {
             service: args.service.unwrap_or_default(),

@@ -1,12 +1,10 @@
 //! `selfheal remediations`: the pr-controller's remediations — list them, look at one, and
 //! approve, reject or retry it — through its gRPC `Remediations` service.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use crate::client::authorized;
-use anyhow::Context as _;
+use crate::client::{GrpcArgs, authorized};
 use clap::{Args, Subcommand};
-use selfheal_config::Secret;
 use selfheal_proto::{
     names,
     v1::{
@@ -28,12 +26,8 @@ pub struct RemediationsArgs {
         default_value = "http://127.0.0.1:50053"
     )]
     addr: String,
-    /// The gRPC token (default: read from --token-file).
-    #[arg(long, global = true, env = "SELFHEAL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// File holding the gRPC token (`selfheal up` writes it there).
-    #[arg(long, global = true, default_value = ".selfheal/token")]
-    token_file: PathBuf,
+    #[command(flatten)]
+    grpc: GrpcArgs,
     /// JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -120,11 +114,17 @@ fn print(events: &[RemediationEvent], as_json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: RemediationsArgs) -> anyhow::Result<ExitCode> {
-    let token = Secret::inline_or_file(args.token.map(Secret::new), Some(&args.token_file))?
-        .context("no token: pass --token, set SELFHEAL_TOKEN, or point --token-file at one")?;
-    let mut client = RemediationsClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+    let token = args.grpc.token()?;
+    let addr = args.addr.clone();
+    let client = RemediationsClient::new(args.grpc.connect(&addr).await?);
+    crate::client::calling(&addr, call(args, client, token)).await
+}
+
+async fn call(
+    args: RemediationsArgs,
+    mut client: RemediationsClient<tonic::transport::Channel>,
+    token: selfheal_config::Secret,
+) -> anyhow::Result<ExitCode> {
     let by = |by: Option<String>| by.unwrap_or_default();
     let events = match args.command {
         RemediationsCommand::List { state, service, limit } => {

@@ -22,10 +22,18 @@ pub struct GatewayConfig {
     /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
     /// work).
     pub http: selfheal_runtime::http::HttpLimits,
+    /// The gRPC server's certificate (`[grpc_tls]`: `cert_file`, `key_file`, and
+    /// `client_ca_file` to ask clients for theirs). Unset: plaintext gRPC. Files are read again
+    /// when they change.
+    pub grpc_tls: selfheal_runtime::grpc_tls::ServerTlsConfig,
     /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
     pub token: Option<Secret>,
     /// A file of accepted tokens, one per line; several lines let tokens rotate without downtime.
     pub token_file: Option<PathBuf>,
+    /// More gRPC tokens, each named and with its roles (`[[grpc_tokens]]`: `ingest` for
+    /// `Ingest`, `read` for `GetIncident` and `ListIncidents`). The webhook's tokens (`token`,
+    /// `token_file`) are accepted on gRPC too, with both roles.
+    pub grpc_tokens: Vec<selfheal_config::NamedToken>,
     /// Key for HMAC-SHA256 signatures of the time and the body (`X-Selfheal-Timestamp: <unix
     /// seconds>`, `X-Selfheal-Signature: sha256=<hex of HMAC(key, "<timestamp>.<body>")>`); a
     /// valid signature within `signature_window` authenticates a request as a bearer token does.
@@ -74,8 +82,10 @@ impl Default for GatewayConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
             http: Default::default(),
+            grpc_tls: Default::default(),
             token: None,
             token_file: None,
+            grpc_tokens: Vec::new(),
             hmac_key: None,
             hmac_key_file: None,
             signature_window: Duration::from_secs(300),
@@ -105,6 +115,23 @@ impl GatewayConfig {
             ));
         }
         Ok(tokens)
+    }
+
+    /// Who may call the gRPC API: each `[[grpc_tokens]]` with its roles, and the webhook's
+    /// tokens (named `webhook`) with `ingest` and `read`.
+    pub fn grpc_tokens(&self) -> Result<selfheal_config::TokenCheck, ConfigError> {
+        use selfheal_config::{Caller, Role, TokenCheck};
+        let named = if self.grpc_tokens.is_empty() {
+            TokenCheck::with(None, Vec::new())
+        } else {
+            TokenCheck::from_settings(None, None, &self.grpc_tokens, "SELFHEAL_GATEWAY_")?
+        };
+        let webhook = Caller {
+            name: "webhook".into(),
+            roles: vec![Role::Ingest, Role::Read],
+            shared: false,
+        };
+        Ok(named.and(self.tokens()?.into_iter().map(|t| (webhook.clone(), t)).collect()))
     }
 
     /// The accepted HMAC keys: `hmac_key` and each line of `hmac_key_file`.

@@ -1,6 +1,7 @@
 //! gRPC `selfheal.v1.Gateway`: ingest for sources other than Alertmanager (same validation, same
 //! deduplication as the webhook), and the incidents the gateway keeps.
 
+use selfheal_config::{Role, TokenCheck, require};
 use selfheal_proto::v1::{
     GetIncidentRequest, Incident, IngestRequest, IngestResponse, IngestedAlert, ListIncidentsRequest,
     ListIncidentsResponse,
@@ -53,29 +54,15 @@ pub struct GatewayService {
     state: AppState,
 }
 
-/// Checks `authorization: Bearer <token>` against the gateway's tokens.
-#[derive(Clone)]
-pub struct TokenCheck(AppState);
-
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        if self.0.auth.bearer_ok(&headers) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("missing or invalid bearer token"))
-        }
-    }
-}
-
-/// The service behind its token check.
-pub fn server(state: AppState) -> InterceptedService<GatewayServer<GatewayService>, TokenCheck> {
-    GatewayServer::with_interceptor(GatewayService { state: state.clone() }, TokenCheck(state))
+/// The service behind its token check (`Ingest` needs the `ingest` role, the incidents `read`).
+pub fn server(state: AppState, tokens: TokenCheck) -> InterceptedService<GatewayServer<GatewayService>, TokenCheck> {
+    GatewayServer::with_interceptor(GatewayService { state }, tokens)
 }
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn ingest(&self, request: Request<IngestRequest>) -> Result<Response<IngestResponse>, Status> {
+        require(&request, Role::Ingest)?;
         // The caller's W3C context (gRPC metadata), as the parent of each alert's span.
         let mut caller = selfheal_bus::Headers::new();
         for name in ["traceparent", "tracestate"] {
@@ -132,6 +119,7 @@ impl Gateway for GatewayService {
     }
 
     async fn get_incident(&self, request: Request<GetIncidentRequest>) -> Result<Response<Incident>, Status> {
+        require(&request, Role::Read)?;
         let key = request.into_inner().key;
         if let Err(invalid) = selfheal_proto::IncidentKey::parse(&key) {
             return Err(Status::invalid_argument(format!("key: {invalid}")));
@@ -147,6 +135,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
+        require(&request, Role::Read)?;
         let request = request.into_inner();
         if !request.state.is_empty() && request.state != "firing" && request.state != "resolved" {
             return Err(Status::invalid_argument(

@@ -11,6 +11,8 @@ pub use selfheal_runtime::Listeners;
 pub struct Gateway {
     config: GatewayConfig,
     nats: selfheal_bus::config::CheckedNats,
+    tls: Option<selfheal_runtime::grpc_tls::ServerTls>,
+    grpc_tokens: selfheal_config::TokenCheck,
 }
 
 #[async_trait::async_trait]
@@ -22,10 +24,16 @@ impl Service for Gateway {
 
     /// Checks the tokens and HMAC keys (at least one of them must be set).
     async fn from_config(config: GatewayConfig) -> Result<Self, StartError> {
-        config.tokens()?;
         config.hmac_keys()?;
         let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
-        Ok(Self { config, nats })
+        let tls = selfheal_runtime::grpc_tls::ServerTls::from_config(&config.grpc_tls)?;
+        let grpc_tokens = config.grpc_tokens()?;
+        Ok(Self {
+            config,
+            nats,
+            tls,
+            grpc_tokens,
+        })
     }
 
     fn addresses(&self) -> Addresses {
@@ -54,15 +62,11 @@ impl Service for Gateway {
     async fn run(self, bus: SharedBus, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
         let state = AppState::new(&self.config, bus).await?;
         let cancel = tokio_util::sync::CancellationToken::new();
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<selfheal_proto::v1::gateway_server::GatewayServer<grpc::GatewayService>>()
-            .await;
         tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "gateway listening");
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(grpc::server(state.clone()));
-        let servers = selfheal_runtime::serve(listeners, grpc, app(state), self.config.http, &cancel);
+        let grpc = selfheal_runtime::grpc_server(<selfheal_proto::v1::gateway_server::GatewayServer<grpc::GatewayService> as tonic::server::NamedService>::NAME)
+            .await?
+            .add_service(grpc::server(state.clone(), self.grpc_tokens));
+        let servers = selfheal_runtime::serve(listeners, grpc, self.tls, app(state), self.config.http, &cancel);
         shutdown.await;
         cancel.cancel();
         servers.join().await

@@ -32,6 +32,10 @@ pub struct NotifierConfig {
     /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
     /// work).
     pub http: selfheal_runtime::http::HttpLimits,
+    /// The gRPC server's certificate (`[grpc_tls]`: `cert_file`, `key_file`, and
+    /// `client_ca_file` to ask clients for theirs). Unset: plaintext gRPC. Files are read again
+    /// when they change.
+    pub grpc_tls: selfheal_runtime::grpc_tls::ServerTlsConfig,
     /// Audit database: `sqlite://PATH` (created if missing) or `postgres://…`; unset:
     /// [`DEFAULT_DATABASE_URL`]. A secret (a PostgreSQL URL carries a password): never logged.
     pub database_url: Option<Secret>,
@@ -79,6 +83,7 @@ impl Default for NotifierConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
             http: Default::default(),
+            grpc_tls: Default::default(),
             database_url: None,
             database_url_file: None,
             webhook_url: None,

@@ -381,6 +381,7 @@ pub struct Notifier {
     routes: Vec<channel::Route>,
     token: selfheal_config::TokenCheck,
     nats: selfheal_bus::config::CheckedNats,
+    tls: Option<selfheal_runtime::grpc_tls::ServerTls>,
 }
 
 #[async_trait]
@@ -404,7 +405,9 @@ impl Service for Notifier {
             .await
             .map_err(|e| StartError::unavailable("the audit log", e))?;
         let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
+        let tls = selfheal_runtime::grpc_tls::ServerTls::from_config(&config.grpc_tls)?;
         Ok(Self {
+            tls,
             config,
             store: Arc::new(store),
             routes,
@@ -429,7 +432,11 @@ impl Service for Notifier {
         let pacing = Pacing::from_config(&self.config);
         let http_limits = self.config.http;
         let Self {
-            store, routes, token, ..
+            store,
+            routes,
+            token,
+            tls,
+            ..
         } = self;
         let cancel = CancellationToken::new();
         let handler = Arc::new(NotifyHandler::new(store.clone(), routes, pacing.retry_base));
@@ -467,14 +474,12 @@ impl Service for Notifier {
         });
         let health = selfheal_telemetry::health::router(ready, selfheal_telemetry::metrics::install());
         tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "notifier running");
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<selfheal_proto::v1::audit_server::AuditServer<grpc::AuditService>>()
-            .await;
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(grpc::server(grpc_store, token));
-        let servers = selfheal_runtime::serve(listeners, grpc, health, http_limits, &cancel);
+        let grpc = selfheal_runtime::grpc_server(
+            <selfheal_proto::v1::audit_server::AuditServer<grpc::AuditService> as tonic::server::NamedService>::NAME,
+        )
+        .await?
+        .add_service(grpc::server(grpc_store, token));
+        let servers = selfheal_runtime::serve(listeners, grpc, tls, health, http_limits, &cancel);
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;

@@ -22,6 +22,10 @@ pub struct PolicyConfig {
     /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
     /// work).
     pub http: selfheal_runtime::http::HttpLimits,
+    /// The gRPC server's certificate (`[grpc_tls]`: `cert_file`, `key_file`, and
+    /// `client_ca_file` to ask clients for theirs). Unset: plaintext gRPC. Files are read again
+    /// when they change.
+    pub grpc_tls: selfheal_runtime::grpc_tls::ServerTlsConfig,
     /// An OPA server (`http://opa:8181`) to evaluate `query` on instead of the files in
     /// `policy_dir`; the input, the decision contract and the limits stay the same.
     pub opa_url: Option<String>,
@@ -69,6 +73,7 @@ impl Default for PolicyConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
             http: Default::default(),
+            grpc_tls: Default::default(),
             opa_url: None,
             opa_timeout: std::time::Duration::from_secs(2),
             policy_dir: PathBuf::from("deploy/policies"),

@@ -179,6 +179,7 @@ pub struct Policy {
     metrics: promql::MetricsReader,
     target: target::TargetReader,
     nats: selfheal_bus::config::CheckedNats,
+    tls: Option<selfheal_runtime::grpc_tls::ServerTls>,
 }
 
 #[async_trait]
@@ -211,7 +212,9 @@ impl Service for Policy {
         let target =
             target::TargetReader::from_config(&config.target).map_err(|e| StartError::config(e.to_string()))?;
         let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
+        let tls = selfheal_runtime::grpc_tls::ServerTls::from_config(&config.grpc_tls)?;
         Ok(Self {
+            tls,
             config,
             engine,
             token,
@@ -244,6 +247,7 @@ impl Service for Policy {
             token,
             metrics: metric_reader,
             target: target_reader,
+            tls,
             ..
         } = self;
         let cancel = CancellationToken::new();
@@ -304,27 +308,25 @@ impl Service for Policy {
                 }
             })
         });
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService>>()
-            .await;
         let grpc_addr = listeners.grpc.local_addr()?;
         let http_addr = listeners.http.local_addr()?;
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(grpc::server(
-                engine,
-                metric_reader,
-                target_reader,
-                grpc_limiter,
-                config.dry_run,
-                token,
-            ));
+        let grpc = selfheal_runtime::grpc_server(
+            <selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService> as tonic::server::NamedService>::NAME,
+        )
+        .await?
+        .add_service(grpc::server(
+            engine,
+            metric_reader,
+            target_reader,
+            grpc_limiter,
+            config.dry_run,
+            token,
+        ));
         let health = selfheal_telemetry::health::router(
             selfheal_telemetry::health::bus_ready(bus),
             selfheal_telemetry::metrics::install(),
         );
-        let servers = selfheal_runtime::serve(listeners, grpc, health, config.http, &cancel);
+        let servers = selfheal_runtime::serve(listeners, grpc, tls, health, config.http, &cancel);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "policy service running");
         shutdown.await;
         cancel.cancel();

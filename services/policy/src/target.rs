@@ -7,7 +7,7 @@ use selfheal_config::Secret;
 use selfheal_proto::v1::{DescribeTargetRequest, remediations_client::RemediationsClient};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
 /// Where to ask.
@@ -23,6 +23,9 @@ pub struct TargetConfig {
     /// How long one call may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// TLS for an `https://` URL (`[target.tls]`: `ca_file`, and `cert_file` + `key_file` when
+    /// the pr-controller asks for a client certificate).
+    pub tls: selfheal_runtime::grpc_tls::ClientTlsConfig,
 }
 
 impl Default for TargetConfig {
@@ -32,6 +35,7 @@ impl Default for TargetConfig {
             token: None,
             token_file: None,
             timeout: Duration::from_secs(2),
+            tls: Default::default(),
         }
     }
 }
@@ -46,8 +50,9 @@ pub enum TargetConfigError {
     Token(#[source] selfheal_config::ConfigError),
     #[error("target.token: must be set when target.url is")]
     NoToken,
-    #[error("target.url: {0}")]
-    Url(#[source] tonic::transport::Error),
+    /// A bad URL, or TLS settings that cannot be used (the message names which).
+    #[error("target.{0}")]
+    Channel(#[source] selfheal_runtime::grpc_tls::TlsError),
 }
 
 /// Asks the pr-controller.
@@ -67,10 +72,9 @@ impl TargetReader {
         let token = Secret::inline_or_file(config.token.clone(), config.token_file.as_deref())
             .map_err(TargetConfigError::Token)?
             .ok_or(TargetConfigError::NoToken)?;
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(TargetConfigError::Url)?
-            .timeout(config.timeout)
-            .connect_lazy();
+        let timeout = config.timeout;
+        let channel = selfheal_runtime::grpc_tls::channel(url, &config.tls, |e| e.timeout(timeout))
+            .map_err(TargetConfigError::Channel)?;
         Ok(Self {
             client: Some((RemediationsClient::new(channel), token)),
             reads: Default::default(),

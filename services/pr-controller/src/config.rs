@@ -33,6 +33,10 @@ pub struct PrControllerConfig {
     /// Limits of the HTTP server (`[http]`: header and body timeouts, connections, requests in
     /// work).
     pub http: selfheal_runtime::http::HttpLimits,
+    /// The gRPC server's certificate (`[grpc_tls]`: `cert_file`, `key_file`, and
+    /// `client_ca_file` to ask clients for theirs). Unset: plaintext gRPC. Files are read again
+    /// when they change.
+    pub grpc_tls: selfheal_runtime::grpc_tls::ServerTlsConfig,
     /// The GitOps repository on disk (bare recommended: selfheal never touches a work tree).
     pub repository: PathBuf,
     /// How long a decision may be in work before JetStream delivers it again (to this or another
@@ -105,6 +109,7 @@ impl Default for PrControllerConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats: Default::default(),
             http: Default::default(),
+            grpc_tls: Default::default(),
             repository: PathBuf::from("gitops.git"),
             main_branch: "main".into(),
             ack_wait: std::time::Duration::from_secs(30),

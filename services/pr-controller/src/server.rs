@@ -32,6 +32,7 @@ pub struct PrController {
     sync: sync::SyncNow,
     settings: crate::reconcile::ReconcileSettings,
     nats: selfheal_bus::config::CheckedNats,
+    tls: Option<selfheal_runtime::grpc_tls::ServerTls>,
 }
 
 /// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
@@ -150,7 +151,9 @@ impl Service for PrController {
             .reconcile_settings()
             .map_err(|e| StartError::config(e.to_string()))?;
         let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
+        let tls = selfheal_runtime::grpc_tls::ServerTls::from_config(&config.grpc_tls)?;
         Ok(Self {
+            tls,
             nats,
             settings,
             config,
@@ -186,6 +189,7 @@ impl Service for PrController {
             verify_windows,
             sync,
             settings,
+            tls,
             ..
         } = self;
         let cancel = CancellationToken::new();
@@ -279,19 +283,15 @@ impl Service for PrController {
                 }
             })
         };
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService>>()
-            .await;
         tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "pr-controller running");
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health_service)
+        let grpc = selfheal_runtime::grpc_server(<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService> as tonic::server::NamedService>::NAME)
+            .await?
             .add_service(grpc::server(grpc_handler, token));
         let health = selfheal_telemetry::health::router(
             readiness(bus, repo_for_ready, forge_for_ready, main_branch),
             selfheal_telemetry::metrics::install(),
         );
-        let servers = selfheal_runtime::serve(listeners, grpc, health, config.http, &cancel);
+        let servers = selfheal_runtime::serve(listeners, grpc, tls, health, config.http, &cancel);
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;
