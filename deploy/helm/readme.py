@@ -46,7 +46,11 @@ def readme(name: str) -> str:
     values_text = (chart_dir / "values.yaml").read_text()
     values = yaml.safe_load(values_text)
     table = "\n".join(f"| `{k}` | {d} | {v} |" for k, d, v in rows(values_text, values))
-    secrets = "\n".join(f"- `{s['secretName']}` key `{s['key']}` → `{s['env']}`" for s in values["secretFiles"])
+    secrets = "\n".join(
+        f"- `{s['secretName']}` key `{s['key']}` → "
+        + (f"`{s['env']}`" if s.get("env") else f"`/var/run/secrets/selfheal/{s['secretName']}/{s['key']}` (named in `config`)")
+        for s in values["secretFiles"]
+    )
     return f"""# {chart['name']}
 
 {chart['description']}

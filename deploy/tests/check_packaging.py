@@ -13,6 +13,10 @@
 5. deploy/nats/helm-values.yaml (the NATS chart's) gives every user of deploy/nats/nats-server.conf
    the same password variable and permissions, and no other user; the password variables come
    from the Secret; the cluster has 3 nodes.
+6. Tokens and ports, in compose and in the charts: no service takes the shared `grpc_token`; each
+   takes exactly the named tokens and roles of ROLES, and holds (mounts) only the tokens it uses,
+   so only the pr-controller holds one that can approve; compose publishes only the gateway and
+   the UIs, on 127.0.0.1, and commits no token.
 
 Exit status 0 when everything holds; otherwise each failure is printed and the status is 1.
 """
@@ -21,6 +25,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 
 import helm_python
 import kubernetes_validate
@@ -35,6 +40,67 @@ failures: list[str] = []
 def fail(message: str) -> None:
     failures.append(message)
     print(f"FAIL {message}")
+
+
+# Each service's [[grpc_tokens]]: name -> roles. The gateway takes only the webhook's tokens.
+ROLES = {
+    "gateway": {},
+    "policy": {"reader": ["read"]},
+    "pr-controller": {"policy": ["describe"], "operator": ["read", "operate"], "reader": ["read"]},
+    "notifier": {"reader": ["read"]},
+}
+# The tokens each compose container holds (its token volumes) and each chart mounts (Secret keys).
+COMPOSE_TOKENS = {
+    "gateway": {"webhook"},
+    "alertmanager": {"webhook"},
+    "policy": {"policy", "reader"},
+    "pr-controller": {"policy", "operator", "reader"},
+    "notifier": {"reader"},
+    "selfheal": {"operator", "reader"},
+    "tokens-init": {"webhook", "policy", "operator", "reader"},
+}
+CHART_TOKENS = {
+    "gateway": {"webhook-token"},
+    "policy": {"policy-token", "reader-token"},
+    "pr-controller": {"policy-token", "operator-token", "reader-token"},
+    "notifier": {"reader-token"},
+}
+PUBLISHED = {"gateway", "prometheus", "alertmanager", "jaeger", "grafana"}
+
+
+def check_service_tokens(where: str, service: str, text: str) -> None:
+    config = tomllib.loads(text)
+    for shared in ("grpc_token", "grpc_token_file"):
+        if shared in config:
+            fail(f"{where}: sets the shared {shared} (every role): give named [[grpc_tokens]] instead")
+    named = {t["name"]: t.get("roles", []) for t in config.get("grpc_tokens", [])}
+    if named != ROLES[service]:
+        fail(f"{where}: grpc_tokens {named}, not {ROLES[service]}")
+
+
+def check_tokens(compose: dict) -> None:
+    for service in CHARTS:
+        check_service_tokens(f"deploy/compose/{service}.toml", service, (ROOT / f"deploy/compose/{service}.toml").read_text())
+        values = yaml.safe_load((ROOT / f"deploy/helm/{service}/values.yaml").read_text())
+        check_service_tokens(f"chart {service} config", service, values["config"])
+        keys = {f["key"] for f in values["secretFiles"] if f["key"].endswith("-token") and not f["key"].startswith(("github", "gitlab", "gitea"))}
+        if keys != CHART_TOKENS[service]:
+            fail(f"chart {service}: mounts the tokens {sorted(keys)}, not {sorted(CHART_TOKENS[service])}")
+    for forge in sorted((ROOT / "deploy/compose/forges").glob("*.toml")):
+        check_service_tokens(f"deploy/compose/forges/{forge.name}", "pr-controller", forge.read_text())
+    for name, service in compose["services"].items():
+        volumes = {str(v).split(":")[0] for v in service.get("volumes", [])}
+        held = {v.removesuffix("-token") for v in volumes if v.endswith("-token")}
+        if held != COMPOSE_TOKENS.get(name, set()):
+            fail(f"compose {name}: holds the tokens {sorted(held)}, not {sorted(COMPOSE_TOKENS.get(name, set()))}")
+        for port in service.get("ports", []):
+            if name not in PUBLISHED or not str(port).startswith("127.0.0.1:"):
+                fail(f"compose {name}: publishes {port} (only {sorted(PUBLISHED)}, on 127.0.0.1)")
+        if service.get("secrets"):
+            fail(f"compose {name}: a committed secret file; tokens are made by tokens-init")
+    if compose.get("secrets"):
+        fail("docker-compose.yml: a committed secret file; tokens are made by tokens-init")
+    print(f"ok   tokens: roles as ROLES in compose, forges and charts; each holds only its own; ports on 127.0.0.1")
 
 
 def check_compose() -> dict:
@@ -152,7 +218,7 @@ def check_readme(compose: dict) -> None:
     services = compose["services"]
     profiles = {p for s in services.values() for p in s.get("profiles", [])}
     published = {
-        int(str(port).split(":")[0]) for s in services.values() for port in s.get("ports", [])
+        int(str(port).split(":")[-2]) for s in services.values() for port in s.get("ports", [])
     }
     commands = re.findall(r"^.*?(docker compose .*)$", section, re.M)
     if not commands:
@@ -231,6 +297,7 @@ def main() -> int:
     check_nats_helm_values()
     check_chart_readmes()
     compose = check_compose()
+    check_tokens(compose)
     for name in CHARTS:
         check_chart(name)
     check_readme(compose)

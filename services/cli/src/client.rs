@@ -14,7 +14,7 @@ pub struct GrpcArgs {
     #[arg(long, global = true, env = "SELFHEAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the gRPC token (`selfheal up` writes it there).
-    #[arg(long, global = true, default_value = ".selfheal/token")]
+    #[arg(long, global = true, env = "SELFHEAL_TOKEN_FILE", default_value = ".selfheal/token")]
     pub token_file: PathBuf,
     /// The CA that signed the service's certificate, for an https:// address (default: the
     /// system's roots).

@@ -61,8 +61,10 @@ spec:
               value: {{ $.Values.otlp.protocol | quote }}
             {{- end }}
             {{- range .Values.secretFiles }}
+            {{- if .env }}
             - name: {{ .env }}
               value: {{ printf "/var/run/secrets/selfheal/%s/%s" .secretName .key | quote }}
+            {{- end }}
             {{- end }}
             {{- with .Values.extraEnv }}
             {{- toYaml . | nindent 12 }}
