@@ -20,8 +20,10 @@ pub struct MetricsConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Per alert name (or `"*"` for every alert): metric name → PromQL template. `{{label}}` is
-    /// replaced by the alert's label value, escaped for a PromQL string literal, so write it
-    /// inside quotes: `app_error_ratio{service="{{service}}"}`.
+    /// replaced by the alert's label value, escaped for the string literal it stands in (`"…"`,
+    /// `'…'` or a raw `` `…` ``) and, after `=~` or `!~`, for the regular expression too — so
+    /// it must stand inside quotes: `app_error_ratio{service="{{service}}"}`. A template with
+    /// `{{label}}` outside quotes is refused at start-up.
     pub queries: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -46,7 +48,13 @@ pub enum MetricsError {
     Query(String),
     #[error("no data for the query")]
     NoData,
+    /// A template puts a label where no escaping makes it safe.
+    #[error("{0}")]
+    Template(String),
 }
+
+/// Most bytes read of one Prometheus answer (a single number is asked for).
+const MAX_RESPONSE: usize = 1 << 20;
 
 /// Runs one PromQL query to one number.
 #[async_trait]
@@ -86,10 +94,22 @@ impl MetricsSource for Prometheus {
             .await
             .map_err(|e| MetricsError::Unavailable(e.without_url().to_string()))?;
         let status = response.status();
-        let body: Value = response
-            .json()
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| MetricsError::Unavailable(e.without_url().to_string()))?;
+            .map_err(|e| MetricsError::Unavailable(e.without_url().to_string()))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(MetricsError::Query(format!(
+                    "the answer is over {MAX_RESPONSE} bytes; ask for one number"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| MetricsError::Unavailable(format!("not JSON from prometheus: {e}")))?;
         if !status.is_success() || body["status"] != "success" {
             return Err(MetricsError::Query(
                 body["error"].as_str().unwrap_or(status.as_str()).to_string(),
@@ -107,42 +127,122 @@ impl MetricsSource for Prometheus {
     }
 }
 
-/// Escapes `value` for a PromQL double-quoted string literal.
-fn escape(value: &str) -> String {
+/// Where in a PromQL template a `{{label}}` stands: inside which string literal, and whether that
+/// literal is a regular expression (after `=~` or `!~`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Literal {
+    quote: char,
+    regex: bool,
+}
+
+/// Text of a template, then the `{{label}}` after it (its name and the literal it stands in);
+/// the last piece has none.
+type Piece<'a> = (&'a str, Option<(&'a str, Literal)>);
+
+/// A template cut into text and `{{label}}` places.
+fn pieces(template: &str) -> Result<Vec<Piece<'_>>, MetricsError> {
+    let mut pieces = Vec::new();
+    let (mut literal, mut escaped, mut text_start) = (None::<Literal>, false, 0);
+    let mut i = 0;
+    while i < template.len() {
+        let rest = &template[i..];
+        if rest.starts_with("{{")
+            && let Some(end) = rest[2..].find("}}")
+        {
+            let name = rest[2..2 + end].trim();
+            let Some(within) = literal else {
+                return Err(MetricsError::Template(format!(
+                    "{{{{{name}}}}} stands outside a quoted string, where no escaping makes a label value safe: write it inside quotes, as service=\"{{{{{name}}}}}\""
+                )));
+            };
+            pieces.push((&template[text_start..i], Some((name, within))));
+            i += 2 + end + 2;
+            text_start = i;
+            escaped = false;
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or_default();
+        match literal {
+            None if matches!(c, '"' | '\'' | '`') => {
+                let before = template[..i].trim_end();
+                literal = Some(Literal {
+                    quote: c,
+                    regex: before.ends_with("=~") || before.ends_with("!~"),
+                });
+            }
+            Some(_) if escaped => escaped = false,
+            Some(within) if c == '\\' && within.quote != '`' => escaped = true,
+            Some(within) if c == within.quote => literal = None,
+            _ => {}
+        }
+        i += c.len_utf8();
+    }
+    pieces.push((&template[text_start..], None));
+    Ok(pieces)
+}
+
+/// `value` escaped for a regular expression (RE2, as Prometheus matches it): every character
+/// with a meaning gets a backslash, so the value matches only itself.
+fn regex_escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {}
-            c => out.push(c),
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
         }
+        out.push(c);
     }
     out
 }
 
-/// `template` with each `{{label}}` replaced by the escaped label value.
+/// `value` escaped for a PromQL string literal quoted with `quote`; control characters dropped.
+/// A raw (backtick) literal has no escapes, so a value holding a backtick is refused.
+fn literal_escape(value: &str, quote: char) -> Result<String, MetricsError> {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            c if quote == '`' && c == '`' => {
+                return Err(MetricsError::Template(
+                    "a label value holds a backtick, which a raw `…` string cannot: quote the template with \"…\""
+                        .into(),
+                ));
+            }
+            c if c.is_control() && quote == '`' => {}
+            '\\' if quote != '`' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {}
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every `{{label}}` of `template` stands inside a string literal.
+pub fn check_template(template: &str) -> Result<(), MetricsError> {
+    pieces(template).map(|_| ())
+}
+
+/// `template` with each `{{label}}` replaced by the label's value, escaped for where it stands.
 pub fn render(template: &str, labels: &BTreeMap<String, String>) -> Result<String, MetricsError> {
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = after[..end].trim();
+    for (text, place) in pieces(template)? {
+        out.push_str(text);
+        let Some((name, within)) = place else { continue };
         let value = labels
             .get(name)
             .ok_or_else(|| MetricsError::MissingLabel(name.to_string()))?;
-        out.push_str(&escape(value));
-        rest = &after[end + 2..];
+        let value = if within.regex {
+            regex_escape(value)
+        } else {
+            value.clone()
+        };
+        out.push_str(&literal_escape(&value, within.quote)?);
     }
-    out.push_str(rest);
     Ok(out)
 }
 
@@ -219,6 +319,67 @@ mod tests {
             Err(MetricsError::MissingLabel("service".into()))
         );
     }
+
+    #[test]
+    fn a_label_in_a_regex_matcher_matches_only_itself() {
+        let widened = labels(&[("service", ".*"), ("pod", "api-(1|2)")]);
+        assert_eq!(
+            render(r#"up{service=~"{{service}}", pod!~"{{pod}}"}"#, &widened),
+            Ok(r#"up{service=~"\\.\\*", pod!~"api-\\(1\\|2\\)"}"#.to_string())
+        );
+        // In a raw string the regex's backslashes stand as they are.
+        assert_eq!(
+            render("up{service=~`{{service}}`}", &widened),
+            Ok(r"up{service=~`\.\*`}".to_string())
+        );
+        // An equality matcher takes the value as it is.
+        assert_eq!(
+            render(r#"up{service="{{service}}"}"#, &widened),
+            Ok(r#"up{service=".*"}"#.to_string())
+        );
+    }
+
+    #[test]
+    fn single_quoted_and_raw_templates_are_escaped_too() {
+        let hostile = labels(&[("service", "x'} or vector(1) or {a='")]);
+        assert_eq!(
+            render("up{service='{{service}}'}", &hostile),
+            Ok(r"up{service='x\'} or vector(1) or {a=\''}".to_string())
+        );
+        let backtick = labels(&[("service", "x`} or vector(1)")]);
+        assert!(matches!(
+            render("up{service=`{{service}}`}", &backtick),
+            Err(MetricsError::Template(_))
+        ));
+        // A quote of the other kind is only text inside a literal, and an escaped quote does not
+        // end one.
+        assert_eq!(
+            render(
+                r#"label_replace(up, "a", "\"'", "b", "{{service}}")"#,
+                &labels(&[("service", "s")])
+            ),
+            Ok(r#"label_replace(up, "a", "\"'", "b", "s")"#.to_string())
+        );
+    }
+
+    #[test]
+    fn a_label_outside_quotes_is_refused_at_start_up() {
+        let config = MetricsConfig {
+            queries: BTreeMap::from([(
+                "HighCPU".to_string(),
+                BTreeMap::from([("cpu".to_string(), "rate({{service}}_cpu_seconds[5m])".to_string())]),
+            )]),
+            ..Default::default()
+        };
+        let error = MetricsReader::from_config(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("queries.HighCPU.cpu: {{service}} stands outside a quoted string"),
+            "{error}"
+        );
+    }
 }
 
 /// The configured queries and where to run them, shared by the consumer and gRPC.
@@ -231,6 +392,12 @@ pub struct MetricsReader {
 impl MetricsReader {
     /// Reads from the Prometheus in `config` (if any).
     pub fn from_config(config: &MetricsConfig) -> Result<Self, MetricsError> {
+        for (alertname, queries) in &config.queries {
+            for (metric, template) in queries {
+                check_template(template)
+                    .map_err(|e| MetricsError::Template(format!("queries.{alertname}.{metric}: {e}")))?;
+            }
+        }
         let source: Option<std::sync::Arc<dyn MetricsSource>> = match &config.prometheus_url {
             Some(url) if !url.is_empty() => Some(std::sync::Arc::new(Prometheus::new(url, config.timeout)?)),
             _ => None,
