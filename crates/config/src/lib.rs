@@ -450,6 +450,12 @@ pub mod signature {
         signed
     }
 
+    /// The headers that sign `body` at `timestamp` (Unix seconds) under `key`: the values of
+    /// [`TIMESTAMP_HEADER`] and [`HEADER`].
+    pub fn sign_at(key: &[u8], timestamp: i64, body: &[u8]) -> (String, String) {
+        (timestamp.to_string(), sign(key, &timestamped(timestamp, body)))
+    }
+
     /// `sha256=<hex HMAC-SHA256 of body under key>`.
     pub fn sign(key: &[u8], body: &[u8]) -> String {
         match Hmac::<Sha256>::new_from_slice(key) {

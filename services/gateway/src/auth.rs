@@ -75,12 +75,7 @@ impl Auth {
 pub use selfheal_config::signature::{HEADER as SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// The headers that sign `body` at `timestamp` under `key`: (timestamp, signature).
-pub fn sign(key: &[u8], timestamp: i64, body: &[u8]) -> (String, String) {
-    (
-        timestamp.to_string(),
-        selfheal_config::signature::sign(key, &selfheal_config::signature::timestamped(timestamp, body)),
-    )
-}
+pub use selfheal_config::signature::sign_at as sign;
 
 #[cfg(test)]
 mod tests {

@@ -77,15 +77,17 @@ async fn post(
     client: &reqwest::Client,
     url: &Secret,
     body: Vec<u8>,
-    signature: Option<String>,
+    signature: Option<(String, String)>,
 ) -> Result<(), ChannelError> {
     let mut request = client
         .post(url.expose())
         .headers(selfheal_telemetry::propagation::http_headers(&tracing::Span::current()))
         .header("content-type", "application/json")
         .body(body);
-    if let Some(signature) = signature {
-        request = request.header(selfheal_config::signature::HEADER, signature);
+    if let Some((timestamp, signature)) = signature {
+        request = request
+            .header(selfheal_config::signature::TIMESTAMP_HEADER, timestamp)
+            .header(selfheal_config::signature::HEADER, signature);
     }
     // The URL may hold a secret (Slack's do): never put it in an error.
     let response = request
@@ -186,8 +188,10 @@ impl Channel for SlackChannel {
     }
 }
 
-/// POSTs the notification as JSON, signed with HMAC-SHA256 in `X-Selfheal-Signature` when a
-/// secret is configured (`sha256=<hex>` of the exact body; verify before trusting it).
+/// POSTs the notification as JSON, signed when a secret is configured as the gateway checks its
+/// own webhook: `X-Selfheal-Timestamp: <unix seconds>` and `X-Selfheal-Signature: sha256=<hex of
+/// HMAC-SHA256(secret, "<timestamp>.<body>")>`. A receiver verifies both and refuses a timestamp
+/// far from its clock, so a captured body cannot be sent again later. Each try is signed anew.
 pub struct WebhookChannel {
     client: reqwest::Client,
     url: Secret,
@@ -211,10 +215,9 @@ impl Channel for WebhookChannel {
     }
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
         let body = serde_json::to_vec(notification).map_err(|e| ChannelError::Delivery(e.to_string()))?;
-        let signature = self
-            .secret
-            .as_ref()
-            .map(|key| selfheal_config::signature::sign(key.expose().as_bytes(), &body));
+        let signature = self.secret.as_ref().map(|key| {
+            selfheal_config::signature::sign_at(key.expose().as_bytes(), chrono::Utc::now().timestamp(), &body)
+        });
         post(&self.client, &self.url, body, signature).await
     }
 }

@@ -48,7 +48,8 @@ pub struct NotifierConfig {
     pub webhook_url: Option<Secret>,
     /// File holding `webhook_url` (used when `webhook_url` is unset).
     pub webhook_url_file: Option<PathBuf>,
-    /// Key for HMAC-SHA256 signatures of webhook bodies (`X-Selfheal-Signature: sha256=<hex>`).
+    /// Key for HMAC-SHA256 signatures of webhook bodies: `X-Selfheal-Timestamp: <unix seconds>`
+    /// and `X-Selfheal-Signature: sha256=<hex of HMAC("<timestamp>.<body>")>`.
     pub webhook_secret: Option<Secret>,
     /// File holding `webhook_secret` (used when `webhook_secret` is unset).
     pub webhook_secret_file: Option<PathBuf>,

@@ -145,15 +145,23 @@ async fn the_webhook_is_signed_with_the_shared_key() -> anyhow::Result<()> {
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("nothing received"))?;
-    let signature = headers
-        .get("x-selfheal-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let signature = header("x-selfheal-signature");
+    let timestamp: i64 = header("x-selfheal-timestamp").parse()?;
     assert!(
-        selfheal_config::signature::verify(b"shared-key", &body, signature),
+        (chrono::Utc::now().timestamp() - timestamp).abs() < 60,
+        "the signature's time is now: {timestamp}"
+    );
+    // The signature covers the time and the body: neither can change, nor the key.
+    let signed = selfheal_config::signature::timestamped(timestamp, &body);
+    assert!(
+        selfheal_config::signature::verify(b"shared-key", &signed, signature),
         "{signature}"
     );
-    assert!(!selfheal_config::signature::verify(b"other-key", &body, signature));
+    assert!(!selfheal_config::signature::verify(b"other-key", &signed, signature));
+    let later = selfheal_config::signature::timestamped(timestamp + 3600, &body);
+    assert!(!selfheal_config::signature::verify(b"shared-key", &later, signature));
+    assert!(!selfheal_config::signature::verify(b"shared-key", &body, signature));
     let parsed: Value = serde_json::from_slice(&body)?;
     assert_eq!(parsed["incident"], "b5d5962cd0aec154");
     assert_eq!(parsed["trace_id"], "f449e2af31bff732339503f195807394");
