@@ -5,8 +5,14 @@
 #   input.incident        the incident key
 #   input.metrics         metric name -> number, for the configured PromQL queries that could be read
 #   input.metrics_errors  metric name -> why it could not be read (absent is never zero)
-#   input.history         this service's automatic actions in the limit window: [{incident, action, at}]
+#   input.history         this service's automatic actions in the limit window:
+#                         [{incident, action, at, alertname, outcome, outcome_at}]
 #   input.target          what the GitOps repository says about the service, when known
+#   input.windows         the critical windows in force for this alert (and the freeze):
+#                         [{name, kind, until, description, reason}]
+#   input.recently_fixed_seconds  how soon after a verified fix a repeat is not fixed again
+#   input.dependents      the service's callers: [{service, rate, firing}] (rate: requests/s)
+#   input.max_firing_dependents   more callers firing than this: a wider incident (0: off)
 #   input.now             RFC 3339 time of evaluation
 #
 # Output: data.selfheal.decision, an object with
@@ -58,7 +64,12 @@ unconfirmed contains sprintf("%v restarts, not over 3", [input.metrics.restarts]
 	input.metrics.restarts <= 3
 }
 
-recent_rollbacks := count([h | some h in input.history; h.action == "rollback"])
+# Rollbacks in the last 30 minutes (the history may reach further back, for recently_fixed).
+rollback_window_ns := (30 * 60) * 1000000000
+
+older(h) if time.parse_rfc3339_ns(input.now) - time.parse_rfc3339_ns(h.at) >= rollback_window_ns
+
+recent_rollbacks := count([h | some h in input.history; h.action == "rollback"; not older(h)])
 
 rollback_decision := {
 	"action": "escalate",
@@ -132,17 +143,75 @@ scale_decision := {
 
 # --- the decision -----------------------------------------------------------------------------
 
-default decision := {
+# What the rules above would do.
+default wanted := {
 	"action": "none",
 	"approval": "required",
 	"reason": "no remediation rule matches this alert",
 }
 
-decision := rollback_decision if allow_rollback
+wanted := rollback_decision if allow_rollback
 
-decision := scale_decision if {
+wanted := scale_decision if {
 	allow_scale
 	not allow_rollback
+}
+
+changes if wanted.action in {"rollback", "scale", "restart"}
+
+# A person decides, not selfheal, inside a critical window, and when the same alert comes back
+# soon after a verified fix (`recently_fixed_seconds`): a fix that must be repeated hides a cause. (The service
+# enforces both too, whatever a policy says: `[[windows]]`, the freeze, `limits.recently_fixed`.)
+windows := object.get(input, "windows", [])
+
+# The service's `limits.recently_fixed` (an hour when the input does not say).
+recently_fixed_ns := object.get(input, "recently_fixed_seconds", 3600) * 1000000000
+
+recent_fixes := [r |
+	some r in object.get(input, "history", [])
+	r.alertname == labels.alertname
+	r.outcome == "verified"
+	time.parse_rfc3339_ns(input.now) - time.parse_rfc3339_ns(r.outcome_at) < recently_fixed_ns
+]
+
+window_why := sprintf(" (%s)", [windows[0].reason]) if windows[0].reason
+
+default window_why := ""
+
+held := sprintf("critical window %q%s is in force until %s", [windows[0].name, window_why, windows[0].until]) if count(windows) > 0
+
+held := sprintf("%s was fixed by a %s verified at %s and fired again", [labels.alertname, recent_fixes[0].action, recent_fixes[0].outcome_at]) if {
+	count(windows) == 0
+	count(recent_fixes) > 0
+}
+
+# Blast radius: while more of the service's callers than `max_firing_dependents` have incidents
+# firing, a wider incident is under way and a change to this one service is not its fix.
+max_firing_dependents := object.get(input, "max_firing_dependents", 0)
+
+firing_dependents := [d.service | some d in object.get(input, "dependents", []); d.firing == true]
+
+held := sprintf("%d services that call %s have incidents firing (%s): a wider incident is under way", [count(firing_dependents), labels.service, concat(", ", firing_dependents)]) if {
+	count(windows) == 0
+	count(recent_fixes) == 0
+	max_firing_dependents > 0
+	count(firing_dependents) > max_firing_dependents
+}
+
+decision := wanted if not changes
+
+decision := wanted if {
+	changes
+	not held
+}
+
+decision := {
+	"action": "escalate",
+	"approval": "required",
+	"reason": sprintf("%s; the policy would %s: %s", [held, wanted.action, wanted.reason]),
+} if {
+	changes
+	held
 }
 
 # --- tests (selfheal policy test deploy/policies) ---------------------------------------------
@@ -182,6 +251,64 @@ test_escalate_after_two_rollbacks if {
 	history := [{"action": "rollback"}, {"action": "rollback"}]
 	d := decision with input as {"alert": {"labels": critical}, "history": history}
 	d.action == "escalate"
+}
+
+test_escalate_inside_a_critical_window if {
+	window := {"name": "market-open", "kind": "recurring", "until": "2026-12-01T03:00:00Z"}
+	d := decision with input as {"alert": {"labels": critical}, "windows": [window]}
+	d.action == "escalate"
+	d.approval == "required"
+	contains(d.reason, "critical window \"market-open\" is in force until 2026-12-01T03:00:00Z")
+	contains(d.reason, "would rollback")
+}
+
+test_a_window_does_not_turn_nothing_into_an_escalation if {
+	window := {"name": "market-open", "until": "2026-12-01T03:00:00Z"}
+	d := decision with input as {"alert": {"labels": {"alertname": "Other"}}, "windows": [window]}
+	d.action == "none"
+}
+
+test_escalate_when_a_verified_fix_is_needed_again if {
+	fix := {"incident": "a1", "action": "rollback", "alertname": "HighErrorRate", "outcome": "verified", "outcome_at": "2026-12-01T10:00:00Z"}
+	d := decision with input as {"alert": {"labels": critical}, "history": [fix], "now": "2026-12-01T10:20:00Z"}
+	d.action == "escalate"
+	contains(d.reason, "HighErrorRate was fixed by a rollback verified at 2026-12-01T10:00:00Z and fired again")
+}
+
+test_fix_again_after_the_recently_fixed_hour if {
+	fix := {"incident": "a1", "action": "rollback", "alertname": "HighErrorRate", "outcome": "verified", "outcome_at": "2026-12-01T10:00:00Z"}
+	d := decision with input as {"alert": {"labels": critical}, "history": [fix], "now": "2026-12-01T11:30:00Z"}
+	d.action == "rollback"
+}
+
+test_a_fix_of_another_alert_is_no_repeat if {
+	fix := {"incident": "a1", "action": "scale", "alertname": "HighCPU", "outcome": "verified", "outcome_at": "2026-12-01T10:00:00Z"}
+	d := decision with input as {"alert": {"labels": critical}, "history": [fix], "now": "2026-12-01T10:20:00Z"}
+	d.action == "rollback"
+}
+
+test_escalate_while_callers_are_firing if {
+	callers := [
+		{"service": "frontend", "rate": 12.5, "firing": true},
+		{"service": "mobile", "rate": 3, "firing": true},
+		{"service": "admin", "rate": 0.2, "firing": true},
+		{"service": "batch", "rate": 1, "firing": false},
+	]
+	d := decision with input as {"alert": {"labels": critical}, "dependents": callers, "max_firing_dependents": 2}
+	d.action == "escalate"
+	contains(d.reason, "3 services that call checkout have incidents firing (frontend, mobile, admin)")
+}
+
+test_act_while_few_callers_fire if {
+	callers := [{"service": "frontend", "firing": true}, {"service": "batch", "firing": false}]
+	d := decision with input as {"alert": {"labels": critical}, "dependents": callers, "max_firing_dependents": 2}
+	d.action == "rollback"
+}
+
+test_rollbacks_older_than_30_minutes_do_not_count if {
+	history := [{"action": "rollback", "at": "2026-12-01T09:00:00Z"}, {"action": "rollback", "at": "2026-12-01T09:10:00Z"}]
+	d := decision with input as {"alert": {"labels": critical}, "history": history, "now": "2026-12-01T10:00:00Z"}
+	d.action == "rollback"
 }
 
 test_warning_needs_approval if {

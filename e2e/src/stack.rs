@@ -376,14 +376,14 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Where the service `name` (`gateway`, `pr-controller`, …) serves gRPC: `127.0.0.1:PORT`.
+    /// Where the process `name` (`gateway`, `pr-controller`, a second replica added to
+    /// `specs`, …) serves gRPC: `127.0.0.1:PORT` (the last `SELFHEAL_*_GRPC_LISTEN` it is given).
     pub fn grpc_address(&self, name: &str) -> Option<String> {
-        let variable = format!("SELFHEAL_{}_GRPC_LISTEN", name.to_uppercase().replace('-', "_"));
         let spec = self.specs.get(name)?;
         spec.env
             .iter()
             .rev()
-            .find(|(k, _)| *k == variable)
+            .find(|(k, _)| k.starts_with("SELFHEAL_") && k.ends_with("_GRPC_LISTEN"))
             .map(|(_, v)| v.clone())
     }
 

@@ -1,4 +1,5 @@
-//! Operators' switches, read by every service that acts: the kill switch.
+//! Operators' switches, read by every service that acts: the kill switch, and the freeze (no
+//! automatic change until a time, for a reason: `selfheal freeze on --until … --reason …`).
 //!
 //! They live in their own bucket, [`BUCKET`], whose entries never expire (unlike the policy's
 //! reservations, which age out): a switch turned on stays on until somebody turns it off.
@@ -19,19 +20,33 @@ pub const BUCKET: &str = "selfheal_control";
 /// replica of every service, without a restart (`selfheal kill-switch on|off`).
 pub const KILL_SWITCH_KEY: &str = "kill_switch";
 
+/// The key of the ad-hoc freeze: a [`Freeze`] as JSON; `{}` when there is none.
+pub const FREEZE_KEY: &str = "freeze";
+
+/// An ad-hoc change freeze, for every service and replica at once: no automatic change until
+/// `until`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Freeze {
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
+    /// Who set it (the CLI's user).
+    #[serde(default)]
+    pub by: String,
+}
+
 /// Opens [`BUCKET`], creating it (entries kept until changed) if missing.
 pub async fn open(bus: &SharedBus) -> Result<SharedKeyValue, BusError> {
     bus.key_value(BUCKET, Duration::ZERO).await
 }
 
-/// Turns the kill switch on or off; `kv` is [`BUCKET`].
-pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), KvError> {
-    let value: Bytes = if on { "on".into() } else { "off".into() };
-    // Bounded: each lost compare-and-set means somebody else changed the switch meanwhile.
+/// Writes `value` at `key`, whatever was there (compare-and-set, tried again when somebody else
+/// wrote meanwhile).
+async fn set(kv: &SharedKeyValue, key: &str, value: Bytes) -> Result<(), KvError> {
+    // Bounded: each lost compare-and-set means somebody else changed the key meanwhile.
     for _ in 0..16 {
-        let written = match kv.get(KILL_SWITCH_KEY).await? {
-            None => kv.create(KILL_SWITCH_KEY, value.clone()).await,
-            Some(entry) => kv.update(KILL_SWITCH_KEY, value.clone(), entry.revision).await,
+        let written = match kv.get(key).await? {
+            None => kv.create(key, value.clone()).await,
+            Some(entry) => kv.update(key, value.clone(), entry.revision).await,
         };
         match written {
             Ok(_) => return Ok(()),
@@ -39,7 +54,35 @@ pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), KvErro
             Err(error) => return Err(error),
         }
     }
-    Err(KvError::Other("the kill switch kept changing; retry".into()))
+    Err(KvError::Other(format!("{key} kept changing; retry")))
+}
+
+/// Turns the kill switch on or off; `kv` is [`BUCKET`].
+pub async fn set_kill_switch(kv: &SharedKeyValue, on: bool) -> Result<(), KvError> {
+    set(kv, KILL_SWITCH_KEY, if on { "on".into() } else { "off".into() }).await
+}
+
+/// Sets the freeze, or lifts it (`None`); `kv` is [`BUCKET`].
+pub async fn set_freeze(kv: &SharedKeyValue, freeze: Option<&Freeze>) -> Result<(), KvError> {
+    let value = match freeze {
+        Some(freeze) => serde_json::to_vec(freeze).map_err(|e| KvError::Other(e.to_string()))?,
+        None => b"{}".to_vec(),
+    };
+    set(kv, FREEZE_KEY, value.into()).await
+}
+
+/// The freeze as stored, if one is set (it may have ended: compare `until` with now). A value
+/// that does not parse is an error, never "no freeze": an unreadable freeze fails closed.
+pub async fn freeze(kv: &SharedKeyValue) -> Result<Option<Freeze>, KvError> {
+    let Some(entry) = kv.get(FREEZE_KEY).await? else {
+        return Ok(None);
+    };
+    if entry.value.as_ref() == b"{}" {
+        return Ok(None);
+    }
+    serde_json::from_slice(&entry.value)
+        .map(Some)
+        .map_err(|e| KvError::Other(format!("{FREEZE_KEY} in {BUCKET} is unreadable ({e}): fix or lift it")))
 }
 
 /// Whether the kill switch is on; `kv` is [`BUCKET`].
@@ -79,6 +122,31 @@ impl KillSwitch {
     }
 }
 
+/// The freeze as the deciding path reads it, once per decision, reads at once sharing one round
+/// trip (as [`KillSwitch`]).
+#[derive(Clone)]
+pub struct FreezeReader {
+    kv: SharedKeyValue,
+    reads: std::sync::Arc<crate::coalesce::Coalesce<(), Result<Option<Freeze>, KvError>>>,
+}
+
+impl FreezeReader {
+    /// The freeze in `kv` ([`BUCKET`]).
+    pub fn new(kv: SharedKeyValue) -> Self {
+        Self {
+            kv,
+            reads: Default::default(),
+        }
+    }
+
+    /// The freeze in force at `now`, if any.
+    pub async fn in_force(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Option<Freeze>, KvError> {
+        let kv = self.kv.clone();
+        let read = self.reads.read((), move || async move { freeze(&kv).await }).await?;
+        Ok(read.filter(|f| f.until > now))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -100,6 +168,32 @@ mod tests {
         assert!(!switch.is_on().await?);
         set_kill_switch(&kv, true).await?;
         assert!(switch.is_on().await?, "read afresh after it was turned on");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_freeze_holds_until_its_time_and_lifts() -> Result<(), KvError> {
+        let kv: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        let reader = FreezeReader::new(kv.clone());
+        let now = chrono::Utc::now();
+        assert_eq!(reader.in_force(now).await?, None);
+        let freeze = Freeze {
+            until: now + chrono::Duration::hours(1),
+            reason: "payments migration".into(),
+            by: "oncall".into(),
+        };
+        set_freeze(&kv, Some(&freeze)).await?;
+        assert_eq!(reader.in_force(now).await?, Some(freeze.clone()));
+        assert_eq!(
+            reader.in_force(now + chrono::Duration::hours(2)).await?,
+            None,
+            "over after until"
+        );
+        set_freeze(&kv, None).await?;
+        assert_eq!(reader.in_force(now).await?, None, "lifted");
+        // Unreadable is an error, not "no freeze".
+        set(&kv, FREEZE_KEY, "garbage".into()).await?;
+        assert!(reader.in_force(now).await.is_err());
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //! Environment keys are the config path upper-cased with `__` between levels, after the service
 //! prefix: `SELFHEAL_GATEWAY_LISTEN`, `SELFHEAL_PR_CONTROLLER_TARGET__PATH`.
 
+pub mod labels;
+
 use std::{fmt, path::Path};
 
 use figment::{

@@ -49,6 +49,10 @@ enum Command {
         #[command(flatten)]
         nats: nats_args::NatsArgs,
     },
+    /// A change freeze for every service and replica at once: until it ends (or is turned off)
+    /// every decision that would change something escalates instead, naming the freeze. Kept
+    /// where the kill switch is, so a restart does not lift it.
+    Freeze(policy::FreezeArgs),
 }
 
 #[tokio::main]
@@ -62,6 +66,7 @@ async fn main() -> ExitCode {
         Command::Remediations(args) => remediations::run(args).await,
         Command::DeadLetters(args) => dead_letters::run(args).await,
         Command::KillSwitch { state, nats_url, nats } => policy::kill_switch(&state, &nats_url, &nats).await,
+        Command::Freeze(args) => policy::freeze(args).await,
     };
     match result {
         Ok(code) => code,

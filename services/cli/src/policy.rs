@@ -95,6 +95,78 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[derive(clap::Args)]
+pub struct FreezeArgs {
+    /// `on` (with --until and --reason), `off` or `status`.
+    #[arg(value_parser = ["on", "off", "status"])]
+    state: String,
+    /// When the freeze ends: an RFC 3339 time (`2026-12-24T18:00:00Z`) or a duration from now
+    /// (`2h`, `1d 12h`).
+    #[arg(long, required_if_eq("state", "on"))]
+    until: Option<String>,
+    /// Why: shown in every decision the freeze stops.
+    #[arg(long, required_if_eq("state", "on"))]
+    reason: Option<String>,
+    /// Who sets it (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+    /// The NATS server the services use.
+    #[arg(long, env = "SELFHEAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[command(flatten)]
+    nats: crate::nats_args::NatsArgs,
+}
+
+/// `--until`: an RFC 3339 time, or a duration from `now`; it must be later than `now`.
+fn freeze_end(text: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let until = match chrono::DateTime::parse_from_rfc3339(text.trim()) {
+        Ok(time) => time.with_timezone(&chrono::Utc),
+        Err(_) => {
+            let duration = humantime::parse_duration(text.trim()).map_err(|_| {
+                anyhow::anyhow!("--until: {text:?} is neither an RFC 3339 time nor a duration such as 2h")
+            })?;
+            now + chrono::Duration::from_std(duration)?
+        }
+    };
+    anyhow::ensure!(until > now, "--until: {text:?} is not in the future");
+    Ok(until)
+}
+
+/// `selfheal freeze on|off|status`.
+pub async fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
+    use selfheal_bus::control::{self, Freeze};
+    let options = selfheal_bus::nats::NatsOptions::new(&args.nats_url, "selfheal-cli").with_config(args.nats.auth()?);
+    let bus: selfheal_bus::SharedBus = std::sync::Arc::new(selfheal_bus::nats::NatsBus::connect(options).await?);
+    let kv = control::open(&bus).await?;
+    let now = chrono::Utc::now();
+    match args.state.as_str() {
+        "on" => {
+            let freeze = Freeze {
+                until: freeze_end(args.until.as_deref().unwrap_or_default(), now)?,
+                reason: args.reason.unwrap_or_default(),
+                by: args.by.or_else(|| std::env::var("USER").ok()).unwrap_or_default(),
+            };
+            control::set_freeze(&kv, Some(&freeze)).await?;
+        }
+        "off" => control::set_freeze(&kv, None).await?,
+        _ => {}
+    }
+    match control::freeze(&kv).await?.filter(|f| f.until > now) {
+        Some(freeze) => println!(
+            "frozen until {} ({}): no automatic change{}",
+            freeze.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            freeze.reason,
+            if freeze.by.is_empty() {
+                String::new()
+            } else {
+                format!("; set by {}", freeze.by)
+            }
+        ),
+        None => println!("no freeze"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `selfheal kill-switch on|off|status`.
 pub async fn kill_switch(state: &str, nats_url: &str, nats: &crate::nats_args::NatsArgs) -> anyhow::Result<ExitCode> {
     use selfheal_policy::limits;

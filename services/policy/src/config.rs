@@ -57,6 +57,14 @@ pub struct PolicyConfig {
     /// on round trips (the history, the target, the limits, the publish), so a burst is decided
     /// fastest when it is all in work at once: 256 takes a burst of 200 in one go.
     pub concurrency: usize,
+    /// Critical windows (`[[windows]]`): recurring (`days`, `start`, `end`, `time_zone`) or
+    /// one-off (`from`, `until`), each for the alerts it `match`es; inside one nothing is changed
+    /// automatically.
+    pub windows: Vec<crate::windows::WindowConfig>,
+    /// Who calls each service (`[dependents]`: a service-graph `query`, or `static` callers), and
+    /// the gateway to ask which of them are firing: `input.dependents`, and what
+    /// `limits.max_firing_dependents` counts.
+    pub dependents: crate::dependents::DependentsConfig,
     /// Where `input.target` comes from.
     pub target: crate::target::TargetConfig,
     /// Metrics read for the policy input.
@@ -85,6 +93,8 @@ impl Default for PolicyConfig {
             reload_interval: std::time::Duration::from_secs(2),
             ack_wait: std::time::Duration::from_secs(30),
             concurrency: 256,
+            windows: Vec::new(),
+            dependents: Default::default(),
             target: crate::target::TargetConfig::default(),
             metrics: crate::promql::MetricsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),

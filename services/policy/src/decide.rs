@@ -25,6 +25,16 @@ pub struct Extra {
     pub target: Value,
     /// Why `target` is empty, when it should not be.
     pub target_error: Option<String>,
+    /// The critical windows in force for the alert (and the freeze), as JSON objects.
+    pub windows: Vec<Value>,
+    /// `limits.recently_fixed`, in seconds (0: off).
+    pub recently_fixed_seconds: u64,
+    /// The service's callers (`[{service, rate, firing}]`).
+    pub dependents: Value,
+    /// Why `dependents` is incomplete, when it is.
+    pub dependents_error: Option<String>,
+    /// `limits.max_firing_dependents` (0: off).
+    pub max_firing_dependents: usize,
 }
 
 pub fn input(event: &AlertEvent, extra: &Extra, now: DateTime<Utc>) -> Value {
@@ -51,6 +61,11 @@ pub fn input(event: &AlertEvent, extra: &Extra, now: DateTime<Utc>) -> Value {
         "metrics": if extra.metrics.is_object() { extra.metrics.clone() } else { json!({}) },
         "metrics_errors": if extra.metrics_errors.is_object() { extra.metrics_errors.clone() } else { json!({}) },
         "history": if extra.history.is_array() { extra.history.clone() } else { json!([]) },
+        "windows": extra.windows,
+        "recently_fixed_seconds": extra.recently_fixed_seconds,
+        "dependents": if extra.dependents.is_array() { extra.dependents.clone() } else { json!([]) },
+        "dependents_error": extra.dependents_error,
+        "max_firing_dependents": extra.max_firing_dependents,
         "now": now.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     })
 }

@@ -1,6 +1,6 @@
 //! gRPC `selfheal.v1.Policy`: what the policies decide for an alert, without publishing.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use selfheal_config::TokenCheck;
 use selfheal_proto::v1::{
@@ -11,37 +11,22 @@ use selfheal_proto::v1::{
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 use tracing::Instrument;
 
-use crate::{decide, engine::PolicyEngine};
+use crate::decide;
 
 /// The gRPC service.
 pub struct PolicyService {
-    engine: Arc<dyn PolicyEngine>,
-    metrics: crate::promql::MetricsReader,
-    target: crate::target::TargetReader,
-    /// Read, never written: `Evaluate` shows the service's history and the limits as they stand.
-    limiter: crate::limits::Limiter,
+    /// `Evaluate` decides as the consumer does, previewing the limits (nothing is reserved).
+    decider: crate::decider::Decider,
     dry_run: bool,
 }
 
 /// The service behind its token check.
 pub fn server(
-    engine: Arc<dyn PolicyEngine>,
-    metrics: crate::promql::MetricsReader,
-    target: crate::target::TargetReader,
-    limiter: crate::limits::Limiter,
+    decider: crate::decider::Decider,
     dry_run: bool,
     tokens: TokenCheck,
 ) -> InterceptedService<PolicyServer<PolicyService>, TokenCheck> {
-    PolicyServer::with_interceptor(
-        PolicyService {
-            engine,
-            metrics,
-            target,
-            limiter,
-            dry_run,
-        },
-        tokens,
-    )
+    PolicyServer::with_interceptor(PolicyService { decider, dry_run }, tokens)
 }
 
 #[tonic::async_trait]
@@ -84,49 +69,18 @@ impl Policy for PolicyService {
             Some(service) if selfheal_proto::names::is_dns1123_label(service) => Some(service.clone()),
             Some(_) => None,
         };
-        let (decision, input) = async {
-            let now = chrono::Utc::now();
-            let history = match &service {
-                Some(service) => self
-                    .limiter
-                    .history(service, now)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("action history: {e}")))?,
-                None => Vec::new(),
-            };
-            let labels = event
-                .alert
-                .as_ref()
-                .map(|a| a.labels.clone().into_iter().collect())
-                .unwrap_or_default();
-            let ((metrics, metrics_errors), (target, target_error)) =
-                futures::join!(self.metrics.read(&labels), self.target.read(&labels));
-            let extra = decide::Extra {
-                history: serde_json::to_value(history).unwrap_or_default(),
-                metrics,
-                metrics_errors,
-                target,
-                target_error,
-            };
-            let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, dry_run, now).await;
-            if let Some(service) = &service
-                && decide::acts(&decision)
-                && !decision.dry_run
-            {
-                let action = decide::action_name(decision.action());
-                let verdict = self
-                    .limiter
-                    .preview(service, &event.incident_key, action, now)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("limits: {e}")))?;
-                if let crate::limits::Verdict::Refused(limit) = verdict {
-                    decide::refuse(&mut decision, &limit);
-                }
-            }
-            Ok::<_, Status>((decision, input))
-        }
-        .instrument(span)
-        .await?;
+        let (decision, input) = self
+            .decider
+            .decide(
+                &event,
+                service.as_deref(),
+                dry_run,
+                chrono::Utc::now(),
+                crate::decider::Mode::Preview,
+            )
+            .instrument(span)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::debug!(
             alert.name = labels.get("alertname").map(String::as_str).unwrap_or_default(),
             decision.action = decide::action_name(decision.action()),
@@ -140,7 +94,7 @@ impl Policy for PolicyService {
 
     async fn reload(&self, request: Request<ReloadRequest>) -> Result<Response<ListPoliciesResponse>, Status> {
         selfheal_config::require(&request, selfheal_config::Role::Operate)?;
-        match self.engine.reload() {
+        match self.decider.engine.reload() {
             Ok(files) => Ok(Response::new(ListPoliciesResponse {
                 policies: files
                     .into_iter()
@@ -162,6 +116,7 @@ impl Policy for PolicyService {
     ) -> Result<Response<ListPoliciesResponse>, Status> {
         selfheal_config::require(&request, selfheal_config::Role::Read)?;
         let policies = self
+            .decider
             .engine
             .policies()
             .into_iter()
@@ -182,7 +137,10 @@ mod tests {
     use selfheal_proto::v1::{Action, Alert};
 
     use super::*;
-    use crate::limits::{Limiter, LimitsConfig};
+    use crate::{
+        engine::PolicyEngine,
+        limits::{Limiter, LimitsConfig},
+    };
 
     /// `Evaluate` answers what the consumer would decide now: the service's history in the input,
     /// the limits applied, and nothing reserved.
@@ -202,10 +160,15 @@ mod tests {
             },
         );
         let service = PolicyService {
-            engine,
-            metrics: crate::promql::MetricsReader::none(),
-            target: crate::target::TargetReader::none(),
-            limiter: limiter.clone(),
+            decider: crate::decider::Decider {
+                engine,
+                metrics: crate::promql::MetricsReader::none(),
+                target: crate::target::TargetReader::none(),
+                limiter: limiter.clone(),
+                windows: Default::default(),
+                freeze: selfheal_bus::control::FreezeReader::new(Arc::new(MemoryKeyValue::default())),
+                dependents: Default::default(),
+            },
             dry_run: false,
         };
         let evaluate = || async {

@@ -9,12 +9,15 @@
 
 pub mod config;
 pub mod decide;
+pub mod decider;
+pub mod dependents;
 pub mod engine;
 pub mod grpc;
 pub mod limits;
 pub mod opa;
 pub mod promql;
 pub mod target;
+pub mod windows;
 
 use std::{sync::Arc, time::Duration};
 
@@ -37,33 +40,63 @@ use engine::PolicyEngine;
 /// The durable consumer name.
 pub const CONSUMER: &str = "policy";
 
+/// The durable consumer of remediation events: how each action ended, in its record.
+pub const OUTCOMES_CONSUMER: &str = "policy-outcomes";
+
+/// Writes how each automatic action ended (verified, escalated, failed, rejected) into its
+/// record, for `recently_fixed` and `input.history`.
+pub struct OutcomeHandler {
+    limiter: limits::Limiter,
+}
+
+#[async_trait]
+impl Handler for OutcomeHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        use selfheal_proto::v1::{RemediationEvent, RemediationState};
+        let event = match RemediationEvent::decode(delivery.payload.clone()) {
+            Ok(event) => event,
+            Err(error) => return Disposition::Reject(format!("undecodable RemediationEvent: {error}")),
+        };
+        let ended = matches!(
+            event.state(),
+            RemediationState::Verified
+                | RemediationState::Escalated
+                | RemediationState::Failed
+                | RemediationState::Rejected
+        );
+        if !ended || !selfheal_proto::names::is_dns1123_label(&event.service) {
+            return Disposition::Ack;
+        }
+        let at = event
+            .at
+            .as_ref()
+            .and_then(selfheal_proto::time::datetime)
+            .unwrap_or_else(chrono::Utc::now);
+        let outcome = selfheal_proto::names::state(event.state());
+        match self
+            .limiter
+            .record_outcome(&event.service, &event.incident_key, outcome, at)
+            .await
+        {
+            Ok(_) => Disposition::Ack,
+            Err(error) => {
+                tracing::warn!(error = %error, "outcome not recorded; retrying");
+                Disposition::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+}
+
 /// Turns each firing alert into a published decision.
 pub struct DecisionHandler {
-    engine: Arc<dyn PolicyEngine>,
+    decider: decider::Decider,
     bus: SharedBus,
     dry_run: bool,
-    limiter: limits::Limiter,
-    metrics: promql::MetricsReader,
-    target: target::TargetReader,
 }
 
 impl DecisionHandler {
-    pub fn new(
-        engine: Arc<dyn PolicyEngine>,
-        bus: SharedBus,
-        dry_run: bool,
-        limiter: limits::Limiter,
-        metrics: promql::MetricsReader,
-        target: target::TargetReader,
-    ) -> Self {
-        Self {
-            engine,
-            bus,
-            dry_run,
-            limiter,
-            metrics,
-            target,
-        }
+    pub fn new(decider: decider::Decider, bus: SharedBus, dry_run: bool) -> Self {
+        Self { decider, bus, dry_run }
     }
 }
 
@@ -99,43 +132,17 @@ impl DecisionHandler {
             .and_then(|a| a.labels.get("service"))
             .cloned()
             .unwrap_or_else(|| service.clone());
-        let history = match self.limiter.history(&service_label, now).await {
-            Ok(history) => serde_json::to_value(history).unwrap_or_default(),
+        let decided = self
+            .decider
+            .decide(&event, Some(&service_label), self.dry_run, now, decider::Mode::Reserve)
+            .await;
+        let (decision, input) = match decided {
+            Ok(decided) => decided,
             Err(error) => {
-                tracing::warn!(error = %error, "action history unavailable; retrying");
+                tracing::warn!(error = %error, "cannot decide now; retrying");
                 return Disposition::Retry(Duration::from_secs(1));
             }
         };
-        let labels = event
-            .alert
-            .as_ref()
-            .map(|a| a.labels.clone().into_iter().collect())
-            .unwrap_or_default();
-        let ((metrics, metrics_errors), (target, target_error)) =
-            futures::join!(self.metrics.read(&labels), self.target.read(&labels));
-        let extra = decide::Extra {
-            history,
-            metrics,
-            metrics_errors,
-            target,
-            target_error,
-        };
-        let (mut decision, input) = decide::decide(self.engine.as_ref(), &event, &extra, self.dry_run, now).await;
-        if decide::acts(&decision) && !decision.dry_run {
-            let action = decide::action_name(decision.action());
-            match self
-                .limiter
-                .reserve(&service_label, &event.incident_key, action, now)
-                .await
-            {
-                Ok(limits::Verdict::Allowed) => {}
-                Ok(limits::Verdict::Refused(limit)) => decide::refuse(&mut decision, &limit),
-                Err(error) => {
-                    tracing::warn!(error = %error, "limits unavailable; retrying");
-                    return Disposition::Retry(Duration::from_secs(1));
-                }
-            }
-        }
         metrics::histogram!(selfheal_telemetry::metrics::POLICY_EVAL_SECONDS).record(started.elapsed().as_secs_f64());
         let action = decide::action_name(decision.action());
         span.record("selfheal.action", action);
@@ -178,6 +185,8 @@ pub struct Policy {
     token: selfheal_config::TokenCheck,
     metrics: promql::MetricsReader,
     target: target::TargetReader,
+    windows: Arc<windows::Windows>,
+    dependents: dependents::DependentsReader,
     nats: selfheal_bus::config::CheckedNats,
     tls: Option<selfheal_runtime::grpc_tls::ServerTls>,
 }
@@ -213,8 +222,20 @@ impl Service for Policy {
             target::TargetReader::from_config(&config.target).map_err(|e| StartError::config(e.to_string()))?;
         let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
         let tls = selfheal_runtime::grpc_tls::ServerTls::from_config(&config.grpc_tls)?;
+        let windows = Arc::new(windows::Windows::new(&config.windows).map_err(StartError::config)?);
+        let dependents = dependents::DependentsReader::from_config(&config.dependents, metrics.source())
+            .map_err(StartError::config)?;
+        if config.limits.max_firing_dependents > 0
+            && (!dependents.configured() || config.dependents.incidents_url.is_none())
+        {
+            return Err(StartError::config(
+                "limits.max_firing_dependents: set [dependents] (query or static) and dependents.incidents_url, which it counts from",
+            ));
+        }
         Ok(Self {
             tls,
+            windows,
+            dependents,
             config,
             engine,
             token,
@@ -248,6 +269,8 @@ impl Service for Policy {
             metrics: metric_reader,
             target: target_reader,
             tls,
+            windows,
+            dependents,
             ..
         } = self;
         let cancel = CancellationToken::new();
@@ -255,7 +278,8 @@ impl Service for Policy {
             .limits
             .per_service_window
             .max(config.limits.global_window)
-            .max(config.limits.cooldown);
+            .max(config.limits.cooldown)
+            .max(config.limits.recently_fixed);
         let actions = bus.key_value(limits::BUCKET, window * 2).await?;
         let control = limits::control_bucket(&bus).await?;
         if limits::carry_over_kill_switch(&actions, &control)
@@ -266,16 +290,19 @@ impl Service for Policy {
                 "the kill switch was on in selfheal_actions (before the upgrade); it stays on, now in selfheal_control"
             );
         }
-        let limiter = limits::Limiter::new(actions, control, config.limits.clone());
-        let grpc_limiter = limiter.clone();
-        let handler = Arc::new(DecisionHandler::new(
-            engine.clone(),
-            bus.clone(),
-            config.dry_run,
-            limiter,
-            metric_reader.clone(),
-            target_reader.clone(),
-        ));
+        let decider = decider::Decider {
+            engine: engine.clone(),
+            limiter: limits::Limiter::new(actions, control.clone(), config.limits.clone()),
+            metrics: metric_reader,
+            target: target_reader,
+            windows,
+            freeze: selfheal_bus::control::FreezeReader::new(control),
+            dependents,
+        };
+        let outcomes = Arc::new(OutcomeHandler {
+            limiter: decider.limiter.clone(),
+        });
+        let handler = Arc::new(DecisionHandler::new(decider.clone(), bus.clone(), config.dry_run));
         let mut alerts = ConsumerSpec::new(CONSUMER, &["selfheal.alerts.firing.>"]);
         alerts.ack_wait = config.ack_wait;
         alerts.concurrency = config.concurrency;
@@ -285,9 +312,15 @@ impl Service for Policy {
             handler,
             cancel.clone().cancelled_owned(),
         ));
+        let outcomes_task = tokio::spawn(consumer::run(
+            bus.clone(),
+            ConsumerSpec::new(OUTCOMES_CONSUMER, &["selfheal.remediations.>"]),
+            outcomes,
+            cancel.clone().cancelled_owned(),
+        ));
         tokio::spawn(selfheal_telemetry::metrics::sample_consumer_lag(
             bus.clone(),
-            vec![CONSUMER.to_string()],
+            vec![CONSUMER.to_string(), OUTCOMES_CONSUMER.to_string()],
             Duration::from_secs(5),
             cancel.clone().cancelled_owned(),
         ));
@@ -314,14 +347,7 @@ impl Service for Policy {
             <selfheal_proto::v1::policy_server::PolicyServer<grpc::PolicyService> as tonic::server::NamedService>::NAME,
         )
         .await?
-        .add_service(grpc::server(
-            engine,
-            metric_reader,
-            target_reader,
-            grpc_limiter,
-            config.dry_run,
-            token,
-        ));
+        .add_service(grpc::server(decider, config.dry_run, token));
         let health = selfheal_telemetry::health::router(
             selfheal_telemetry::health::bus_ready(bus),
             selfheal_telemetry::metrics::install(),
@@ -331,6 +357,7 @@ impl Service for Policy {
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;
+        outcomes_task.await??;
         if let Some(reload_task) = reload_task {
             reload_task.await?;
         }

@@ -56,10 +56,13 @@ pub enum MetricsError {
 /// Most bytes read of one Prometheus answer (a single number is asked for).
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// Runs one PromQL query to one number.
+/// Runs PromQL queries.
 #[async_trait]
 pub trait MetricsSource: Send + Sync + 'static {
+    /// One number: a scalar, or the first sample of a vector.
     async fn query(&self, promql: &str) -> Result<f64, MetricsError>;
+    /// Every series of an instant vector: its labels and value.
+    async fn query_vector(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, MetricsError>;
 }
 
 /// The Prometheus HTTP API (`/api/v1/query`).
@@ -81,12 +84,12 @@ impl Prometheus {
     }
 }
 
-#[async_trait]
-impl MetricsSource for Prometheus {
-    async fn query(&self, promql: &str) -> Result<f64, MetricsError> {
+impl Prometheus {
+    /// The `data` of Prometheus's answer to `promql` (an instant query), read up to 1 MiB.
+    async fn data(&self, promql: &str) -> Result<Value, MetricsError> {
         let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.base), &[("query", promql)])
             .map_err(|e| MetricsError::Query(format!("prometheus_url: {e}")))?;
-        let response = self
+        let mut response = self
             .client
             .get(url)
             .headers(selfheal_telemetry::propagation::http_headers(&tracing::Span::current()))
@@ -94,7 +97,6 @@ impl MetricsSource for Prometheus {
             .await
             .map_err(|e| MetricsError::Unavailable(e.without_url().to_string()))?;
         let status = response.status();
-        let mut response = response;
         let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -103,27 +105,59 @@ impl MetricsSource for Prometheus {
         {
             if bytes.len() + chunk.len() > MAX_RESPONSE {
                 return Err(MetricsError::Query(format!(
-                    "the answer is over {MAX_RESPONSE} bytes; ask for one number"
+                    "the answer is over {MAX_RESPONSE} bytes; aggregate the query"
                 )));
             }
             bytes.extend_from_slice(&chunk);
         }
-        let body: Value = serde_json::from_slice(&bytes)
+        let mut body: Value = serde_json::from_slice(&bytes)
             .map_err(|e| MetricsError::Unavailable(format!("not JSON from prometheus: {e}")))?;
         if !status.is_success() || body["status"] != "success" {
             return Err(MetricsError::Query(
                 body["error"].as_str().unwrap_or(status.as_str()).to_string(),
             ));
         }
-        let sample = match body["data"]["resultType"].as_str() {
-            Some("vector") => &body["data"]["result"][0]["value"][1],
-            Some("scalar") => &body["data"]["result"][1],
-            other => return Err(MetricsError::Query(format!("unsupported result type {other:?}"))),
-        };
-        let value = sample.as_str().ok_or(MetricsError::NoData)?;
-        value
-            .parse::<f64>()
-            .map_err(|_| MetricsError::Query(format!("not a number: {value}")))
+        Ok(body["data"].take())
+    }
+}
+
+fn number(sample: &Value) -> Result<f64, MetricsError> {
+    let value = sample.as_str().ok_or(MetricsError::NoData)?;
+    value
+        .parse::<f64>()
+        .map_err(|_| MetricsError::Query(format!("not a number: {value}")))
+}
+
+#[async_trait]
+impl MetricsSource for Prometheus {
+    async fn query(&self, promql: &str) -> Result<f64, MetricsError> {
+        let data = self.data(promql).await?;
+        match data["resultType"].as_str() {
+            Some("vector") => number(&data["result"][0]["value"][1]),
+            Some("scalar") => number(&data["result"][1]),
+            other => Err(MetricsError::Query(format!("unsupported result type {other:?}"))),
+        }
+    }
+
+    async fn query_vector(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, MetricsError> {
+        let data = self.data(promql).await?;
+        if data["resultType"] != "vector" {
+            return Err(MetricsError::Query(format!(
+                "an instant vector is needed, not {}",
+                data["resultType"]
+            )));
+        }
+        let mut series = Vec::new();
+        for sample in data["result"].as_array().into_iter().flatten() {
+            let labels = sample["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            series.push((labels, number(&sample["value"][1])?));
+        }
+        Ok(series)
     }
 }
 
@@ -414,6 +448,11 @@ impl MetricsReader {
             config: std::sync::Arc::new(MetricsConfig::default()),
             source: None,
         }
+    }
+
+    /// Where the metrics come from (`None`: no `prometheus_url`).
+    pub fn source(&self) -> Option<std::sync::Arc<dyn MetricsSource>> {
+        self.source.clone()
     }
 
     /// (values, errors) for an alert with these labels.

@@ -83,6 +83,14 @@ pub struct LimitsConfig {
     /// The window `global_max` counts in.
     #[serde(with = "humantime_serde")]
     pub global_window: Duration,
+    /// An alert (its name, on its service) that selfheal fixed — verified — and that fires again
+    /// within this long after the fix is not fixed again by itself: it escalates, saying when it
+    /// was fixed (a fix that must be repeated hides a cause). Zero: off.
+    #[serde(with = "humantime_serde")]
+    pub recently_fixed: Duration,
+    /// Refuse a change while more than this many of the service's callers (`[dependents]`) have
+    /// incidents firing: a wider incident is under way. Zero: off.
+    pub max_firing_dependents: usize,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +102,8 @@ impl Default for LimitsConfig {
             cooldown: Duration::ZERO,
             global_max: 20,
             global_window: Duration::from_secs(60 * 60),
+            recently_fixed: Duration::from_secs(60 * 60),
+            max_firing_dependents: 0,
         }
     }
 }
@@ -108,6 +118,27 @@ pub struct ActionRecord {
     /// time does not parse makes its whole key unreadable: the limits fail closed.
     #[serde(with = "rfc3339_millis")]
     pub at: DateTime<Utc>,
+    /// The alert's name (empty in records from before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alertname: String,
+    /// How the action ended, once it has: `verified`, `escalated`, `failed`, `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// When it ended so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_at: Option<DateTime<Utc>>,
+}
+
+impl ActionRecord {
+    /// Whether this record is a fix of `alertname` verified within `window` before `now`, and
+    /// when it was verified.
+    fn verified_fix_of(&self, alertname: &str, window: Duration, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let at = self.outcome_at?;
+        (self.alertname == alertname
+            && self.outcome.as_deref() == Some("verified")
+            && (now - at).to_std().unwrap_or_default() < window)
+            .then_some(at)
+    }
 }
 
 /// A time as RFC 3339 with milliseconds, `2026-11-22T10:00:00.000Z`.
@@ -135,6 +166,9 @@ impl ActionRecord {
             service: service.into(),
             action: action.into(),
             at: now,
+            alertname: String::new(),
+            outcome: None,
+            outcome_at: None,
         }
     }
 }
@@ -263,6 +297,11 @@ impl Limiter {
         }
     }
 
+    /// The limits enforced.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
     fn key(scope: &Scope<'_>) -> String {
         match scope {
             Scope::Service(service) => format!("service.{service}"),
@@ -298,11 +337,70 @@ impl Limiter {
                 Ok(read_records(&kv, &key).await?.records)
             })
             .await?;
-        Ok(prune(
-            records,
-            now,
-            self.config.per_service_window.max(self.config.cooldown),
+        Ok(prune(records, now, self.keep()))
+    }
+
+    /// How long a service's records are kept: the longest of its window, the cooldown and
+    /// `recently_fixed`.
+    fn keep(&self) -> Duration {
+        self.config
+            .per_service_window
+            .max(self.config.cooldown)
+            .max(self.config.recently_fixed)
+    }
+
+    /// Why `alertname` is not to be fixed again by itself: when `history` (the service's) holds
+    /// a fix of it verified within `recently_fixed`, that fix and when.
+    pub fn recently_fixed(&self, history: &[ActionRecord], alertname: &str, now: DateTime<Utc>) -> Option<String> {
+        if self.config.recently_fixed.is_zero() || alertname.is_empty() {
+            return None;
+        }
+        let (record, at) = history
+            .iter()
+            .filter_map(|r| Some((r, r.verified_fix_of(alertname, self.config.recently_fixed, now)?)))
+            .max_by_key(|(_, at)| *at)?;
+        Some(format!(
+            "recently fixed: {alertname} on {} was fixed by a {} (incident {}) verified at {}, {} ago, and fired again within {}: a fix that must be repeated hides a cause",
+            record.service,
+            record.action,
+            record.incident,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            human((now - at).to_std().unwrap_or_default()),
+            human(self.config.recently_fixed)
         ))
+    }
+
+    /// Records how the action for `incident` on `service` ended (`verified`, `escalated`, …, at
+    /// `at`), for `recently_fixed` and the policy's history. `false` when no record of it is
+    /// kept (it aged out, or it was never an automatic action of this installation).
+    pub async fn record_outcome(
+        &self,
+        service: &str,
+        incident: &str,
+        outcome: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, LimitError> {
+        let key = Self::key(&Scope::Service(service));
+        // Bounded: each lost compare-and-set means another writer made progress.
+        for _ in 0..64 {
+            let read = self.read(&key).await?;
+            if read.unreadable.is_some() {
+                return Ok(false);
+            }
+            let mut records = read.records;
+            let Some(record) = records.iter_mut().find(|r| r.incident == incident) else {
+                return Ok(false);
+            };
+            if record.outcome.as_deref() == Some(outcome) {
+                return Ok(true);
+            }
+            record.outcome = Some(outcome.to_string());
+            record.outcome_at = Some(at);
+            if self.write(&key, &records, read.revision).await? {
+                return Ok(true);
+            }
+        }
+        Err(LimitError::Contended)
     }
 
     /// What [`Self::reserve`] would answer now, reserving nothing (`Evaluate`'s "what would
@@ -358,8 +456,21 @@ impl Limiter {
         action: &str,
         now: DateTime<Utc>,
     ) -> Result<Verdict, LimitError> {
+        self.reserve_for(service, incident, action, "", now).await
+    }
+
+    /// [`Self::reserve`], the record naming the alert (what `recently_fixed` looks for).
+    pub async fn reserve_for(
+        &self,
+        service: &str,
+        incident: &str,
+        action: &str,
+        alertname: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Verdict, LimitError> {
         let (verdict, answer) = tokio::sync::oneshot::channel();
-        let record = ActionRecord::new(incident, service, action, now);
+        let mut record = ActionRecord::new(incident, service, action, now);
+        record.alertname = alertname.to_string();
         self.queue
             .waiting
             .lock()
@@ -477,7 +588,11 @@ impl Limiter {
             ));
         }
         // Entries past every window are dropped whenever the key is written anyway.
-        held.records = prune(std::mem::take(&mut held.records), now, window.max(self.config.cooldown));
+        let keep = match scope {
+            Scope::Service(_) => self.keep(),
+            Scope::Global => window.max(self.config.cooldown),
+        };
+        held.records = prune(std::mem::take(&mut held.records), now, keep);
         let records = &mut held.records;
         if records.iter().any(|r| r.incident == record.incident) {
             return Verdict::Allowed;

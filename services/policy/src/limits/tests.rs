@@ -80,7 +80,11 @@ async fn an_unreadable_record_refuses_what_it_counts_and_is_kept() -> Result<(),
 
 #[tokio::test]
 async fn per_service_limit_counts_incidents_once_and_expires() -> Result<(), LimitError> {
-    let limiter = limiter(LimitsConfig::default());
+    // Without recently_fixed, records are kept only for the rate limit's window.
+    let limiter = limiter(LimitsConfig {
+        recently_fixed: Duration::ZERO,
+        ..Default::default()
+    });
     let t0 = Utc::now();
     assert_eq!(
         limiter.reserve("checkout", "a", "rollback", t0).await?,
@@ -202,12 +206,7 @@ impl Raced {
 #[tokio::test]
 async fn a_reservation_refused_after_a_lost_race_holds_no_slot() -> Result<(), LimitError> {
     let now = Utc::now();
-    let record = |incident: &str| ActionRecord {
-        incident: incident.into(),
-        service: "checkout".into(),
-        action: "rollback".into(),
-        at: now,
-    };
+    let record = |incident: &str| ActionRecord::new(incident, "checkout", "rollback", now);
     // The other replica takes checkout's two slots between our read and our write.
     let theirs = serde_json::to_vec(&[record("theirs1"), record("theirs2")]).expect("json");
     let kv = Arc::new(Raced {
@@ -307,5 +306,57 @@ async fn the_runtime_kill_switch_is_read_from_the_control_bucket() -> Result<(),
     );
     set_kill_switch(&control, false).await?;
     assert_eq!(limiter.reserve("a", "1", "rollback", now).await?, Verdict::Allowed);
+    Ok(())
+}
+
+/// A verified fix is kept in its record; the same alert within `recently_fixed` is a repeat,
+/// after it (or another alert, or a fix that was not verified) is not.
+#[tokio::test]
+async fn a_verified_fix_makes_a_repeat_within_the_window_a_refusal() -> Result<(), LimitError> {
+    let limiter = limiter(LimitsConfig {
+        recently_fixed: Duration::from_secs(3600),
+        ..Default::default()
+    });
+    let now = Utc::now();
+    assert_eq!(
+        limiter
+            .reserve_for("checkout", "first", "rollback", "HighErrorRate", now)
+            .await?,
+        Verdict::Allowed
+    );
+    // Escalated, not verified: no repeat.
+    assert!(limiter.record_outcome("checkout", "first", "escalated", now).await?);
+    let history = limiter.history("checkout", now).await?;
+    assert_eq!(limiter.recently_fixed(&history, "HighErrorRate", now), None);
+    let verified = now + chrono::Duration::minutes(5);
+    assert!(
+        limiter
+            .record_outcome("checkout", "first", "verified", verified)
+            .await?
+    );
+    assert!(
+        !limiter
+            .record_outcome("checkout", "unknown", "verified", verified)
+            .await?
+    );
+    let later = now + chrono::Duration::minutes(20);
+    let history = limiter.history("checkout", later).await?;
+    assert_eq!(history[0].outcome.as_deref(), Some("verified"));
+    assert_eq!(history[0].alertname, "HighErrorRate");
+    let refusal = limiter
+        .recently_fixed(&history, "HighErrorRate", later)
+        .expect("a repeat within the hour");
+    assert!(
+        refusal.starts_with(
+            "recently fixed: HighErrorRate on checkout was fixed by a rollback (incident first) verified at"
+        ),
+        "{refusal}"
+    );
+    assert_eq!(limiter.recently_fixed(&history, "HighCPU", later), None);
+    let past = verified + chrono::Duration::minutes(61);
+    assert_eq!(limiter.recently_fixed(&history, "HighErrorRate", past), None);
+    // The record outlives the rate-limit window while recently_fixed needs it.
+    let kept = limiter.history("checkout", now + chrono::Duration::minutes(45)).await?;
+    assert_eq!(kept.len(), 1, "kept for recently_fixed");
     Ok(())
 }

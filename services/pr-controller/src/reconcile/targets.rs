@@ -11,13 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ReconcileError;
 
-/// A label the alert must carry: a value to equal, or `{ regex = "..." }` to match in full.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged, expecting = "a label value, or { regex = \"...\" }")]
-pub enum LabelMatch {
-    Exact(String),
-    Regex { regex: String },
-}
+use selfheal_config::labels::Matchers;
+pub use selfheal_config::labels::{LabelMatch, is_label_name};
 
 /// One target (`[[targets]]`, or the single `[target]`). Templates (`path`, `name`,
 /// `namespace`, `container`, `image`) fill `{label}` from the alert's labels; each label used must
@@ -89,24 +84,9 @@ pub struct TargetError {
 /// The targets, checked and compiled: what [`Targets::choose`] picks from.
 #[derive(Clone, Debug)]
 pub struct Targets {
-    entries: Vec<(TargetConfig, Vec<(String, Matcher)>)>,
+    entries: Vec<(TargetConfig, Matchers)>,
     /// How the entries are called in errors: `targets[i]`, or `target` for the single one.
     names: Vec<String>,
-}
-
-#[derive(Clone, Debug)]
-enum Matcher {
-    Exact(String),
-    Regex(regex::Regex),
-}
-
-impl Matcher {
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Matcher::Exact(wanted) => wanted == value,
-            Matcher::Regex(regex) => regex.is_match(value),
-        }
-    }
 }
 
 /// A target chosen for one alert, its templates filled.
@@ -181,19 +161,7 @@ impl Targets {
                     ));
                 }
             }
-            let mut matchers = Vec::new();
-            for (label, wanted) in &config.matches {
-                if !is_label_name(label) {
-                    return Err(error("match", format!("{label:?} is not a label name")));
-                }
-                let matcher = match wanted {
-                    LabelMatch::Exact(value) => Matcher::Exact(value.clone()),
-                    LabelMatch::Regex { regex } => regex::Regex::new(&format!("^(?:{regex})$"))
-                        .map(Matcher::Regex)
-                        .map_err(|e| error(&format!("match.{label}"), format!("not a regex: {e}")))?,
-                };
-                matchers.push((label.clone(), matcher));
-            }
+            let matchers = Matchers::new(&config.matches).map_err(|(field, problem)| error(&field, problem))?;
             entries.push((config, matchers));
             names.push(name);
         }
@@ -210,11 +178,7 @@ impl Targets {
                 "the alert's service label is missing or not a DNS-1123 label".into(),
             ));
         }
-        let Some(index) = self.entries.iter().position(|(_, matchers)| {
-            matchers
-                .iter()
-                .all(|(label, matcher)| labels.get(label).is_some_and(|value| matcher.matches(value)))
-        }) else {
+        let Some(index) = self.entries.iter().position(|(_, matchers)| matchers.matches(labels)) else {
             return Err(ReconcileError::Refused(format!(
                 "no target matches the alert's labels {}",
                 self.shown(labels)
@@ -247,7 +211,7 @@ impl Targets {
     fn shown(&self, labels: &BTreeMap<String, String>) -> String {
         let mut names: BTreeSet<&str> = ["service", "namespace", "cluster"].into();
         for (_, matchers) in &self.entries {
-            names.extend(matchers.iter().map(|(label, _)| label.as_str()));
+            names.extend(matchers.labels());
         }
         let shown: Vec<String> = names
             .into_iter()
@@ -261,13 +225,6 @@ impl Targets {
             .collect();
         format!("{{{}}}", shown.join(", "))
     }
-}
-
-/// Whether `name` is a Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The labels `template` uses, or why it is not a template.
