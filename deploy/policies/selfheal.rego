@@ -174,7 +174,10 @@ recent_fixes := [r |
 	time.parse_rfc3339_ns(input.now) - time.parse_rfc3339_ns(r.outcome_at) < recently_fixed_ns
 ]
 
-window_why := sprintf(" (%s)", [windows[0].reason]) if windows[0].reason
+window_why := sprintf(" (%s)", [windows[0].reason]) if {
+	is_string(windows[0].reason)
+	windows[0].reason != ""
+}
 
 default window_why := ""
 
@@ -254,11 +257,12 @@ test_escalate_after_two_rollbacks if {
 }
 
 test_escalate_inside_a_critical_window if {
-	window := {"name": "market-open", "kind": "recurring", "until": "2026-12-01T03:00:00Z"}
+	window := {"name": "market-open", "kind": "recurring", "until": "2026-12-01T03:00:00Z", "reason": null}
 	d := decision with input as {"alert": {"labels": critical}, "windows": [window]}
 	d.action == "escalate"
 	d.approval == "required"
 	contains(d.reason, "critical window \"market-open\" is in force until 2026-12-01T03:00:00Z")
+	not contains(d.reason, "null")
 	contains(d.reason, "would rollback")
 }
 

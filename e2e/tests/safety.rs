@@ -1,13 +1,13 @@
 //! The seeds' safety questions, on a real nats-server with two policy replicas sharing the
 //! `policy` consumer.
 //!
-//! * Critical windows: a one-off window around the test's own now holds for `checkout`: its
+//! * Critical windows: a one-off window around the test's own now holds for `orders`: its
 //!   critical HighErrorRate escalates naming the window, while `cart` — matched only by a window
 //!   an hour from now — rolls back.
 //! * The freeze: `selfheal freeze on` stops every automatic change on both replicas (each one's
 //!   `Evaluate` says so, and alerts they consume escalate), `status` says until when, `off`
 //!   resumes.
-//! * Recently fixed: `search`'s HighErrorRate is rolled back and verified (the alert resolves);
+//! * Recently fixed: `checkout`'s HighErrorRate is rolled back and verified (the alert resolves);
 //!   the same alert again within `recently_fixed` escalates with the fix's time; once that
 //!   window has passed, it is fixed again.
 //! * Blast radius: a real Prometheus scrapes an exporter serving servicegraph-shaped series
@@ -110,14 +110,14 @@ async fn evaluate_with_input(port: &str, service: &str) -> anyhow::Result<(Decis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn critical_windows_and_the_freeze_hold_on_every_replica() -> anyhow::Result<()> {
+async fn windows_the_freeze_recently_fixed_and_blast_radius_hold_on_every_replica() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let now = chrono::Utc::now();
     let at = |minutes: i64| (now + chrono::Duration::minutes(minutes)).to_rfc3339();
     std::fs::write(
         temp.path().join("policy-windows.toml"),
         format!(
-            "[[windows]]\nname = \"checkout-release\"\nmatch = {{ service = \"checkout\" }}\nfrom = \"{}\"\nuntil = \"{}\"\nreason = \"release train\"\n\n\
+            "[[windows]]\nname = \"orders-release\"\nmatch = {{ service = \"orders\" }}\nfrom = \"{}\"\nuntil = \"{}\"\nreason = \"release train\"\n\n\
              [[windows]]\nname = \"cart-later\"\nmatch = {{ service = \"cart\" }}\nfrom = \"{}\"\nuntil = \"{}\"\n",
             at(-1),
             at(30),
@@ -159,9 +159,9 @@ recently_fixed = \"{RECENTLY_FIXED}\"
         temp.path(),
         &[],
         &[
-            ("checkout", releases),
+            ("orders", releases),
             ("cart", releases),
-            ("search", releases),
+            ("checkout", releases),
             ("payments", releases),
         ],
         &env,
@@ -183,13 +183,13 @@ recently_fixed = \"{RECENTLY_FIXED}\"
     ];
 
     // Inside checkout's window: escalated, naming it. Cart's window is an hour away: rolled back.
-    let checkout = alert(&stack, "checkout", "2026-12-01T10:00:00Z").await?;
-    let held = decision(&stack, "checkout", &checkout).await?;
+    let orders = alert(&stack, "orders", "2026-12-01T10:00:00Z").await?;
+    let held = decision(&stack, "orders", &orders).await?;
     ensure!(
         held.action() == Action::Escalate
             && held
                 .reason
-                .contains("critical window \"checkout-release\" (release train)")
+                .contains("critical window \"orders-release\" (release train)")
             && held.reason.contains("rollback"),
         "{:?}: {}",
         held.action(),
@@ -388,13 +388,13 @@ async fn blast_radius(stack: &Stack, replicas: &[String]) -> anyhow::Result<()> 
 /// `limits.recently_fixed` in the test: long enough to fire the alert again inside it.
 const RECENTLY_FIXED: &str = "20s";
 
-/// `search`: fixed and verified; again within the window: escalated; after it: fixed again.
+/// `checkout`: fixed and verified; again within the window: escalated; after it: fixed again.
 async fn recently_fixed(stack: &Stack, replicas: &[String]) -> anyhow::Result<()> {
-    let first = alert(stack, "search", "2026-12-01T13:00:00Z").await?;
-    ensure!(decision(stack, "search", &first).await?.action() == Action::Rollback);
+    let first = alert(stack, "checkout", "2026-12-01T13:00:00Z").await?;
+    ensure!(decision(stack, "checkout", &first).await?.action() == Action::Rollback);
     let nats_url = stack.nats_url.clone();
     let state = async |wanted: RemediationState| {
-        events(&nats_url, "search").await.is_ok_and(|(_, remediations)| {
+        events(&nats_url, "checkout").await.is_ok_and(|(_, remediations)| {
             remediations
                 .iter()
                 .any(|r| r.incident_key == first && r.state() == wanted)
@@ -409,7 +409,7 @@ async fn recently_fixed(stack: &Stack, replicas: &[String]) -> anyhow::Result<()
         "version": "4", "status": "resolved", "receiver": "selfheal", "groupKey": "{}:{fp=\"first\"}",
         "truncatedAlerts": 0, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager",
         "alerts": [{
-            "status": "resolved", "labels": labels("search"), "annotations": {},
+            "status": "resolved", "labels": labels("checkout"), "annotations": {},
             "startsAt": "2026-12-01T13:00:00Z", "endsAt": chrono::Utc::now().to_rfc3339(),
             "generatorURL": "http://prometheus/graph", "fingerprint": "2026-12-01T13:00:00Z",
         }],
@@ -421,7 +421,7 @@ async fn recently_fixed(stack: &Stack, replicas: &[String]) -> anyhow::Result<()
         state(RemediationState::Verified).await
     })
     .await?;
-    let (_, remediations) = events(&nats_url, "search").await?;
+    let (_, remediations) = events(&nats_url, "checkout").await?;
     let verified_at = remediations
         .iter()
         .find(|r| r.incident_key == first && r.state() == RemediationState::Verified)
@@ -433,7 +433,7 @@ async fn recently_fixed(stack: &Stack, replicas: &[String]) -> anyhow::Result<()
     // Both replicas know of the verified fix once its outcome is in the record.
     for replica in replicas {
         until("the outcome in the record", stack, async || {
-            evaluate(replica, "search")
+            evaluate(replica, "checkout")
                 .await
                 .is_ok_and(|d| d.action() == Action::Escalate && d.reason.contains("fired again"))
         })
@@ -441,8 +441,8 @@ async fn recently_fixed(stack: &Stack, replicas: &[String]) -> anyhow::Result<()
     }
     // The same alert again: not fixed again by itself, and the reason says when it was fixed
     // (the default policy says so; the service would, were the policy to want a change anyway).
-    let again = alert(stack, "search", "2026-12-01T13:10:00Z").await?;
-    let repeat = decision(stack, "search", &again).await?;
+    let again = alert(stack, "checkout", "2026-12-01T13:10:00Z").await?;
+    let repeat = decision(stack, "checkout", &again).await?;
     ensure!(
         repeat.action() == Action::Escalate
             && repeat.reason.contains(&format!("verified at {verified_at}"))
@@ -453,13 +453,13 @@ async fn recently_fixed(stack: &Stack, replicas: &[String]) -> anyhow::Result<()
     );
     // Once the window has passed, it is fixed again.
     until("the recently-fixed window to pass", stack, async || {
-        evaluate(&replicas[0], "search")
+        evaluate(&replicas[0], "checkout")
             .await
             .is_ok_and(|d| d.action() == Action::Rollback)
     })
     .await?;
-    let later = alert(stack, "search", "2026-12-01T13:20:00Z").await?;
-    let fixed = decision(stack, "search", &later).await?;
+    let later = alert(stack, "checkout", "2026-12-01T13:20:00Z").await?;
+    let fixed = decision(stack, "checkout", &later).await?;
     ensure!(
         fixed.action() == Action::Rollback,
         "{:?}: {}",

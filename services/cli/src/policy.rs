@@ -25,6 +25,10 @@ pub enum PolicyCommand {
         /// The rule whose value is the decision.
         #[arg(long, default_value = "data.selfheal.decision")]
         query: String,
+        /// The policy service's config file: its `[[windows]]` in force now go into the input,
+        /// with `limits.recently_fixed` and `limits.max_firing_dependents`.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -34,8 +38,14 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             alert,
             policy_dir,
             query,
+            config,
         } => {
             let engine = RegoEngine::load_dir(&policy_dir, &query)?;
+            let config: selfheal_policy::PolicyConfig = match &config {
+                Some(path) => selfheal_config::load(Some(path), "SELFHEAL_POLICY_")?,
+                None => Default::default(),
+            };
+            let windows = selfheal_policy::windows::Windows::new(&config.windows).map_err(anyhow::Error::msg)?;
             let body = std::fs::read(&alert).with_context(|| format!("reading {}", alert.display()))?;
             let webhook =
                 selfheal_gateway::webhook::parse(&body).map_err(|e| anyhow::anyhow!("{}: {e}", alert.display()))?;
@@ -50,14 +60,23 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: refused: {refused}", alert.display());
             }
             for event in events.accepted {
-                let (decision, input) = selfheal_policy::decide::decide(
-                    &engine,
-                    &event,
-                    &selfheal_policy::decide::Extra::default(),
-                    true,
-                    chrono::Utc::now(),
-                )
-                .await;
+                let now = chrono::Utc::now();
+                let labels = event
+                    .alert
+                    .as_ref()
+                    .map(|a| a.labels.clone().into_iter().collect())
+                    .unwrap_or_default();
+                let extra = selfheal_policy::decide::Extra {
+                    windows: windows
+                        .in_force(&labels, now)
+                        .iter()
+                        .map(selfheal_policy::windows::InForce::to_json)
+                        .collect(),
+                    recently_fixed_seconds: config.limits.recently_fixed.as_secs(),
+                    max_firing_dependents: config.limits.max_firing_dependents,
+                    ..Default::default()
+                };
+                let (decision, input) = selfheal_policy::decide::decide(&engine, &event, &extra, true, now).await;
                 let params = decision.params.clone().unwrap_or_default();
                 let output = serde_json::json!({
                     "input": input,
