@@ -58,6 +58,51 @@ fn policy_eval_prints_the_input_and_the_decision() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `selfheal policy eval` with arguments; its printed JSON, or its error.
+fn eval(args: &[&str]) -> anyhow::Result<Result<serde_json::Value, String>> {
+    let output = Command::new(binary("selfheal")?)
+        .current_dir(workspace_root())
+        .args(["policy", "eval"])
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        return Ok(Err(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    Ok(Ok(serde_json::from_slice(&output.stdout)?))
+}
+
+#[test]
+fn policy_eval_takes_metrics_and_a_whole_input() -> anyhow::Result<()> {
+    let alert = ["--alert", "examples/alertmanager-firing.json"];
+    // The metrics confirm the alert: rollback, saying so; they do not: nothing.
+    let confirmed = eval(&[&alert[..], &["--metric", "error_rate=0.12", "--metric", "restarts=5"]].concat())?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        confirmed["input"]["metrics"],
+        serde_json::json!({"error_rate": 0.12, "restarts": 5.0})
+    );
+    assert_eq!(confirmed["decision"]["action"], "rollback");
+    assert!(
+        confirmed["decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error rate 12%")),
+        "{confirmed}"
+    );
+    let calm = eval(&[&alert[..], &["--metric", "error_rate=0.01", "--metric", "restarts=5"]].concat())?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(calm["decision"]["action"], "none", "{calm}");
+    // The input it printed, given whole, is decided the same.
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, serde_json::to_vec(&confirmed["input"])?)?;
+    let whole = eval(&["--input", &input.display().to_string()])?.map_err(anyhow::Error::msg)?;
+    assert_eq!(whole["decision"], confirmed["decision"]);
+    // A metric without a value is refused, saying how to write one.
+    let refused = eval(&[&alert[..], &["--metric", "error_rate"]].concat())?;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("NAME=VALUE")), "{refused:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_switch_flips_the_shared_bucket() -> anyhow::Result<()> {
     let nats = selfheal_e2e::Nats::start().await?;

@@ -382,6 +382,25 @@ async fn blast_radius(stack: &Stack, replicas: &[String]) -> anyhow::Result<()> 
         .filter_map(|d| d["service"].as_str())
         .collect();
     ensure!(firing == ["admin", "frontend", "mobile"], "{seen}");
+
+    // The service's input, decided by `selfheal policy eval --input`: the same decision.
+    let (served, input) = evaluate_with_input(&replicas[0], "payments").await?;
+    let file = stack.dir.join("payments-input.json");
+    std::fs::write(&file, serde_json::to_vec(&input)?)?;
+    let output = tokio::process::Command::new(binary("selfheal")?)
+        .current_dir(selfheal_e2e::workspace_root())
+        .args(["policy", "eval", "--input"])
+        .arg(&file)
+        .output()
+        .await?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(
+        printed["decision"]["action"] == "escalate" && printed["decision"]["reason"] == served.reason.as_str(),
+        "policy eval --input: {} / the service: {}",
+        printed["decision"],
+        served.reason
+    );
     Ok(())
 }
 

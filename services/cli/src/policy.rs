@@ -13,12 +13,21 @@ pub enum PolicyCommand {
         /// Directory of .rego files.
         dir: PathBuf,
     },
-    /// Print the input document and the decision for each alert of an Alertmanager webhook body.
-    /// Evaluates locally: no metrics, history or limits (the services add those).
+    /// Print the input document and the decision for each alert of an Alertmanager webhook body,
+    /// or for a whole input document (--input, as `opa eval --input`). Evaluates locally: the
+    /// metrics are those given with --metric, and no history, target or limits are read.
     Eval {
         /// An Alertmanager webhook body (JSON), e.g. examples/alertmanager-firing.json.
-        #[arg(long)]
-        alert: PathBuf,
+        #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+        alert: Option<PathBuf>,
+        /// A whole input document (JSON), e.g. the `input` this command printed or the policy
+        /// service's `Evaluate` returned: decided as it is.
+        #[arg(long, conflicts_with_all = ["metric", "config"])]
+        input: Option<PathBuf>,
+        /// A metric's value for `input.metrics`, as the configured PromQL would have read it
+        /// (repeatable): `--metric error_rate=0.12 --metric restarts=5`.
+        #[arg(long, value_name = "NAME=VALUE", value_parser = metric)]
+        metric: Vec<(String, f64)>,
         /// Directory of .rego files.
         #[arg(long, default_value = "deploy/policies")]
         policy_dir: PathBuf,
@@ -32,14 +41,65 @@ pub enum PolicyCommand {
     },
 }
 
+/// `--metric NAME=VALUE`.
+fn metric(text: &str) -> Result<(String, f64), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write NAME=VALUE, e.g. error_rate=0.12"))?;
+    let value = value
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{text:?}: {value:?} is not a number"))?;
+    if name.trim().is_empty() {
+        return Err(format!("{text:?}: the metric has no name"));
+    }
+    Ok((name.trim().to_string(), value))
+}
+
+/// One decision as `policy eval` prints it: the input and the decision.
+fn print_decision(input: &serde_json::Value, decision: &selfheal_proto::v1::Decision) -> anyhow::Result<()> {
+    let params = decision.params.clone().unwrap_or_default();
+    let output = serde_json::json!({
+        "input": input,
+        "decision": {
+            "action": selfheal_proto::names::action(decision.action()),
+            "approval": selfheal_proto::names::approval(decision.approval()),
+            "reason": decision.reason,
+            "params": {"target_tag": params.target_tag, "replicas": params.replicas},
+            "policy": decision.policy,
+            "rule": decision.rule,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
 pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PolicyCommand::Eval {
+            input: Some(path),
+            policy_dir,
+            query,
+            ..
+        } => {
+            let engine = RegoEngine::load_dir(&policy_dir, &query)?;
+            let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let input: serde_json::Value =
+                serde_json::from_slice(&text).with_context(|| format!("{}: not a JSON document", path.display()))?;
+            anyhow::ensure!(input.is_object(), "{}: the input must be a JSON object", path.display());
+            let decision = selfheal_policy::decide::decide_input(&engine, &input, None, true, chrono::Utc::now()).await;
+            print_decision(&input, &decision)?;
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCommand::Eval {
             alert,
             policy_dir,
             query,
             config,
+            metric,
+            ..
         } => {
+            let alert = alert.context("--alert or --input is required")?;
             let engine = RegoEngine::load_dir(&policy_dir, &query)?;
             let config: selfheal_policy::PolicyConfig = match &config {
                 Some(path) => selfheal_config::load(Some(path), "SELFHEAL_POLICY_")?,
@@ -74,22 +134,14 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                         .collect(),
                     recently_fixed_seconds: config.limits.recently_fixed.as_secs(),
                     max_firing_dependents: config.limits.max_firing_dependents,
+                    metrics: metric
+                        .iter()
+                        .map(|(name, value)| (name.clone(), serde_json::json!(value)))
+                        .collect(),
                     ..Default::default()
                 };
                 let (decision, input) = selfheal_policy::decide::decide(&engine, &event, &extra, true, now).await;
-                let params = decision.params.clone().unwrap_or_default();
-                let output = serde_json::json!({
-                    "input": input,
-                    "decision": {
-                        "action": selfheal_proto::names::action(decision.action()),
-                        "approval": selfheal_proto::names::approval(decision.approval()),
-                        "reason": decision.reason,
-                        "params": {"target_tag": params.target_tag, "replicas": params.replicas},
-                        "policy": decision.policy,
-                        "rule": decision.rule,
-                    },
-                });
-                println!("{}", serde_json::to_string_pretty(&output)?);
+                print_decision(&input, &decision)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -87,13 +87,25 @@ pub async fn decide(
     now: DateTime<Utc>,
 ) -> (Decision, Value) {
     let input = input(event, extra, now);
+    let decision = decide_input(engine, &input, Some(event.clone()), dry_run, now).await;
+    (decision, input)
+}
+
+/// The decision for a whole input document (`selfheal policy eval --input`, as `opa eval
+/// --input`): what [`decide`] answers for the event and the extras that built it.
+pub async fn decide_input(
+    engine: &dyn PolicyEngine,
+    input: &Value,
+    event: Option<AlertEvent>,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Decision {
     let mut decision = Decision {
-        incident_key: event.incident_key.clone(),
+        incident_key: input["incident"].as_str().unwrap_or_default().to_string(),
         rule: engine.query().to_string(),
-        alert: Some(event.clone()),
+        alert: event,
         dry_run,
-        metrics: extra
-            .metrics
+        metrics: input["metrics"]
             .as_object()
             .map(|metrics| {
                 metrics
@@ -105,14 +117,14 @@ pub async fn decide(
         decided_at: Some(selfheal_proto::time::timestamp(now)),
         ..Default::default()
     };
-    match engine.evaluate(&input).await {
+    match engine.evaluate(input).await {
         Ok((raw, policy)) => {
             decision.policy = policy;
             apply(&mut decision, raw);
         }
         Err(error) => escalate(&mut decision, &error),
     }
-    (decision, input)
+    decision
 }
 
 /// Whether the decision would change something (and so counts against the limits).
