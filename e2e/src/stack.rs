@@ -376,6 +376,22 @@ impl Stack {
         Ok(stack)
     }
 
+    /// `selfheal ARGS --nats-url <the stack's>` (a `selfheal` command that talks to the bus): its
+    /// exit status and output.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["--nats-url", &self.nats_url]);
+        let mut process = Process::start(
+            &format!("cli-{}", args.join("-")),
+            &binary("selfheal")?,
+            &full,
+            &[],
+            &self.dir,
+        )?;
+        let status = process.wait_exit(Duration::from_secs(30)).await?;
+        Ok((status.success(), process.output()))
+    }
+
     /// Where the process `name` (`gateway`, `pr-controller`, a second replica added to
     /// `specs`, …) serves gRPC: `127.0.0.1:PORT` (the last `SELFHEAL_*_GRPC_LISTEN` it is given).
     pub fn grpc_address(&self, name: &str) -> Option<String> {

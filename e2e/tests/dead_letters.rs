@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use selfheal_e2e::{
-    Process, binary, connect_nats,
+    connect_nats,
     stack::{Stack, events},
     wait_for, webhook_body,
 };
@@ -14,18 +14,7 @@ use selfheal_proto::v1::RemediationState;
 
 /// `selfheal dead-letters …` against the stack's NATS; its exit status and output.
 async fn cli(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let mut full = vec!["dead-letters"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--nats-url", &stack.nats_url]);
-    let mut process = Process::start(
-        &format!("cli-{}", args.join("-")),
-        &binary("selfheal")?,
-        &full,
-        &[],
-        &stack.dir,
-    )?;
-    let status = process.wait_exit(Duration::from_secs(30)).await?;
-    Ok((status.success(), process.output()))
+    stack.cli(&[&["dead-letters"], args].concat()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,6 @@
 //!   input with their rates; with three of them firing and `max_firing_dependents = 2`, its
 //!   HighErrorRate escalates naming the three.
 
-use std::time::Duration;
-
 use anyhow::{Context, ensure};
 use selfheal_e2e::{
     Process, TOKEN, binary, free_port,
@@ -27,18 +25,7 @@ use selfheal_proto::v1::{Action, Alert, Decision, EvaluateRequest, RemediationSt
 
 /// `selfheal freeze …` against the stack's NATS: its exit status and output.
 async fn freeze(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let mut full = vec!["freeze"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--nats-url", &stack.nats_url, "--by", "e2e"]);
-    let mut process = Process::start(
-        &format!("freeze-{}", args.join("-")),
-        &binary("selfheal")?,
-        &full,
-        &[],
-        &stack.dir,
-    )?;
-    let status = process.wait_exit(Duration::from_secs(30)).await?;
-    Ok((status.success(), process.output()))
+    stack.cli(&[&["freeze"], args, &["--by", "e2e"]].concat()).await
 }
 
 fn labels(service: &str) -> serde_json::Value {

@@ -398,8 +398,7 @@ impl Service for Notifier {
             config.grpc_token_file.as_deref(),
             &config.grpc_tokens,
             Self::ENV_PREFIX,
-        )
-        .map_err(|e| StartError::config(e.to_string()))?;
+        )?;
         let routes = routes_from(&config).map_err(|e| StartError::config(e.to_string()))?;
         let store = audit::SqlAuditStore::connect(config.database_url().expose())
             .await

@@ -204,8 +204,7 @@ impl Service for Policy {
             config.grpc_token_file.as_deref(),
             &config.grpc_tokens,
             Self::ENV_PREFIX,
-        )
-        .map_err(|e| StartError::config(e.to_string()))?;
+        )?;
         let engine: Arc<dyn PolicyEngine> = match &config.opa_url {
             Some(url) if !url.is_empty() => Arc::new(
                 opa::OpaEngine::new(url, &config.query, config.opa_timeout)

@@ -79,8 +79,7 @@ impl Service for PrController {
             config.grpc_token_file.as_deref(),
             &config.grpc_tokens,
             Self::ENV_PREFIX,
-        )
-        .map_err(|e| StartError::config(e.to_string()))?;
+        )?;
         let places: Vec<&str> = [
             (config.github.enabled(), "github.repository"),
             (config.gitlab.enabled(), "gitlab.project"),
