@@ -5,6 +5,7 @@
 //! prefix: `SELFHEAL_GATEWAY_LISTEN`, `SELFHEAL_PR_CONTROLLER_TARGET__PATH`.
 
 pub mod labels;
+pub mod slack;
 
 use std::{fmt, path::Path};
 

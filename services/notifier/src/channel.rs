@@ -108,6 +108,8 @@ pub struct SlackChannel {
     url: Secret,
     /// `https://github.com/acme/gitops/commit/{commit}`: makes the commit a link.
     commit_url: Option<String>,
+    /// Whether a remediation waiting for approval gets Approve and Reject buttons.
+    buttons: bool,
 }
 
 impl SlackChannel {
@@ -116,7 +118,15 @@ impl SlackChannel {
             client: client(timeout)?,
             url,
             commit_url,
+            buttons: false,
         })
+    }
+
+    /// Approve and Reject buttons on remediations waiting for approval (the Slack app's
+    /// interactivity must point at the pr-controller's `/slack/interactions`).
+    pub fn with_buttons(mut self, buttons: bool) -> Self {
+        self.buttons = buttons;
+        self
     }
 }
 
@@ -170,10 +180,48 @@ pub fn block_kit(n: &Notification, commit_url: Option<&str>) -> serde_json::Valu
     })
 }
 
-/// `text` as Slack's mrkdwn shows it literally: `&`, `<` and `>` escaped, as Slack asks
-/// ("Escaping text"), so no mention, channel ping or link can come from it.
-pub fn mrkdwn(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+pub use selfheal_config::slack::mrkdwn;
+
+/// Approve and Reject buttons for a remediation waiting for approval (Block Kit `actions`): a
+/// click goes to the Slack app's interactivity endpoint, which the pr-controller serves; each
+/// button's value is the incident key. Approve asks for a confirmation first.
+pub fn approval_buttons(n: &Notification) -> serde_json::Value {
+    use selfheal_config::slack::{APPROVAL_BLOCK, APPROVE_ACTION, REJECT_ACTION};
+    let change: String = format!("{} {} on {}: {} → {}", n.action, n.service, n.branch, n.from, n.to)
+        .chars()
+        .take(280)
+        .collect();
+    serde_json::json!({
+        "type": "actions",
+        "block_id": APPROVAL_BLOCK,
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "text": {"type": "plain_text", "text": "Approve"},
+                "style": "primary",
+                "value": n.incident,
+                "confirm": {
+                    "title": {"type": "plain_text", "text": "Merge this change?"},
+                    "text": {"type": "plain_text", "text": change},
+                    "confirm": {"type": "plain_text", "text": "Approve"},
+                    "deny": {"type": "plain_text", "text": "Cancel"},
+                },
+            },
+            {
+                "type": "button",
+                "action_id": REJECT_ACTION,
+                "text": {"type": "plain_text", "text": "Reject"},
+                "style": "danger",
+                "value": n.incident,
+            },
+        ],
+    })
+}
+
+/// Whether `n` is a remediation waiting for a person's approval.
+pub fn waits_for_approval(n: &Notification) -> bool {
+    n.kind == "remediation" && n.state == "opened" && !n.dry_run
 }
 
 #[async_trait]
@@ -182,8 +230,14 @@ impl Channel for SlackChannel {
         "slack"
     }
     async fn send(&self, notification: &Notification) -> Result<(), ChannelError> {
-        let body = serde_json::to_vec(&block_kit(notification, self.commit_url.as_deref()))
-            .map_err(|e| ChannelError::Delivery(e.to_string()))?;
+        let mut message = block_kit(notification, self.commit_url.as_deref());
+        if self.buttons
+            && waits_for_approval(notification)
+            && let Some(blocks) = message["blocks"].as_array_mut()
+        {
+            blocks.push(approval_buttons(notification));
+        }
+        let body = serde_json::to_vec(&message).map_err(|e| ChannelError::Delivery(e.to_string()))?;
         post(&self.client, &self.url, body, None).await
     }
 }
@@ -290,5 +344,34 @@ mod tests {
             all.contains("<https://git.example/c/0123456789abcdef|0123456789ab>"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn only_a_remediation_waiting_for_approval_gets_buttons_with_its_incident() {
+        let mut n = Notification {
+            kind: "remediation".into(),
+            incident: "a1b2".into(),
+            state: "opened".into(),
+            ..Default::default()
+        };
+        assert!(waits_for_approval(&n));
+        let buttons = approval_buttons(&n);
+        let elements = buttons["elements"].as_array().cloned().unwrap_or_default();
+        let ids: Vec<_> = elements
+            .iter()
+            .map(|e| (e["action_id"].clone(), e["value"].clone()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                (selfheal_config::slack::APPROVE_ACTION.into(), "a1b2".into()),
+                (selfheal_config::slack::REJECT_ACTION.into(), "a1b2".into())
+            ]
+        );
+        for (state, dry_run) in [("merged", false), ("opened", true)] {
+            n.state = state.into();
+            n.dry_run = dry_run;
+            assert!(!waits_for_approval(&n), "{state} {dry_run}");
+        }
     }
 }

@@ -57,6 +57,10 @@ pub struct NotifierConfig {
     pub slack_webhook_url: Option<Secret>,
     /// File holding `slack_webhook_url` (used when `slack_webhook_url` is unset).
     pub slack_webhook_url_file: Option<PathBuf>,
+    /// Approve and Reject buttons on Slack messages of remediations waiting for approval. The
+    /// Slack app's interactivity Request URL must be the pr-controller's `/slack/interactions`
+    /// (its `[slack]` settings say who may click).
+    pub slack_approval_buttons: bool,
     /// A link to a commit, with `{commit}` for its id (`https://github.com/acme/gitops/commit/{commit}`).
     pub commit_url_template: Option<String>,
     /// Which channel gets which notifications; empty: every configured channel gets all.
@@ -93,6 +97,7 @@ impl Default for NotifierConfig {
             webhook_secret_file: None,
             slack_webhook_url: None,
             slack_webhook_url_file: None,
+            slack_approval_buttons: false,
             commit_url_template: None,
             routes: Vec::new(),
             retry_base: Duration::from_secs(2),

@@ -508,11 +508,10 @@ pub fn routes_from(config: &NotifierConfig) -> Result<Vec<channel::Route>, Route
         )?));
     }
     if let Some(url) = config.slack_webhook_url.as_ref().filter(|u| !u.is_empty()) {
-        channels.push(Arc::new(channel::SlackChannel::new(
-            url.clone(),
-            config.commit_url_template.clone(),
-            config.webhook_timeout,
-        )?));
+        channels.push(Arc::new(
+            channel::SlackChannel::new(url.clone(), config.commit_url_template.clone(), config.webhook_timeout)?
+                .with_buttons(config.slack_approval_buttons),
+        ));
     }
     if channels.is_empty() || config.routes.iter().any(|r| r.channel == "log") {
         channels.push(Arc::new(channel::LogChannel));

@@ -94,6 +94,10 @@ pub struct PrControllerConfig {
     pub hold_image_automation: bool,
     /// After a merge, ask Argo CD or Flux to apply it now (both off by default).
     pub sync: crate::sync::SyncConfig,
+    /// Approve and reject from Slack (`[slack]`: `signing_secret`, `allowed_users`,
+    /// `allowed_groups`, `bot_token`): serves `POST /slack/interactions` on `listen`. Off
+    /// unless a signing secret is set.
+    pub slack: crate::slack::SlackConfig,
 }
 
 pub use crate::reconcile::{TargetConfig, TargetError};
@@ -131,6 +135,7 @@ impl Default for PrControllerConfig {
             gitea: Default::default(),
             remote: Default::default(),
             sync: Default::default(),
+            slack: Default::default(),
             hold_image_automation: true,
         }
     }

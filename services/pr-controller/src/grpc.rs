@@ -32,10 +32,10 @@ pub struct RemediationsService {
 
 /// The service behind its token check; each RPC checks its role.
 pub fn server(
-    handler: Arc<RemediationHandler>,
+    service: Arc<RemediationsService>,
     tokens: TokenCheck,
 ) -> InterceptedService<RemediationsServer<RemediationsService>, TokenCheck> {
-    RemediationsServer::with_interceptor(RemediationsService::new(handler), tokens)
+    InterceptedService::new(RemediationsServer::from_arc(service), tokens)
 }
 
 /// Who acted: a named token's name; for the shared token, what the caller says it is.
@@ -128,6 +128,90 @@ impl RemediationsService {
             // Moved meanwhile (another replica, a redelivery): report where it is now.
             None => self.record(&record.incident).await?.event().map_err(lifecycle_status),
         }
+    }
+}
+
+impl RemediationsService {
+    /// Approves the remediation of `incident_key` on behalf of `by` (a token's name, a Slack
+    /// user): its decision is carried out again, approved, and the event names `by`.
+    pub async fn approve_as(&self, incident_key: &str, by: &str) -> Result<RemediationEvent, Status> {
+        let record = self.record(incident_key).await?;
+        if record.state != RemediationState::Opened {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} is {}, not waiting for approval",
+                record.incident,
+                names::state(record.state)
+            )));
+        }
+        let note = format!("approved by {}", who(by));
+        tracing::info!(incident.key = %record.incident, %note, "approval");
+        self.again(&record, Some(Approval::Auto), note).await
+    }
+
+    /// Rejects the remediation of `incident_key` on behalf of `by`, with `reason` (its first
+    /// line, at most 500 characters): recorded first, so no redelivery carries it out, then the
+    /// pull request is closed.
+    pub async fn reject_as(&self, incident_key: &str, by: &str, reason: &str) -> Result<RemediationEvent, Status> {
+        let record = self.record(incident_key).await?;
+        if !matches!(record.state, RemediationState::Opened | RemediationState::Failed) {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} is {}; only an opened or failed one can be rejected",
+                record.incident,
+                names::state(record.state)
+            )));
+        }
+        let lifecycle = self
+            .handler
+            .lifecycle()
+            .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
+        let mut event = record.event().map_err(lifecycle_status)?;
+        event.set_state(RemediationState::Rejected);
+        let reason = reason.chars().take(500).collect::<String>();
+        let reason = reason.lines().next().unwrap_or("").trim();
+        event.message = match reason {
+            "" => format!("rejected by {}", who(by)),
+            reason => format!("rejected by {}: {reason}", who(by)),
+        };
+        let now = chrono::Utc::now();
+        event.at = Some(selfheal_proto::time::timestamp(now));
+        let state = lifecycle
+            .record(&event, &record.subject_service, now)
+            .await
+            .map_err(lifecycle_status)?;
+        if state != RemediationState::Rejected {
+            return Err(Status::failed_precondition(format!(
+                "remediation {} became {} meanwhile",
+                record.incident,
+                names::state(state)
+            )));
+        }
+        // A local branch is left as it is, for the record; a forge's proposal is closed.
+        let (forge, branch) = (self.handler.reconciler().forge().cloned(), event.branch.clone());
+        if let Some(forge) = forge
+            && !branch.is_empty()
+        {
+            let withdrawn = tokio::task::spawn_blocking(move || forge.withdraw(&branch))
+                .await
+                .map_err(|e| {
+                    selfheal_telemetry::errors::hidden(tonic::Code::Internal, "closing the pull request failed", &e)
+                })?;
+            if let Err(error) = withdrawn {
+                tracing::warn!(incident.key = %record.incident, error = %error, "pull request not closed");
+                event.message = format!("{}; the pull request could not be closed: {error}", event.message);
+            }
+        }
+        let span = tracing::info_span!(
+            "pr_controller.operator",
+            rpc.system = "grpc",
+            rpc.service = "selfheal.v1.Remediations",
+            rpc.method = "Reject",
+            selfheal.incident.key = %record.incident
+        );
+        self.handler
+            .publish(&record.subject_service, &event, &span)
+            .await
+            .map_err(Status::from)?;
+        Ok(event)
     }
 }
 
@@ -256,85 +340,17 @@ impl Remediations for RemediationsService {
     async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<RemediationEvent>, Status> {
         let caller = require(&request, Role::Operate)?;
         let request = request.into_inner();
-        let record = self.record(&request.incident_key).await?;
-        if record.state != RemediationState::Opened {
-            return Err(Status::failed_precondition(format!(
-                "remediation {} is {}, not waiting for approval",
-                record.incident,
-                names::state(record.state)
-            )));
-        }
-        let note = format!("approved by {}", actor(&caller, &request.by));
-        tracing::info!(incident.key = %record.incident, %note, "approval");
-        let event = self.again(&record, Some(Approval::Auto), note).await?;
-        Ok(Response::new(event))
+        let by = actor(&caller, &request.by);
+        Ok(Response::new(self.approve_as(&request.incident_key, &by).await?))
     }
 
     async fn reject(&self, request: Request<RejectRequest>) -> Result<Response<RemediationEvent>, Status> {
         let caller = require(&request, Role::Operate)?;
         let request = request.into_inner();
-        let record = self.record(&request.incident_key).await?;
-        if !matches!(record.state, RemediationState::Opened | RemediationState::Failed) {
-            return Err(Status::failed_precondition(format!(
-                "remediation {} is {}; only an opened or failed one can be rejected",
-                record.incident,
-                names::state(record.state)
-            )));
-        }
-        let lifecycle = self
-            .handler
-            .lifecycle()
-            .ok_or_else(|| Status::unimplemented("this pr-controller keeps no remediation records"))?;
-        let mut event = record.event().map_err(lifecycle_status)?;
-        // First the record, so that no redelivery carries the decision out from here on; then
-        // the pull request is closed.
-        event.set_state(RemediationState::Rejected);
-        let reason = request.reason.chars().take(500).collect::<String>();
-        let reason = reason.lines().next().unwrap_or("").trim();
-        event.message = match reason {
-            "" => format!("rejected by {}", actor(&caller, &request.by)),
-            reason => format!("rejected by {}: {reason}", actor(&caller, &request.by)),
-        };
-        let now = chrono::Utc::now();
-        event.at = Some(selfheal_proto::time::timestamp(now));
-        let state = lifecycle
-            .record(&event, &record.subject_service, now)
-            .await
-            .map_err(lifecycle_status)?;
-        if state != RemediationState::Rejected {
-            return Err(Status::failed_precondition(format!(
-                "remediation {} became {} meanwhile",
-                record.incident,
-                names::state(state)
-            )));
-        }
-        // A local branch is left as it is, for the record; a forge's proposal is closed.
-        let (forge, branch) = (self.handler.reconciler().forge().cloned(), event.branch.clone());
-        if let Some(forge) = forge
-            && !branch.is_empty()
-        {
-            let withdrawn = tokio::task::spawn_blocking(move || forge.withdraw(&branch))
-                .await
-                .map_err(|e| {
-                    selfheal_telemetry::errors::hidden(tonic::Code::Internal, "closing the pull request failed", &e)
-                })?;
-            if let Err(error) = withdrawn {
-                tracing::warn!(incident.key = %record.incident, error = %error, "pull request not closed");
-                event.message = format!("{}; the pull request could not be closed: {error}", event.message);
-            }
-        }
-        let span = tracing::info_span!(
-            "pr_controller.operator",
-            rpc.system = "grpc",
-            rpc.service = "selfheal.v1.Remediations",
-            rpc.method = "Reject",
-            selfheal.incident.key = %record.incident
-        );
-        self.handler
-            .publish(&record.subject_service, &event, &span)
-            .await
-            .map_err(Status::from)?;
-        Ok(Response::new(event))
+        let by = actor(&caller, &request.by);
+        Ok(Response::new(
+            self.reject_as(&request.incident_key, &by, &request.reason).await?,
+        ))
     }
 
     async fn retry(&self, request: Request<RetryRequest>) -> Result<Response<RemediationEvent>, Status> {

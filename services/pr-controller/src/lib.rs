@@ -12,7 +12,8 @@
 //!
 //! Layout: `handler` (a decision in, its event out), `batch` (decisions carried out together),
 //! `reconcile` (the change itself, idempotent per incident), `lifecycle` and `verify` (what
-//! happens after a merge), `grpc` (`Remediations`), `sync` (Argo CD / Flux sync-now), `server`
+//! happens after a merge), `grpc` (`Remediations`), `sync` (Argo CD / Flux sync-now), `slack` (approve and reject
+//! from Slack), `server`
 //! (the process). The git engine is `selfheal-git`, the manifest edits `selfheal-manifest`, and
 //! each forge a crate of its own behind `selfheal_git::Forge`.
 
@@ -23,6 +24,7 @@ mod handler;
 mod lifecycle;
 pub mod reconcile;
 mod server;
+pub mod slack;
 pub mod sync;
 pub mod verify;
 

@@ -33,6 +33,8 @@ pub struct PrController {
     settings: crate::reconcile::ReconcileSettings,
     nats: selfheal_bus::config::CheckedNats,
     tls: Option<selfheal_runtime::grpc_tls::ServerTls>,
+    /// `[slack]`, checked, and its client.
+    slack: Option<(crate::slack::CheckedSlack, Arc<crate::slack::SlackApi>)>,
 }
 
 /// `/readyz`: the bus is connected and, on a repository of its own (not a forge's), main can be
@@ -151,7 +153,15 @@ impl Service for PrController {
             .map_err(|e| StartError::config(e.to_string()))?;
         let nats = config.nats.check().map_err(|e| StartError::config(e.to_string()))?;
         let tls = selfheal_runtime::grpc_tls::ServerTls::from_config(&config.grpc_tls)?;
+        let slack = match config.slack.check().map_err(|e| StartError::config(e.to_string()))? {
+            Some(slack) => {
+                let api = crate::slack::SlackApi::new(&slack).map_err(|e| StartError::config(format!("slack: {e}")))?;
+                Some((slack, Arc::new(api)))
+            }
+            None => None,
+        };
         Ok(Self {
+            slack,
             tls,
             nats,
             settings,
@@ -189,6 +199,7 @@ impl Service for PrController {
             sync,
             settings,
             tls,
+            slack,
             ..
         } = self;
         let cancel = CancellationToken::new();
@@ -232,7 +243,7 @@ impl Service for PrController {
                 }
             });
         }
-        let grpc_handler = handler.clone();
+        let service = Arc::new(grpc::RemediationsService::new(handler.clone()));
         let mut decisions = ConsumerSpec::new(CONSUMER, &[subjects::DECISIONS]);
         decisions.ack_wait = ack_wait;
         decisions.max_deliver = i64::from(max_deliver.max(1));
@@ -285,12 +296,18 @@ impl Service for PrController {
         tracing::info!(http = %listeners.http.local_addr()?, grpc = %listeners.grpc.local_addr()?, "pr-controller running");
         let grpc = selfheal_runtime::grpc_server(<selfheal_proto::v1::remediations_server::RemediationsServer<grpc::RemediationsService> as tonic::server::NamedService>::NAME)
             .await?
-            .add_service(grpc::server(grpc_handler, token));
-        let health = selfheal_telemetry::health::router(
+            .add_service(grpc::server(service.clone(), token));
+        let mut http = selfheal_telemetry::health::router(
             readiness(bus, repo_for_ready, forge_for_ready, main_branch),
             selfheal_telemetry::metrics::install(),
         );
-        let servers = selfheal_runtime::serve(listeners, grpc, tls, health, config.http, &cancel);
+        if let Some((slack, api)) = slack {
+            // Approvals from Slack go through the same service as the gRPC `Approve`.
+            let interactions = crate::slack::Interactions::new(slack, api.clone(), api, service);
+            tracing::info!(path = crate::slack::PATH, "slack interactivity served");
+            http = http.merge(Arc::new(interactions).router());
+        }
+        let servers = selfheal_runtime::serve(listeners, grpc, tls, http, config.http, &cancel);
         shutdown.await;
         cancel.cancel();
         consumer_task.await??;

@@ -120,7 +120,10 @@ async fn approve_reject_and_retry_move_remediations_once() -> anyhow::Result<()>
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(grpc::server(handler.clone(), tokens()))
+            .add_service(grpc::server(
+                std::sync::Arc::new(grpc::RemediationsService::new(handler.clone())),
+                tokens(),
+            ))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let mut client: RemediationsClient<Channel> = RemediationsClient::connect(format!("http://{addr}")).await?;
