@@ -7,6 +7,7 @@ pub mod fake_forge;
 pub mod fake_gitea;
 pub mod fake_github;
 pub mod fake_gitlab;
+pub mod fake_slack;
 pub mod forge_flow;
 pub mod git_backend;
 pub mod git_servers;

@@ -541,7 +541,7 @@ struct Action {
 }
 
 /// Reads a signed request's click; `Ok(None)`: an interaction that is not for selfheal.
-fn read_click(body: &[u8]) -> Result<Option<Click>, Response> {
+fn read_click(body: &[u8]) -> Result<Option<Click>, Box<Response>> {
     let payload = form_urlencoded::parse(body)
         .find(|(name, _)| name == "payload")
         .map(|(_, value)| value.into_owned())
@@ -567,15 +567,27 @@ fn read_click(body: &[u8]) -> Result<Option<Click>, Response> {
     else {
         return Ok(None);
     };
-    IncidentKey::parse(&action.value)
-        .map_err(|invalid| refuse(StatusCode::BAD_REQUEST, format!("payload.actions[].value: {invalid}")))?;
+    IncidentKey::parse(&action.value).map_err(|invalid| {
+        Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("payload.actions[].value: {invalid}"),
+        ))
+    })?;
     if !slack::is_id(&payload.user.id) {
-        return Err(refuse(StatusCode::BAD_REQUEST, "payload.user.id: not a Slack user id"));
+        return Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "payload.user.id: not a Slack user id",
+        )));
     }
     let response_url = url::Url::parse(&payload.response_url)
         .ok()
         .filter(|u| matches!(u.scheme(), "https" | "http"))
-        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "payload.response_url: not an http(s) URL"))?;
+        .ok_or_else(|| {
+            Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "payload.response_url: not an http(s) URL",
+            ))
+        })?;
     let name = if payload.user.username.is_empty() {
         payload.user.name
     } else {
@@ -611,7 +623,7 @@ async fn interact(State(interactions): State<Arc<Interactions>>, headers: Header
     let click = match read_click(&body) {
         Ok(Some(click)) => click,
         Ok(None) => return StatusCode::OK.into_response(),
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     tracing::info!(slack.user = %click.user_id, incident.key = %click.incident, approve = click.approve, "slack click");
     // Answered now; carried out after (Slack gives 3 s, a forge's merge may take longer).

@@ -1,4 +1,6 @@
-//! The endpoint against fakes of Slack and of the remediations (the real ones: `e2e/tests/slack.rs`).
+//! The endpoint against fakes of Slack and of the remediations (the real ones: `e2e/tests/people.rs`).
+
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Mutex;
 
