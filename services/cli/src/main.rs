@@ -10,6 +10,7 @@ mod dead_letters;
 mod nats_args;
 mod policy;
 mod remediations;
+mod replay;
 mod up;
 
 /// selfheal: Alertmanager fires, Rego decides, Git changes, Argo CD or Flux applies.

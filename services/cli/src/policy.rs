@@ -39,6 +39,11 @@ pub enum PolicyCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// What the policy would have done over a past time range: the alerts that fired, rebuilt
+    /// from Prometheus's ALERTS and ALERTS_FOR_STATE series, each decided in order as the
+    /// service would have — the configured metrics queried at the moment it fired, the history
+    /// and limits building up — and printed with what overrode the policy, if anything.
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 /// `--metric NAME=VALUE`.
@@ -76,6 +81,7 @@ fn print_decision(input: &serde_json::Value, decision: &selfheal_proto::v1::Deci
 
 pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PolicyCommand::Replay(args) => crate::replay::run(*args).await,
         PolicyCommand::Eval {
             input: Some(path),
             policy_dir,

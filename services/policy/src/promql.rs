@@ -66,9 +66,12 @@ pub trait MetricsSource: Send + Sync + 'static {
 }
 
 /// The Prometheus HTTP API (`/api/v1/query`).
+#[derive(Clone)]
 pub struct Prometheus {
     client: reqwest::Client,
     base: String,
+    /// The evaluation time of every query (`time=`); unset: Prometheus's now.
+    at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Prometheus {
@@ -80,14 +83,28 @@ impl Prometheus {
         Ok(Self {
             client,
             base: base.trim_end_matches('/').to_string(),
+            at: None,
         })
+    }
+
+    /// The same Prometheus, every query evaluated at `time` (`selfheal policy replay`: the
+    /// metrics as they were when an alert fired).
+    pub fn at(&self, time: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            at: Some(time),
+            ..self.clone()
+        }
     }
 }
 
 impl Prometheus {
     /// The `data` of Prometheus's answer to `promql` (an instant query), read up to 1 MiB.
     async fn data(&self, promql: &str) -> Result<Value, MetricsError> {
-        let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.base), &[("query", promql)])
+        let mut params = vec![("query", promql.to_string())];
+        if let Some(at) = self.at {
+            params.push(("time", format!("{:.3}", at.timestamp_millis() as f64 / 1000.0)));
+        }
+        let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.base), &params)
             .map_err(|e| MetricsError::Query(format!("prometheus_url: {e}")))?;
         let mut response = self
             .client
@@ -440,6 +457,20 @@ impl MetricsReader {
             config: std::sync::Arc::new(config.clone()),
             source,
         })
+    }
+
+    /// The queries of `config` run against `source` (the templates checked as in
+    /// [`Self::from_config`]).
+    pub fn with_source(
+        config: &MetricsConfig,
+        source: std::sync::Arc<dyn MetricsSource>,
+    ) -> Result<Self, MetricsError> {
+        let mut reader = Self::from_config(&MetricsConfig {
+            prometheus_url: None,
+            ..config.clone()
+        })?;
+        reader.source = Some(source);
+        Ok(reader)
     }
 
     /// No metrics at all.
