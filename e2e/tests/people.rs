@@ -231,3 +231,301 @@ async fn a_remediation_is_approved_from_slack_by_an_allowed_user_only() -> anyho
     assert_eq!(stack.main_file("checkout")?, main_after);
     Ok(())
 }
+
+/// An alert of the replayed week: when it fired (minutes after the week's start), on which
+/// service, at which severity, and the error ratio its service showed meanwhile.
+struct Episode {
+    at_minutes: i64,
+    service: &'static str,
+    severity: &'static str,
+    error_ratio: f64,
+}
+
+/// `selfheal ARGS`: its exit status and stdout (stderr apart).
+async fn selfheal(args: &[&str], dir: &std::path::Path) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::process::Command::new(selfheal_e2e::binary("selfheal")?)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .await?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// `selfheal policy replay` over a week of history written with `promtool tsdb
+/// create-blocks-from openmetrics` into a real Prometheus: the alerts it rebuilds are the ones
+/// written, each decision is the policy's own answer for its input (checked with `selfheal policy
+/// eval --input`) unless a limit overrode it, the metrics are those of the moment the alert fired,
+/// and the per-service limit (2 per 2h here) refuses the third rollback inside its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_week_of_alerts_is_replayed_through_the_policy_and_its_limits() -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    let now = chrono::Utc::now().timestamp();
+    // A week ending two hours ago, on whole minutes.
+    let end = (now - 2 * 3600) / 60 * 60;
+    let start = end - 7 * 24 * 3600;
+    let day = 24 * 60;
+    // Checkout fails at 10:00, 10:40 (its error ratio low: nothing to do), 11:20 and 11:50 —
+    // the third rollback in two hours, though the default policy's own count (30 minutes) lets
+    // it through — and again three days later; cart warns once.
+    let episodes = [
+        Episode {
+            at_minutes: day + 600,
+            service: "checkout",
+            severity: "critical",
+            error_ratio: 0.12,
+        },
+        Episode {
+            at_minutes: day + 640,
+            service: "checkout",
+            severity: "critical",
+            error_ratio: 0.01,
+        },
+        Episode {
+            at_minutes: day + 680,
+            service: "checkout",
+            severity: "critical",
+            error_ratio: 0.12,
+        },
+        Episode {
+            at_minutes: day + 710,
+            service: "checkout",
+            severity: "critical",
+            error_ratio: 0.12,
+        },
+        Episode {
+            at_minutes: 2 * day + 900,
+            service: "cart",
+            severity: "warning",
+            error_ratio: 0.3,
+        },
+        Episode {
+            at_minutes: 4 * day + 540,
+            service: "checkout",
+            severity: "critical",
+            error_ratio: 0.12,
+        },
+    ];
+    // Rules evaluated every 30 s, `for: 1m`: each alert pending for a minute, then firing for
+    // five; the services' error ratio sampled every minute all week.
+    let labels = |e: &Episode| {
+        format!(
+            "alertname=\"HighErrorRate\",auto_heal=\"true\",service=\"{}\",severity=\"{}\"",
+            e.service, e.severity
+        )
+    };
+    let mut text = String::from("# TYPE ALERTS gauge\n");
+    for e in &episodes {
+        let fired = start + e.at_minutes * 60;
+        for t in (fired - 60..fired).step_by(30) {
+            writeln!(text, "ALERTS{{alertstate=\"pending\",{}}} 1 {t}", labels(e))?;
+        }
+        for t in (fired..fired + 300).step_by(30) {
+            writeln!(text, "ALERTS{{alertstate=\"firing\",{}}} 1 {t}", labels(e))?;
+        }
+    }
+    text.push_str("# TYPE ALERTS_FOR_STATE gauge\n");
+    for e in &episodes {
+        let fired = start + e.at_minutes * 60;
+        for t in (fired - 60..fired + 300).step_by(30) {
+            writeln!(text, "ALERTS_FOR_STATE{{{}}} {} {t}", labels(e), fired - 60)?;
+        }
+    }
+    text.push_str("# TYPE app_error_ratio gauge\n");
+    for service in ["checkout", "cart"] {
+        for t in (start - 600..end).step_by(60) {
+            // Each episode's ratio from ten minutes before it fired until it ended; 0.02 else.
+            let ratio = episodes
+                .iter()
+                .find(|e| {
+                    e.service == service
+                        && (start + e.at_minutes * 60 - 600..start + e.at_minutes * 60 + 300).contains(&t)
+                })
+                .map_or(0.02, |e| e.error_ratio);
+            writeln!(text, "app_error_ratio{{service=\"{service}\"}} {ratio} {t}")?;
+        }
+    }
+    text.push_str("# EOF\n");
+    let openmetrics = dir.join("history.om");
+    std::fs::write(&openmetrics, text)?;
+    let data = dir.join("prom-data");
+    let promtool = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
+    let created = tokio::process::Command::new(&promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(&openmetrics)
+        .arg(&data)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("promtool must be installed (apt-get install prometheus): {e}"))?;
+    anyhow::ensure!(
+        created.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let port = selfheal_e2e::free_port()?;
+    std::fs::write(dir.join("prometheus.yml"), "global: {evaluation_interval: 30s}\n")?;
+    let prometheus_program = std::env::var_os("PROMETHEUS").unwrap_or_else(|| "prometheus".into());
+    let mut prometheus = selfheal_e2e::Process::start(
+        "prometheus",
+        std::path::Path::new(&prometheus_program),
+        &[
+            &format!("--config.file={}", dir.join("prometheus.yml").display()),
+            &format!("--storage.tsdb.path={}", data.display()),
+            "--storage.tsdb.retention.time=30d",
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &[],
+        dir,
+    )?;
+    let prometheus_url = format!("http://127.0.0.1:{port}");
+    selfheal_e2e::wait_ready(&format!("{prometheus_url}/-/ready"), &mut prometheus).await?;
+
+    let config = dir.join("policy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nprometheus_url = \"{prometheus_url}\"\n[metrics.queries.HighErrorRate]\nerror_rate = 'max(app_error_ratio{{service=\"{{{{service}}}}\"}})'\n\
+             [limits]\nper_service_max = 2\nper_service_window = \"2h\"\n"
+        ),
+    )?;
+    let policies = selfheal_e2e::workspace_root().join("deploy/policies");
+    let (from, to) = (
+        chrono::DateTime::from_timestamp(start, 0)
+            .unwrap_or_default()
+            .to_rfc3339(),
+        chrono::DateTime::from_timestamp(end, 0)
+            .unwrap_or_default()
+            .to_rfc3339(),
+    );
+    let replay = |output: &'static str| {
+        let (config, policies, from, to) = (config.clone(), policies.clone(), from.clone(), to.clone());
+        async move {
+            selfheal(
+                &[
+                    "policy",
+                    "replay",
+                    "--from",
+                    &from,
+                    "--to",
+                    &to,
+                    "--config",
+                    &config.display().to_string(),
+                    "--policy-dir",
+                    &policies.display().to_string(),
+                    "--output",
+                    output,
+                ],
+                dir,
+            )
+            .await
+        }
+    };
+    let (ok, out, err) = replay("json").await?;
+    anyhow::ensure!(ok, "replay failed: {err}\n{out}");
+    let document: serde_json::Value = serde_json::from_str(&out)?;
+    let decisions = document["decisions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(decisions.len(), episodes.len(), "one decision per alert written: {out}");
+
+    // What to expect, from the series: the default policy rolls back a critical HighErrorRate
+    // whose error ratio is over 5 % and does nothing otherwise; the limit then allows two
+    // rollbacks of a service per two hours.
+    let mut rollbacks: Vec<(&str, i64)> = Vec::new();
+    for (e, decision) in episodes.iter().zip(&decisions) {
+        let fired = start + e.at_minutes * 60;
+        let time = chrono::DateTime::parse_from_rfc3339(decision["time"].as_str().unwrap_or_default())?;
+        assert_eq!(time.timestamp(), fired, "{decision}");
+        assert_eq!(decision["service"], e.service, "{decision}");
+        assert_eq!(decision["labels"]["severity"], e.severity, "{decision}");
+        let input = &decision["input"];
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(input["alert"]["startsAt"].as_str().unwrap_or_default())?.timestamp(),
+            fired - 60,
+            "startsAt is when the alert became active: {decision}"
+        );
+        assert_eq!(
+            input["metrics"]["error_rate"].as_f64(),
+            Some(e.error_ratio),
+            "the metric as it was then: {decision}"
+        );
+
+        let wanted = if e.severity == "critical" && e.error_ratio > 0.05 {
+            "rollback"
+        } else {
+            "none"
+        };
+        // The policy's own answer for this very input.
+        let input_file = dir.join(format!("input-{}.json", e.at_minutes));
+        std::fs::write(&input_file, serde_json::to_vec(input)?)?;
+        let (ok, eval, err) = selfheal(
+            &[
+                "policy",
+                "eval",
+                "--input",
+                &input_file.display().to_string(),
+                "--policy-dir",
+                &policies.display().to_string(),
+            ],
+            dir,
+        )
+        .await?;
+        anyhow::ensure!(ok, "policy eval: {err}");
+        let eval: serde_json::Value = serde_json::from_str(&eval)?;
+        assert_eq!(eval["decision"]["action"], wanted, "{eval}");
+        assert_eq!(decision["policy_action"], wanted, "{decision}");
+
+        let in_window = rollbacks
+            .iter()
+            .filter(|(s, t)| *s == e.service && fired - t < 2 * 3600)
+            .count();
+        if wanted == "rollback" && in_window >= 2 {
+            assert_eq!(decision["action"], "escalate", "{decision}");
+            let refused = decision["refused_by"].as_str().unwrap_or_default();
+            assert!(
+                refused.starts_with("rate limit: checkout already had 2 automatic actions"),
+                "{decision}"
+            );
+        } else {
+            assert_eq!(decision["action"], wanted, "{decision}");
+            assert!(decision["refused_by"].is_null(), "{decision}");
+            if wanted == "rollback" {
+                rollbacks.push((e.service, fired));
+            }
+        }
+    }
+    assert_eq!(
+        decisions[3]["action"], "escalate",
+        "the third rollback inside two hours is refused: {:#}",
+        decisions[3]
+    );
+    assert_eq!(
+        document["summary"]["rollback"]["decisions"], 3,
+        "{}",
+        document["summary"]
+    );
+    assert_eq!(document["summary"]["none"]["decisions"], 2, "{}", document["summary"]);
+    assert_eq!(
+        document["summary"]["escalate"]["decisions"], 1,
+        "{}",
+        document["summary"]
+    );
+    assert_eq!(document["summary"]["escalate"]["refused"], 1, "{}", document["summary"]);
+
+    // The table says the same, a line per decision and a summary.
+    let (ok, table, err) = replay("table").await?;
+    anyhow::ensure!(ok, "replay failed: {err}");
+    assert!(table.starts_with("TIME"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("HighErrorRate")).count(),
+        episodes.len(),
+        "{table}"
+    );
+    assert!(table.contains("rate limit: checkout"), "{table}");
+    assert!(table.contains("6 alerts replayed"), "{table}");
+    Ok(())
+}
