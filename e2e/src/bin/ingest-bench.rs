@@ -6,8 +6,10 @@
 //! target/release/ingest-bench --requests 20000 --concurrency 64
 //! ```
 //!
-//! Each request carries one distinct alert. Prints alerts/s and p50/p99 latency for both, and how
-//! many alerts the stream holds against how many got 200.
+//! Each request carries one distinct alert. Prints alerts/s and p50/p99 latency for both, how
+//! many alerts the stream holds against how many got 200, and the ceiling: raw JetStream
+//! publishes to a stream like selfheal's (file storage, a `Nats-Msg-Id` per message, its ack
+//! awaited), at the same concurrency on the same nats-server, and the gateway's share of it.
 
 use std::{
     path::PathBuf,
@@ -154,6 +156,66 @@ fn alertmanager_alert(i: usize) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// `count` raw JetStream publishes over `concurrency` tasks, each awaiting its ack before the
+/// next: what the gateway's durable publish costs at best, with nothing else around it.
+async fn raw_jetstream(nats_url: &str, count: usize, concurrency: usize) -> anyhow::Result<Report> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    // About the size of an AlertEvent the gateway stores.
+    let payload = bytes::Bytes::from(vec![b'x'; 420]);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (js, next, payload) = (js.clone(), next.clone(), payload.clone());
+        workers.spawn(async move {
+            let (mut latencies, mut failed) = (Vec::new(), 0);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return (latencies, failed);
+                }
+                let sent = Instant::now();
+                let publish = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(format!("raw.{i}"));
+                let stored = async {
+                    js.send_publish(format!("bench.raw.svc-{}", i % 50), publish)
+                        .await?
+                        .await
+                };
+                match stored.await {
+                    Ok(_) => latencies.push(sent.elapsed()),
+                    Err(_) => failed += 1,
+                }
+            }
+        });
+    }
+    let mut report = Report {
+        name: "raw JetStream publish",
+        ok: 0,
+        failed: 0,
+        wall: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    while let Some(joined) = workers.join_next().await {
+        let (latencies, failed) = joined?;
+        report.ok += latencies.len();
+        report.failed += failed;
+        report.latencies.extend(latencies);
+    }
+    report.wall = started.elapsed();
+    report.latencies.sort();
+    Ok(report)
+}
+
 async fn stream_messages(nats_url: &str) -> anyhow::Result<u64> {
     let client = async_nats::connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
@@ -263,7 +325,15 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let raw_report = raw_jetstream(&nats.url(), args.requests, args.concurrency).await?;
+
     gateway_report.print();
+    raw_report.print();
+    let rate = |r: &Report| r.ok as f64 / r.wall.as_secs_f64();
+    println!(
+        "gateway / raw JetStream throughput: {:.0} %",
+        100.0 * rate(&gateway_report) / rate(&raw_report)
+    );
     if let Some(report) = &am_report {
         report.print();
         let ratio = (gateway_report.ok as f64 / gateway_report.wall.as_secs_f64())
