@@ -11,7 +11,7 @@ use crate::{
     index::BranchIndex,
     plumbing::*,
     repo::{Author, Batched, FileVersion, GitRepo},
-    store::{OBJECT_CACHE_BYTES, Store},
+    store::Store,
 };
 
 /// see the batch's own changes. Until the flush, nothing is on disk; if the flush fails, nothing
@@ -57,7 +57,7 @@ impl Batch {
     /// writes them all at once.
     pub(crate) fn new(store: Store) -> Self {
         let mut repo = store.shared_repo().to_thread_local().with_object_memory();
-        repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+        repo.object_cache_size_if_unset(crate::store::OBJECT_CACHE_BYTES);
         Batch {
             store,
             state: std::sync::Mutex::new(BatchState {
