@@ -81,11 +81,15 @@ impl Decider {
             .as_ref()
             .map(|a| a.labels.clone().into_iter().collect())
             .unwrap_or_default();
-        let history = match service {
-            Some(service) => self.limiter.history(service, now).await.map_err(DecideError::History)?,
-            None => Vec::new(),
+        // Independent reads, at once: the history and the freeze are one round trip, not two.
+        let history = async {
+            match service {
+                Some(service) => self.limiter.history(service, now).await.map_err(DecideError::History),
+                None => Ok(Vec::new()),
+            }
         };
-        let windows = self.windows_in_force(&labels, now).await?;
+        let (history, windows) = futures::join!(history, self.windows_in_force(&labels, now));
+        let (history, windows) = (history?, windows?);
         let ((metrics, metrics_errors), (target, target_error), dependents) = futures::join!(
             self.metrics.read(&labels),
             self.target.read(&labels),

@@ -412,14 +412,20 @@ impl Limiter {
         action: &str,
         now: DateTime<Utc>,
     ) -> Result<Verdict, LimitError> {
-        if self.config.kill_switch || kill_switch_on(&self.control).await? {
+        if self.config.kill_switch {
+            return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
+        }
+        // The kill switch and the records, read at once (a preview reserves nothing, so reading
+        // the records before knowing the switch is off costs only the read).
+        let (switch, held) = futures::join!(
+            kill_switch_on(&self.control),
+            self.read_held([Self::key(&Scope::Service(service)), Self::key(&Scope::Global)].into())
+        );
+        if switch? {
             return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
         }
         let record = ActionRecord::new(incident, service, action, now);
-        let mut held = self
-            .read_held([Self::key(&Scope::Service(service)), Self::key(&Scope::Global)].into())
-            .await?;
-        Ok(self.take_both(&mut held, &record, now))
+        Ok(self.take_both(&mut held?, &record, now))
     }
 
     /// What each of `keys` holds, read at once.
