@@ -86,6 +86,14 @@ impl FakeSlack {
         f(&self.inner.seen.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The first answer posted to `response_url` id `response`, waited for up to `timeout`.
+    pub async fn response(&self, response: &str, timeout: std::time::Duration) -> anyhow::Result<Value> {
+        crate::wait_for(timeout, &format!("an answer at response_url {response}"), || async {
+            self.with(|seen| seen.responses.get(response).and_then(|r| r.first().cloned()))
+        })
+        .await
+    }
+
     /// Sends a click on the button `action_id` (value `value`) by `user` to `endpoint`, signed
     /// under `secret` at `timestamp`; the answers to it go to `response_url` id `response`.
     #[allow(clippy::too_many_arguments)]

@@ -139,10 +139,7 @@ async fn a_remediation_is_approved_from_slack_by_an_allowed_user_only() -> anyho
         )
         .await?;
     assert_eq!(status, 200);
-    let refusal = wait_for(Duration::from_secs(10), "the refusal", || async {
-        slack.with(|seen| seen.responses.get("mallory").and_then(|r| r.first().cloned()))
-    })
-    .await?;
+    let refusal = slack.response("mallory", Duration::from_secs(10)).await?;
     assert_eq!(refusal["response_type"], "ephemeral", "{refusal}");
     assert_eq!(refusal["replace_original"], false, "{refusal}");
     assert!(slack.with(|seen| !seen.responses.contains_key("forged") && !seen.responses.contains_key("stale")));
@@ -168,11 +165,10 @@ async fn a_remediation_is_approved_from_slack_by_an_allowed_user_only() -> anyho
         )
         .await?;
     assert_eq!(status, 200);
-    let update = wait_for(Duration::from_secs(30), "the updated message", || async {
-        slack.with(|seen| seen.responses.get("bob").and_then(|r| r.first().cloned()))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.dump()))?;
+    let update = slack
+        .response("bob", Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.dump()))?;
     assert_eq!(update["replace_original"], true, "{update}");
     let outcome = update["blocks"][1]["text"]["text"].as_str().unwrap_or_default();
     assert!(
@@ -222,10 +218,7 @@ async fn a_remediation_is_approved_from_slack_by_an_allowed_user_only() -> anyho
         )
         .await?;
     assert_eq!(status, 200);
-    let again = wait_for(Duration::from_secs(10), "the answer to the second click", || async {
-        slack.with(|seen| seen.responses.get("again").and_then(|r| r.first().cloned()))
-    })
-    .await?;
+    let again = slack.response("again", Duration::from_secs(10)).await?;
     assert_eq!(again["response_type"], "ephemeral", "{again}");
     assert!(again["text"].as_str().unwrap_or_default().contains("merged"), "{again}");
     assert_eq!(stack.main_file("checkout")?, main_after);

@@ -38,9 +38,14 @@ pub fn server(
     InterceptedService::new(RemediationsServer::from_arc(service), tokens)
 }
 
-/// Who acted: a named token's name; for the shared token, what the caller says it is.
+/// Who acted: a named token's name; for the shared token, what the caller says it is (made
+/// safe by `approve_as` and `reject_as`).
 fn actor(caller: &selfheal_config::Caller, said: &str) -> String {
-    if caller.shared { who(said) } else { caller.name.clone() }
+    if caller.shared {
+        said.to_string()
+    } else {
+        caller.name.clone()
+    }
 }
 
 /// What a gRPC caller is told of the lifecycle store: an outage or a lost race may pass
@@ -364,7 +369,7 @@ impl Remediations for RemediationsService {
                 names::state(record.state)
             )));
         }
-        let note = format!("retried by {}", actor(&caller, &request.by));
+        let note = format!("retried by {}", who(&actor(&caller, &request.by)));
         let event = self.again(&record, None, note).await?;
         Ok(Response::new(event))
     }
