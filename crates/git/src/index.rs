@@ -20,7 +20,16 @@ pub(crate) struct BranchIndex {
     pub(crate) entries: usize,
     /// The commits found marked with an incident (an `Incident: <key>` line), by incident.
     pub(crate) marks: HashMap<String, ObjectId>,
+    /// How many commits the next walk reads: a few at first, doubling up to [`LONGEST_WALK`], so
+    /// a query for recent versions reads little and a walk of the whole history few times.
+    pub(crate) walk_length: usize,
 }
+
+/// The first walk of a branch reads this many commits.
+pub(crate) const FIRST_WALK: usize = 64;
+/// And a walk at most this many: enough for a tree's versions to meet again within one walk
+/// (each found as the base of the next), few enough to keep a walk's commits in memory.
+pub(crate) const LONGEST_WALK: usize = 4096;
 
 /// One version of a file: the commit that made it and the blob it has there; its text and the
 /// commit's message once read.
@@ -41,6 +50,7 @@ impl BranchIndex {
             files: HashMap::new(),
             entries: 0,
             marks: HashMap::new(),
+            walk_length: FIRST_WALK,
         }
     }
 
@@ -48,7 +58,7 @@ impl BranchIndex {
     /// when there is none).
     pub(crate) fn marked(&mut self, repo: &gix::Repository, incident: &str) -> Result<Option<ObjectId>, RepoError> {
         while !self.marks.contains_key(incident) && self.next.is_some() {
-            self.walk_one(repo)?;
+            self.walk(repo)?;
         }
         Ok(self.marks.get(incident).copied())
     }
@@ -61,7 +71,7 @@ impl BranchIndex {
         limit: usize,
     ) -> Result<Vec<FileVersion>, RepoError> {
         while self.files.get(path).map_or(0, Vec::len) < limit && self.next.is_some() {
-            self.walk_one(repo)?;
+            self.walk(repo)?;
         }
         let Some(versions) = self.files.get_mut(path) else {
             return Ok(Vec::new());
@@ -73,22 +83,44 @@ impl BranchIndex {
             .collect()
     }
 
-    /// Walks the next commit down: its changes become the oldest versions known.
-    pub(crate) fn walk_one(&mut self, repo: &gix::Repository) -> Result<(), RepoError> {
-        let Some(id) = self.next else { return Ok(()) };
-        let (changed, parent, mark) = changes(repo, id)?;
-        if let Some(mark) = mark {
-            self.marks.entry(mark).or_insert(id);
+    /// Walks the next commits down (`walk_length` of them): their changes become the oldest
+    /// versions known. The commits are read first, newest first; their trees are then compared in
+    /// the order the pack's deltas run ([`oldest_first`]), each delta's base being the tree read
+    /// just before it; what they changed is recorded newest first.
+    pub(crate) fn walk(&mut self, repo: &gix::Repository) -> Result<(), RepoError> {
+        let mut steps = Vec::with_capacity(self.walk_length);
+        let mut next = self.next;
+        while let Some(id) = next.filter(|_| steps.len() < self.walk_length) {
+            let step = step(repo, id)?;
+            next = step.parent.map(|(parent, _)| parent);
+            steps.push(step);
         }
-        for (path, blob) in changed {
-            self.files.entry(path).or_default().push(IndexedVersion {
-                commit: id,
-                blob,
-                loaded: None,
-            });
-            self.entries += 1;
+        let mut changed = Vec::with_capacity(steps.len());
+        if oldest_first(repo, &steps) {
+            for step in steps.iter().rev() {
+                changed.push(step_changes(repo, step)?);
+            }
+            changed.reverse();
+        } else {
+            for step in &steps {
+                changed.push(step_changes(repo, step)?);
+            }
         }
-        self.next = parent;
+        for (step, changed) in steps.into_iter().zip(changed) {
+            if let Some(mark) = step.mark {
+                self.marks.entry(mark).or_insert(step.id);
+            }
+            for (path, blob) in changed {
+                self.files.entry(path).or_default().push(IndexedVersion {
+                    commit: step.id,
+                    blob,
+                    loaded: None,
+                });
+                self.entries += 1;
+            }
+        }
+        self.next = next;
+        self.walk_length = (self.walk_length * 2).min(LONGEST_WALK);
         Ok(())
     }
 

@@ -251,7 +251,7 @@ impl GitRepo for LocalRepository {
         };
         self.store.with_index(&repo, branch, tip, |index| {
             while index.next.is_some() {
-                index.walk_one(&repo)?;
+                index.walk(&repo)?;
             }
             Ok(())
         })

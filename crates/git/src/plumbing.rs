@@ -286,10 +286,26 @@ pub(crate) fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// What commit `id` changed against its first parent (the regular files whose blob is new there,
-/// by path), and that parent: None for a root commit, or a shallow clone's boundary (whose parent
-/// is absent), where every file counts as added.
+/// What a commit changed against its first parent: [`step`] then [`step_changes`].
 pub(crate) fn changes(repo: &gix::Repository, id: ObjectId) -> Result<Changes, RepoError> {
+    let step = step(repo, id)?;
+    let changed = step_changes(repo, &step)?;
+    Ok((changed, step.parent.map(|(parent, _)| parent), step.mark))
+}
+
+/// One commit of a history walk, as read from the commit and its first parent.
+pub(crate) struct Step {
+    pub(crate) id: ObjectId,
+    pub(crate) tree: ObjectId,
+    /// The first parent and its tree; None at the first commit, or when the parent is not in
+    /// the repository (the edge of a shallow clone: what it has is then all new).
+    pub(crate) parent: Option<(ObjectId, ObjectId)>,
+    /// The incident the commit is marked with.
+    pub(crate) mark: Option<String>,
+}
+
+/// Reads commit `id` and its first parent: what [`step_changes`] needs.
+pub(crate) fn step(repo: &gix::Repository, id: ObjectId) -> Result<Step, RepoError> {
     let commit = repo
         .find_commit(id)
         .map_err(git_err(format!("cannot find commit {id}")))?;
@@ -319,15 +335,77 @@ pub(crate) fn changes(repo: &gix::Repository, id: ObjectId) -> Result<Changes, R
         },
         None => None,
     };
+    Ok(Step { id, tree, parent, mark })
+}
+
+/// The regular files `step`'s commit changed against its first parent (path → blob).
+pub(crate) fn step_changes(repo: &gix::Repository, step: &Step) -> Result<HashMap<String, ObjectId>, RepoError> {
     let mut changed = HashMap::new();
     changed_files(
         repo,
-        tree,
-        parent.map(|(_, tree)| tree),
+        step.tree,
+        step.parent.map(|(_, tree)| tree),
         &mut String::new(),
         &mut changed,
     )?;
-    Ok((changed, parent.map(|(parent, _)| parent), mark))
+    Ok(changed)
+}
+
+/// Whether `steps` (newest first) are best read oldest first: true when the pack stores a newer
+/// version of a tree as a delta on the older one, as `git fast-import` does. Reading newest first
+/// there rebuilds each tree from the bottom of its chain again (gix's delta-base cache keeps the
+/// objects read, not the bases on the way), while oldest first finds each base just read; a pack
+/// as `git gc` or a clone leaves it is the other way round. Told by the delta depths of the first
+/// differing trees of a few commits against their parents (newer deeper: oldest first).
+pub(crate) fn oldest_first(repo: &gix::Repository, steps: &[Step]) -> bool {
+    const SAMPLES: usize = 4;
+    let mut votes = 0i32;
+    for n in 0..SAMPLES.min(steps.len()) {
+        let step = &steps[n * steps.len() / SAMPLES];
+        let Some((_, parent_tree)) = step.parent else {
+            continue;
+        };
+        if let Some((newer, older)) = delta_depths(repo, step.tree, parent_tree, 4) {
+            votes += match newer.cmp(&older) {
+                std::cmp::Ordering::Greater => 1,
+                std::cmp::Ordering::Less => -1,
+                std::cmp::Ordering::Equal => 0,
+            };
+        }
+    }
+    votes > 0
+}
+
+/// The delta depths of `newer` and `older` if they differ, or else of the first pair of subtrees
+/// under them that differ, `levels` deep at most. None when nothing tells (loose objects, trees
+/// stored whole, unreadable objects: the walk is then newest first, as it always is correct).
+fn delta_depths(repo: &gix::Repository, newer: ObjectId, older: ObjectId, levels: usize) -> Option<(u32, u32)> {
+    let depth = |id: ObjectId| {
+        repo.find_header(id)
+            .ok()
+            .and_then(|header| header.num_deltas())
+            .unwrap_or(0)
+    };
+    let depths = (depth(newer), depth(older));
+    if depths.0 != depths.1 {
+        return Some(depths);
+    }
+    if levels == 0 || newer == older {
+        return None;
+    }
+    let older_tree = repo.find_tree(older).ok()?;
+    let olds: HashMap<Vec<u8>, ObjectId> = older_tree
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.inner.mode.is_tree())
+        .map(|entry| (entry.inner.filename.to_vec(), entry.inner.oid.to_owned()))
+        .collect();
+    let newer_tree = repo.find_tree(newer).ok()?;
+    let pair = newer_tree.iter().filter_map(Result::ok).find_map(|entry| {
+        let old = olds.get(entry.inner.filename.as_bytes())?;
+        (entry.inner.mode.is_tree() && *old != entry.inner.oid).then(|| (entry.inner.oid.to_owned(), *old))
+    })?;
+    delta_depths(repo, pair.0, pair.1, levels - 1)
 }
 
 /// The incident a commit message is marked with: its `Incident: <key>` line (selfheal writes one
@@ -341,7 +419,9 @@ pub fn incident_mark(message: &str) -> Option<String> {
 
 /// The regular files under `tree` (at `prefix`) whose blob differs from the one at the same path
 /// under `parent` (None: an empty tree), by path. Both trees' entries are in git's order, so one
-/// pass over them pairs the entries; only subtrees that differ are read.
+/// pass over them pairs the entries; only subtrees that differ are read. The bytes the two trees
+/// share at their start and at their end (all but the entries a commit changed, mostly) are
+/// compared as bytes and skipped, not decoded entry by entry.
 pub(crate) fn changed_files(
     repo: &gix::Repository,
     tree: ObjectId,
@@ -352,66 +432,145 @@ pub(crate) fn changed_files(
     if Some(tree) == parent {
         return Ok(());
     }
-    let read = |id: ObjectId| repo.find_tree(id).map_err(git_err(format!("cannot read tree {id}")));
-    let new_tree = read(tree)?;
-    let old_tree = parent.map(read).transpose()?;
-    let mut old_entries = old_tree.iter().flat_map(|t| t.iter()).peekable();
+    let read = |id: ObjectId| {
+        repo.find_tree(id)
+            .map(|tree| tree.detach().data)
+            .map_err(git_err(format!("cannot read tree {id}")))
+    };
+    let new = read(tree)?;
+    let old = parent.map(read).transpose()?.unwrap_or_default();
+    let hash = repo.object_hash().len_in_bytes();
+    let entry = |data, at, id| RawEntry::at(data, at, hash, id);
+    let parent_id = parent.unwrap_or(tree);
+
+    // The entries wholly inside the bytes both start with are the same in both.
+    let shared = common_prefix(&new, &old);
+    let mut at_new = 0;
+    while at_new < new.len() {
+        let end = entry(&new, at_new, tree)?.end;
+        if end > shared {
+            break;
+        }
+        at_new = end;
+    }
+    let mut at_old = at_new;
+    // From an entry boundary in both inside the bytes both end with, the rest is the same too.
+    let tail = common_suffix(&new[at_new..], &old[at_old..]);
     let regular = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
-    for entry in new_tree.iter() {
-        let entry = entry
-            .map_err(|e| RepoError::Git(format!("cannot decode tree {tree}: {e}")))?
-            .inner;
+    let mut next_old = (at_old < old.len())
+        .then(|| entry(&old, at_old, parent_id))
+        .transpose()?;
+    while at_new < new.len() {
+        if new.len() - at_new == old.len() - at_old && new.len() - at_new <= tail {
+            break;
+        }
+        let this = entry(&new, at_new, tree)?;
+        at_new = this.end;
         // Skip the parent's entries that sort before this one (removed here).
-        let mut old = None;
-        while let Some(next) = old_entries.peek() {
-            let next = match next {
-                Ok(next) => next.inner,
-                Err(_) => {
-                    let error = old_entries.next().and_then(Result::err);
-                    return Err(RepoError::Git(format!(
-                        "cannot decode tree {}: {}",
-                        parent.unwrap_or(tree),
-                        error.map(|e| e.to_string()).unwrap_or_default()
-                    )));
-                }
-            };
-            match next.cmp(&entry) {
-                std::cmp::Ordering::Less => {
-                    old_entries.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    old = Some(next);
-                    old_entries.next();
-                    break;
-                }
-                std::cmp::Ordering::Greater => break,
+        let mut same_name = None;
+        while let Some(candidate) = next_old {
+            let order = gix::objs::tree::name_order(
+                candidate.name,
+                candidate.kind == EntryKind::Tree,
+                this.name,
+                this.kind == EntryKind::Tree,
+            );
+            if order == std::cmp::Ordering::Greater {
+                break;
+            }
+            at_old = candidate.end;
+            next_old = (at_old < old.len())
+                .then(|| entry(&old, at_old, parent_id))
+                .transpose()?;
+            if order == std::cmp::Ordering::Equal {
+                same_name = Some(candidate);
+                break;
             }
         }
-        let kind = entry.mode.kind();
         // Unchanged: the same object as the same sort of entry (a mode change alone, such as the
         // executable bit, is not a new version of a file).
-        if old.is_some_and(|old| old.oid == entry.oid && regular(old.mode.kind()) == regular(kind)) {
+        if same_name.is_some_and(|old| old.oid == this.oid && regular(old.kind) == regular(this.kind)) {
             continue;
         }
         let length = prefix.len();
         if !prefix.is_empty() {
             prefix.push('/');
         }
-        prefix.push_str(&String::from_utf8_lossy(entry.filename));
-        match kind {
+        prefix.push_str(&String::from_utf8_lossy(this.name));
+        let oid = this.oid.to_owned();
+        match this.kind {
             EntryKind::Tree => {
                 // Equal names in git's order are both trees or both not.
-                let old = old.map(|old| old.oid.to_owned());
-                changed_files(repo, entry.oid.to_owned(), old, prefix, changed)?;
+                let old = same_name.map(|old| old.oid.to_owned());
+                changed_files(repo, oid, old, prefix, changed)?;
             }
             EntryKind::Blob | EntryKind::BlobExecutable => {
-                changed.insert(prefix.clone(), entry.oid.to_owned());
+                changed.insert(prefix.clone(), oid);
             }
             EntryKind::Link | EntryKind::Commit => {}
         }
         prefix.truncate(length);
     }
     Ok(())
+}
+
+/// One entry of a tree as git stores it: `<octal mode> <name>\0<id>`.
+#[derive(Clone, Copy)]
+struct RawEntry<'a> {
+    kind: EntryKind,
+    name: &'a [u8],
+    oid: &'a gix::oid,
+    /// Where the next entry starts.
+    end: usize,
+}
+
+impl<'a> RawEntry<'a> {
+    /// The entry at `at` in `data` (tree `id`'s), ids `hash` bytes long.
+    fn at(data: &'a [u8], at: usize, hash: usize, id: ObjectId) -> Result<Self, RepoError> {
+        Self::read(data, at, hash)
+            .ok_or_else(|| RepoError::Git(format!("cannot decode tree {id}: a malformed entry at byte {at}")))
+    }
+
+    fn read(data: &'a [u8], at: usize, hash: usize) -> Option<Self> {
+        let rest = data.get(at..)?;
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let kind = gix::objs::tree::EntryMode::from_bytes(&rest[..space])?.kind();
+        let name_start = space + 1;
+        let nul = name_start + rest.get(name_start..)?.find_byte(0)?;
+        let oid = gix::oid::try_from_bytes(rest.get(nul + 1..nul + 1 + hash)?).ok()?;
+        Some(Self {
+            kind,
+            name: &rest[name_start..nul],
+            oid,
+            end: at + nul + 1 + hash,
+        })
+    }
+}
+
+/// How many bytes `a` and `b` start with in common.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.chunks(64).zip(b.chunks(64)) {
+        if x == y {
+            n += x.len();
+        } else {
+            return n + x.iter().zip(y).take_while(|(p, q)| p == q).count();
+        }
+    }
+    n
+}
+
+/// How many bytes `a` and `b` end with in common.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.rchunks(64).zip(b.rchunks(64)) {
+        if x == y {
+            n += x.len();
+        } else {
+            return n + x.iter().rev().zip(y.iter().rev()).take_while(|(p, q)| p == q).count();
+        }
+    }
+    n
 }
 
 /// Where `name` points now (peeled to an object), or None if it does not exist.

@@ -50,12 +50,11 @@ pub(crate) fn open_shared(path: &Path) -> Result<gix::ThreadSafeRepository, Repo
 pub(crate) const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Delta-base cache of a handle that reads: a tree stored as a delta is rebuilt from its base,
-/// itself often a delta, and without a cache each read inflates the whole chain again. In a pack
-/// as `git gc` or a forge's clone leave it (newest versions whole, older ones deltas on newer)
-/// a history walk, newest first, then finds each base just read: `gitops-bench --repack`'s cold
-/// history search went from 2.67× `git log -- PATH` to 1.01–1.06× with it. (gix keeps only the
-/// end of a chain, so a `git fast-import` pack, whose newer versions are deltas on older ones,
-/// still costs a chain per read: 2.5×.) git keeps 96 MiB (`core.deltaBaseCacheLimit`).
+/// itself often a delta, and without a cache each read inflates the whole chain again. gix keeps
+/// the objects it read, not the bases on the way, so a walk must read each tree after its base:
+/// newest first in a pack as `git gc` or a forge's clone leave it, oldest first in the one
+/// `git fast-import` writes; the history index reads in the pack's direction
+/// ([`crate::plumbing::oldest_first`]). git keeps 96 MiB (`core.deltaBaseCacheLimit`).
 pub(crate) const PACK_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Gives `repo` its object cache and its delta-base cache. gix sets the latter only with its

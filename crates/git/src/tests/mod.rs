@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 
 mod batch;
+mod history;
 mod writes;
 
 /// Runs the git CLI in `dir`, isolated from the user's and system's git configuration.
