@@ -1,7 +1,8 @@
 //! What JetStream provides, tested on JetStream (a real nats-server), through selfheal's own bus:
 //! a consumer's ack, nak and ack-wait redelivery; the consumer loop's dead letters (rejected,
 //! failed on every delivery, and back once more after its service died on it) and their retry;
-//! the notifier telling a sink once per event though the event is delivered again.
+//! the notifier telling a sink once per event though the event is delivered again; a watched
+//! bucket read from memory, its compare-and-set still decided by JetStream.
 
 use std::{
     sync::{
@@ -312,5 +313,119 @@ async fn the_notifier_tells_once_per_event_though_it_comes_again() -> anyhow::Re
     assert!(told[0].contains("esc1"), "{}", told[0]);
     let _ = stop.send(());
     running.await??;
+    Ok(())
+}
+
+/// A bucket that counts the reads that reach it.
+struct CountedReads {
+    bucket: selfheal_bus::kv::SharedKeyValue,
+    gets: AtomicUsize,
+}
+
+#[async_trait]
+impl selfheal_bus::kv::KeyValue for CountedReads {
+    async fn get(&self, key: &str) -> Result<Option<selfheal_bus::kv::Entry>, selfheal_bus::kv::KvError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.bucket.get(key).await
+    }
+    async fn create(&self, key: &str, value: bytes::Bytes) -> Result<u64, selfheal_bus::kv::KvError> {
+        self.bucket.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, selfheal_bus::kv::KvError> {
+        self.bucket.update(key, value, revision).await
+    }
+    async fn keys(&self) -> Result<Vec<String>, selfheal_bus::kv::KvError> {
+        self.bucket.keys().await
+    }
+    async fn watch(&self) -> Result<Option<selfheal_bus::kv::Changes>, selfheal_bus::kv::KvError> {
+        self.bucket.watch().await
+    }
+}
+
+/// A watched bucket (`selfheal_bus::watched`) on a JetStream KV bucket another connection writes
+/// to: what was there before the watch opened, another replica's writes once the watch brought
+/// them, absent keys and its own writes are all read without a round trip; a compare-and-set on
+/// a revision another replica has moved past still fails, and the key is then read from the
+/// bucket; `create` of a key that exists is refused as the bucket refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_bucket_is_read_from_memory_and_a_stale_compare_and_set_still_fails() -> anyhow::Result<()> {
+    use selfheal_bus::kv::{KeyValue as _, KvError};
+    let nats = Nats::start().await?;
+    let (here, there) = (bus(&nats).await?, bus(&nats).await?);
+    let other = there.key_value("watched_test", Duration::ZERO).await?;
+    let first = other.create("service.a", "1".into()).await?;
+    let counted = Arc::new(CountedReads {
+        bucket: here.key_value("watched_test", Duration::ZERO).await?,
+        gets: AtomicUsize::new(0),
+    });
+    let watched = selfheal_bus::watched::Watched::new("watched_test", counted.clone());
+    tokio::time::timeout(Duration::from_secs(10), watched.caught_up(first))
+        .await
+        .context("the watch did not open in 10 s")?;
+    let gets = counted.gets.load(Ordering::SeqCst);
+
+    let read = |key: &'static str| {
+        let watched = &watched;
+        async move {
+            anyhow::Ok(
+                watched
+                    .get(key)
+                    .await?
+                    .map(|entry| (String::from_utf8_lossy(&entry.value).into_owned(), entry.revision)),
+            )
+        }
+    };
+    assert_eq!(
+        read("service.a").await?,
+        Some(("1".into(), first)),
+        "there before the watch"
+    );
+    let second = other.update("service.a", "2".into(), first).await?;
+    tokio::time::timeout(Duration::from_secs(10), watched.caught_up(second))
+        .await
+        .context("another replica's write did not come in 10 s")?;
+    assert_eq!(
+        read("service.a").await?,
+        Some(("2".into(), second)),
+        "another replica's write"
+    );
+    assert_eq!(read("service.none").await?, None, "an absent key");
+    let own = watched.update("service.a", "3".into(), second).await?;
+    assert_eq!(
+        read("service.a").await?,
+        Some(("3".into(), own)),
+        "its own write, at once"
+    );
+    let created = watched.create("service.b", "b".into()).await?;
+    assert_eq!(read("service.b").await?, Some(("b".into(), created)));
+    let mut keys = watched.keys().await?;
+    keys.sort();
+    assert_eq!(keys, ["service.a", "service.b"]);
+    assert_eq!(
+        counted.gets.load(Ordering::SeqCst),
+        gets,
+        "no read went to the bucket while the watch was open"
+    );
+
+    // Another replica moves the key on; a compare-and-set on the revision read here fails,
+    // whether or not the watch has brought the new value yet, and the next read is the bucket's.
+    let moved = other.update("service.a", "4".into(), own).await?;
+    let stale = watched.update("service.a", "x".into(), own).await;
+    assert!(matches!(stale, Err(KvError::Conflict { .. })), "{stale:?}");
+    assert_eq!(
+        read("service.a").await?,
+        Some(("4".into(), moved)),
+        "after a lost compare-and-set"
+    );
+    let exists = watched.create("service.b", "again".into()).await;
+    assert!(matches!(exists, Err(KvError::Exists(_))), "{exists:?}");
+    assert_eq!(read("service.b").await?, Some(("b".into(), created)));
+    assert_eq!(
+        counted.gets.load(Ordering::SeqCst),
+        gets + 2,
+        "each key a compare-and-set lost on was read from the bucket once"
+    );
+    assert_eq!(read("service.a").await?, Some(("4".into(), moved)));
+    assert_eq!(counted.gets.load(Ordering::SeqCst), gets + 2, "then from memory again");
     Ok(())
 }

@@ -198,6 +198,25 @@ async fn the_loop_runs_on_least_privilege_users_and_the_server_refuses_the_rest(
     })
     .await
     .with_context(|| dump(&services))?;
+    // The gateway and the policy keep their buckets in memory through a watch, which their users
+    // may open (and answer the flow control of).
+    for (service, bucket) in [("gateway", "selfheal_incidents"), ("policy", "selfheal_actions")] {
+        let (process, _) = services
+            .iter()
+            .find(|(p, _)| p.name == service)
+            .context("the service")?;
+        let output = process.output();
+        anyhow::ensure!(
+            output
+                .lines()
+                .any(|l| l.contains("watching the bucket") && l.contains(bucket)),
+            "{service} does not read {bucket} from memory:\n{output}"
+        );
+        anyhow::ensure!(
+            !output.contains("cannot watch the bucket") && !output.contains("watch broke"),
+            "{service}'s watch of {bucket} failed:\n{output}"
+        );
+    }
 
     // The gateway's user publishing a decision: the server refuses it, nothing is stored, and the
     // pr-controller never hears of it.

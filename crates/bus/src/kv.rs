@@ -47,7 +47,23 @@ pub trait KeyValue: Send + Sync + 'static {
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError>;
     /// Every key in the bucket.
     async fn keys(&self) -> Result<Vec<String>, KvError>;
+    /// Every change made to the bucket from now on, in the order made; None when this bucket
+    /// cannot be watched (then [`crate::watched::Watched`] reads it as it is).
+    async fn watch(&self) -> Result<Option<Changes>, KvError> {
+        Ok(None)
+    }
 }
+
+/// One change to a bucket: `key` at `revision` holds `value` (None: deleted or purged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub revision: u64,
+    pub value: Option<Bytes>,
+}
+
+/// The changes a [`KeyValue::watch`] yields.
+pub type Changes = futures::stream::BoxStream<'static, Result<Change, KvError>>;
 
 /// A shared bucket.
 pub type SharedKeyValue = Arc<dyn KeyValue>;
@@ -239,6 +255,27 @@ impl KeyValue for NatsKeyValue {
         )
         .await
         .map_err(|e| KvError::Other(e.text()))
+    }
+
+    async fn watch(&self) -> Result<Option<Changes>, KvError> {
+        use futures::StreamExt as _;
+        let watch = self
+            .store
+            .watch_all()
+            .await
+            .map_err(|e| KvError::Other(format!("cannot watch the bucket: {e}")))?;
+        Ok(Some(
+            watch
+                .map(|entry| {
+                    let entry = entry.map_err(|e| KvError::Other(format!("watching the bucket: {e}")))?;
+                    Ok(Change {
+                        value: (entry.operation == kv::Operation::Put).then_some(entry.value),
+                        key: entry.key,
+                        revision: entry.revision,
+                    })
+                })
+                .boxed(),
+        ))
     }
 }
 

@@ -27,6 +27,7 @@ pub mod kv;
 pub mod memory;
 pub mod nats;
 mod retry;
+pub mod watched;
 
 use std::{fmt, sync::Arc, time::Duration};
 

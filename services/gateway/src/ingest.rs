@@ -33,7 +33,12 @@ impl AppState {
             config.hmac_keys().map_err(StartError::from)?,
             config.signature_window,
         );
+        // Read from memory, kept current by the bucket's watch: a new alert's incident is known
+        // absent, and a repeat's found, without a round trip; every write is still a
+        // compare-and-set on the bucket, so one on an incident another gateway has just moved on
+        // fails and reads the bucket again, as a race between two reads would.
         let bucket = bus.key_value(incidents::BUCKET, config.incident_max_age).await?;
+        let bucket = selfheal_bus::watched::Watched::shared(incidents::BUCKET, bucket, config.incident_max_age);
         Ok(Self {
             incidents: incidents::Incidents::new(bucket),
             deadline: config.publish_timeout,

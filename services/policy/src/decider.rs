@@ -81,14 +81,23 @@ impl Decider {
             .as_ref()
             .map(|a| a.labels.clone().into_iter().collect())
             .unwrap_or_default();
-        // Independent reads, at once: the history and the freeze are one round trip, not two.
+        // Independent reads, at once: the history (from memory while the actions bucket is
+        // watched) and the freeze are one round trip, not two.
         let history = async {
             match service {
                 Some(service) => self.limiter.history(service, now).await.map_err(DecideError::History),
                 None => Ok(Vec::new()),
             }
         };
-        let (history, windows) = futures::join!(history, self.windows_in_force(&labels, now));
+        // `Evaluate` (a preview) reads the kill switch with them; a reservation reads it when it
+        // takes its slot.
+        let kill_switch = async {
+            match mode {
+                Mode::Preview => self.limiter.kill_switch().await.map_err(DecideError::Limits),
+                Mode::Reserve => Ok(false),
+            }
+        };
+        let (history, windows, kill_switch) = futures::join!(history, self.windows_in_force(&labels, now), kill_switch);
         let (history, windows) = (history?, windows?);
         let ((metrics, metrics_errors), (target, target_error), dependents) = futures::join!(
             self.metrics.read(&labels),
@@ -157,7 +166,11 @@ impl Decider {
                         .reserve_for(service, &event.incident_key, action, alertname, now)
                         .await
                 }
-                Mode::Preview => self.limiter.preview(service, &event.incident_key, action, now).await,
+                Mode::Preview => {
+                    self.limiter
+                        .preview(service, &event.incident_key, action, now, kill_switch?)
+                        .await
+                }
             }
             .map_err(DecideError::Limits)?;
             if let Verdict::Refused(limit) = verdict {

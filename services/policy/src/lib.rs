@@ -279,7 +279,14 @@ impl Service for Policy {
             .max(config.limits.global_window)
             .max(config.limits.cooldown)
             .max(config.limits.recently_fixed);
-        let actions = bus.key_value(limits::BUCKET, window * 2).await?;
+        // The action records, read from memory (kept current by the bucket's watch): a decision's
+        // history and `Evaluate`'s limits cost no round trip; a reservation's compare-and-set on
+        // a record another replica moved on still fails, and it reads the bucket again. The
+        // control bucket (kill switch, freeze) is read as it is, so a switch an operator has
+        // just set is seen by the next decision.
+        let kept = window * 2;
+        let actions =
+            selfheal_bus::watched::Watched::shared(limits::BUCKET, bus.key_value(limits::BUCKET, kept).await?, kept);
         let control = limits::control_bucket(&bus).await?;
         if limits::carry_over_kill_switch(&actions, &control)
             .await

@@ -403,29 +403,30 @@ impl Limiter {
         Err(LimitError::Contended)
     }
 
+    /// Whether the kill switch is on (in the config or in [`CONTROL_BUCKET`]).
+    pub async fn kill_switch(&self) -> Result<bool, LimitError> {
+        Ok(self.config.kill_switch || kill_switch_on(&self.control).await?)
+    }
+
     /// What [`Self::reserve`] would answer now, reserving nothing (`Evaluate`'s "what would
-    /// happen").
+    /// happen"), with the kill switch as the caller read it ([`Self::kill_switch`], read at
+    /// once with the decision's other reads).
     pub async fn preview(
         &self,
         service: &str,
         incident: &str,
         action: &str,
         now: DateTime<Utc>,
+        kill_switch: bool,
     ) -> Result<Verdict, LimitError> {
-        if self.config.kill_switch {
+        if kill_switch {
             return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
         }
-        // The kill switch and the records, read at once (a preview reserves nothing, so reading
-        // the records before knowing the switch is off costs only the read).
-        let (switch, held) = futures::join!(
-            kill_switch_on(&self.control),
-            self.read_held([Self::key(&Scope::Service(service)), Self::key(&Scope::Global)].into())
-        );
-        if switch? {
-            return Ok(Verdict::Refused(KILL_SWITCH_ON.into()));
-        }
+        let mut held = self
+            .read_held([Self::key(&Scope::Service(service)), Self::key(&Scope::Global)].into())
+            .await?;
         let record = ActionRecord::new(incident, service, action, now);
-        Ok(self.take_both(&mut held?, &record, now))
+        Ok(self.take_both(&mut held, &record, now))
     }
 
     /// What each of `keys` holds, read at once.

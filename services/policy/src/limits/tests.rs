@@ -29,7 +29,7 @@ async fn an_unreadable_record_refuses_what_it_counts_and_is_kept() -> Result<(),
         "{reason}"
     );
     assert_eq!(
-        limiter.preview("checkout", "a", "rollback", now).await?,
+        limiter.preview("checkout", "a", "rollback", now, false).await?,
         Verdict::Refused(reason)
     );
     assert!(limiter.history("checkout", now).await?.is_empty());

@@ -1,0 +1,332 @@
+//! A bucket read from memory. [`Watched`] keeps what every key of a bucket holds current from
+//! the bucket's own change stream ([`KeyValue::watch`]), so a read costs no round trip; writes go
+//! to the bucket, and what they wrote is in memory as soon as they return (a reader sees its own
+//! writes).
+//!
+//! How current a read is: a change another replica makes is in memory as soon as the watch
+//! delivers it (a millisecond or so here); until then a read answers the value before it, as a
+//! read sent a moment earlier would have. What decides is still the compare-and-set, made on the
+//! bucket: one made on a value that was no longer current fails as it would have, and that key is
+//! then read from the bucket itself until read there once. While the watch is not open (starting,
+//! or broken and being opened again) every read goes to the bucket.
+//!
+//! When the watch opens every key is read once (64 at a time), and every value is held in
+//! memory. JetStream announces no expiry, so for a bucket with a `max_age` a value is let go
+//! `max_age` after it was last learned ([`Watched::with_max_age`]): never sooner than the bucket
+//! drops it, so a key may be held a while after the bucket dropped it, and a compare-and-set on
+//! it then fails and reads the bucket, as for any value no longer current.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+
+use crate::kv::{Change, Changes, Entry, KeyValue, KvError, SharedKeyValue};
+
+/// A bucket whose reads are answered from memory while its watch is open.
+pub struct Watched {
+    bucket: SharedKeyValue,
+    /// The bucket's name, for logs.
+    name: Arc<str>,
+    view: Arc<View>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct View {
+    state: RwLock<State>,
+    /// The newest revision applied (JetStream revisions count the whole bucket's writes).
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+/// What is known of one key.
+struct Known {
+    revision: u64,
+    /// None: deleted.
+    value: Option<Bytes>,
+    /// When it was learned here (a value is let go `max_age` after).
+    learned: std::time::Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// The watch is open and every key was read after it opened.
+    ready: bool,
+    /// Each key's newest revision known, and its value then (None: deleted).
+    keys: HashMap<String, Known>,
+    /// Keys a compare-and-set here lost on: read from the bucket until read there once.
+    doubtful: HashSet<String>,
+}
+
+/// How long to wait before opening a watch again after it broke or could not be opened.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+impl Watched {
+    /// `bucket`, read from memory once its watch is open (at once, in the background). A bucket
+    /// that cannot be watched is read as it is.
+    pub fn new(name: &str, bucket: SharedKeyValue) -> Self {
+        Self::with_max_age(name, bucket, Duration::ZERO)
+    }
+
+    /// [`Self::new`] for a bucket whose values expire after `max_age` (zero: never).
+    pub fn with_max_age(name: &str, bucket: SharedKeyValue, max_age: Duration) -> Self {
+        let view = Arc::new(View::default());
+        let name: Arc<str> = name.into();
+        let task = tokio::spawn(keep_current(name.clone(), bucket.clone(), view.clone(), max_age));
+        Self {
+            bucket,
+            name,
+            view,
+            task,
+        }
+    }
+
+    /// [`Self::with_max_age`], shared.
+    pub fn shared(name: &str, bucket: SharedKeyValue, max_age: Duration) -> SharedKeyValue {
+        Arc::new(Self::with_max_age(name, bucket, max_age))
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether reads are answered from memory now.
+    pub fn ready(&self) -> bool {
+        self.view.read().ready
+    }
+
+    /// Waits until reads are answered from memory and every change up to `revision` (a revision
+    /// a write to the bucket returned, anywhere) is in it.
+    pub async fn caught_up(&self, revision: u64) {
+        let mut applied = self.view.applied.subscribe();
+        loop {
+            if self.ready() && *applied.borrow_and_update() >= revision {
+                return;
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl View {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `value` at `revision` for `key` unless a newer revision of it is known.
+    fn apply(&self, key: &str, revision: u64, value: Option<Bytes>) {
+        {
+            let mut state = self.write();
+            let learned = std::time::Instant::now();
+            match state.keys.get_mut(key) {
+                Some(known) if known.revision >= revision => {}
+                Some(known) => {
+                    *known = Known {
+                        revision,
+                        value,
+                        learned,
+                    }
+                }
+                None => {
+                    state.keys.insert(
+                        key.to_string(),
+                        Known {
+                            revision,
+                            value,
+                            learned,
+                        },
+                    );
+                }
+            }
+        }
+        self.applied.send_if_modified(|applied| {
+            let newer = revision > *applied;
+            *applied = (*applied).max(revision);
+            newer
+        });
+    }
+
+    /// What the bucket itself answered for `key` just now: the newest there is.
+    fn learn(&self, key: &str, entry: Option<&Entry>) {
+        match entry {
+            Some(entry) => self.apply(key, entry.revision, Some(entry.value.clone())),
+            None => {
+                let mut state = self.write();
+                if let Some(known) = state.keys.get_mut(key) {
+                    known.value = None;
+                }
+            }
+        }
+        self.write().doubtful.remove(key);
+    }
+}
+
+/// Opens the watch, reads every key, then applies each change as it comes; again after a pause
+/// when the watch breaks.
+async fn keep_current(bucket_name: Arc<str>, bucket: SharedKeyValue, view: Arc<View>, max_age: Duration) {
+    let bucket_name = &*bucket_name;
+    loop {
+        let changes: Changes = match bucket.watch().await {
+            Ok(Some(changes)) => changes,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(bucket = bucket_name, error = %error, "cannot watch the bucket; reading it directly meanwhile");
+                tokio::time::sleep(REOPEN_AFTER).await;
+                continue;
+            }
+        };
+        // Read after the watch opened: every change made since comes through it.
+        match every_key(&bucket).await {
+            Ok(entries) => {
+                for (key, entry) in entries {
+                    view.apply(&key, entry.revision, Some(entry.value));
+                }
+                let keys = {
+                    let mut state = view.write();
+                    state.ready = true;
+                    state.keys.len()
+                };
+                view.applied.send_modify(|_| {});
+                tracing::info!(
+                    bucket = bucket_name,
+                    keys,
+                    "watching the bucket: reading it from memory"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(bucket = bucket_name, error = %error, "cannot read the bucket's keys; reading it directly meanwhile");
+                tokio::time::sleep(REOPEN_AFTER).await;
+                continue;
+            }
+        }
+        let mut changes = changes;
+        // Values past `max_age` are let go a quarter of it late at most.
+        let sweep_every = if max_age.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            max_age / 4
+        };
+        let mut sweeps = tokio::time::interval(sweep_every.max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(Change { key, revision, value })) => view.apply(&key, revision, value),
+                    Some(Err(error)) => {
+                        tracing::warn!(bucket = bucket_name, error = %error, "the bucket's watch broke; reading it directly until it is open again");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(bucket = bucket_name, "the bucket's watch ended; reading it directly until it is open again");
+                        break;
+                    }
+                },
+                _ = sweeps.tick() => {
+                    if !max_age.is_zero() {
+                        view.write().keys.retain(|_, known| known.learned.elapsed() < max_age);
+                    }
+                }
+            }
+        }
+        {
+            let mut state = view.write();
+            state.ready = false;
+            state.keys.clear();
+            state.doubtful.clear();
+        }
+        tokio::time::sleep(REOPEN_AFTER).await;
+    }
+}
+
+/// Every key of `bucket` and what it holds, read 64 at a time.
+async fn every_key(bucket: &SharedKeyValue) -> Result<Vec<(String, Entry)>, KvError> {
+    let keys = bucket.keys().await?;
+    let reads = keys.into_iter().map(|key| {
+        let bucket = bucket.clone();
+        async move { Ok::<_, KvError>(bucket.get(&key).await?.map(|entry| (key, entry))) }
+    });
+    let entries: Vec<Option<(String, Entry)>> = futures::stream::iter(reads).buffered(64).try_collect().await?;
+    Ok(entries.into_iter().flatten().collect())
+}
+
+#[async_trait]
+impl KeyValue for Watched {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        {
+            let state = self.view.read();
+            if state.ready && !state.doubtful.contains(key) {
+                return Ok(state.keys.get(key).and_then(|known| {
+                    known.value.clone().map(|value| Entry {
+                        value,
+                        revision: known.revision,
+                    })
+                }));
+            }
+        }
+        let entry = self.bucket.get(key).await?;
+        self.view.learn(key, entry.as_ref());
+        Ok(entry)
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        match self.bucket.create(key, value.clone()).await {
+            Ok(revision) => {
+                self.view.apply(key, revision, Some(value));
+                Ok(revision)
+            }
+            Err(error) => {
+                self.view.write().doubtful.insert(key.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
+        match self.bucket.update(key, value.clone(), revision).await {
+            Ok(new) => {
+                self.view.apply(key, new, Some(value));
+                Ok(new)
+            }
+            Err(error) => {
+                self.view.write().doubtful.insert(key.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, KvError> {
+        {
+            let state = self.view.read();
+            if state.ready && state.doubtful.is_empty() {
+                return Ok(state
+                    .keys
+                    .iter()
+                    .filter(|(_, known)| known.value.is_some())
+                    .map(|(key, _)| key.clone())
+                    .collect());
+            }
+        }
+        self.bucket.keys().await
+    }
+
+    async fn watch(&self) -> Result<Option<Changes>, KvError> {
+        self.bucket.watch().await
+    }
+}
