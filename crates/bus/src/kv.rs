@@ -52,6 +52,10 @@ pub trait KeyValue: Send + Sync + 'static {
     async fn watch(&self) -> Result<Option<Changes>, KvError> {
         Ok(None)
     }
+    /// How long the bucket keeps a value (zero: forever), when it says.
+    fn max_age(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// One change to a bucket: `key` at `revision` holds `value` (None: deleted or purged).
@@ -255,6 +259,10 @@ impl KeyValue for NatsKeyValue {
         )
         .await
         .map_err(|e| KvError::Other(e.text()))
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        Some(self.store.stream.cached_info().config.max_age)
     }
 
     async fn watch(&self) -> Result<Option<Changes>, KvError> {
