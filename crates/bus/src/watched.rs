@@ -196,12 +196,20 @@ impl View {
         }
     }
 
-    /// A compare-and-set on `key` lost: read it from the bucket until read there once.
-    fn doubt(&self, key: &str) {
-        let mut state = self.write();
-        state.losses += 1;
-        let loss = state.losses;
-        state.doubtful.insert(key.to_string(), loss);
+    /// What a write of `value` to `key` begun in the watch's opening `epoch` came to: in memory
+    /// at once when it was made; when it was refused (a lost compare-and-set) or failed, the key
+    /// is read from the bucket until read there once.
+    fn wrote(&self, epoch: u64, key: &str, value: Bytes, written: Result<u64, KvError>) -> Result<u64, KvError> {
+        match &written {
+            Ok(revision) => self.apply(epoch, key, *revision, Some(value)),
+            Err(_) => {
+                let mut state = self.write();
+                state.losses += 1;
+                let loss = state.losses;
+                state.doubtful.insert(key.to_string(), loss);
+            }
+        }
+        written
     }
 }
 
@@ -352,30 +360,14 @@ impl KeyValue for Watched {
 
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         let epoch = self.view.before(key).epoch;
-        match self.bucket.create(key, value.clone()).await {
-            Ok(revision) => {
-                self.view.apply(epoch, key, revision, Some(value));
-                Ok(revision)
-            }
-            Err(error) => {
-                self.view.doubt(key);
-                Err(error)
-            }
-        }
+        let written = self.bucket.create(key, value.clone()).await;
+        self.view.wrote(epoch, key, value, written)
     }
 
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
         let epoch = self.view.before(key).epoch;
-        match self.bucket.update(key, value.clone(), revision).await {
-            Ok(new) => {
-                self.view.apply(epoch, key, new, Some(value));
-                Ok(new)
-            }
-            Err(error) => {
-                self.view.doubt(key);
-                Err(error)
-            }
-        }
+        let written = self.bucket.update(key, value.clone(), revision).await;
+        self.view.wrote(epoch, key, value, written)
     }
 
     async fn keys(&self) -> Result<Vec<String>, KvError> {
