@@ -200,7 +200,11 @@ async fn the_loop_runs_on_least_privilege_users_and_the_server_refuses_the_rest(
     .with_context(|| dump(&services))?;
     // The gateway and the policy keep their buckets in memory through a watch, which their users
     // may open (and answer the flow control of).
-    for (service, bucket) in [("gateway", "selfheal_incidents"), ("policy", "selfheal_actions")] {
+    for (service, bucket) in [
+        ("gateway", "selfheal_incidents"),
+        ("policy", "selfheal_actions"),
+        ("policy", "selfheal_control"),
+    ] {
         let (process, _) = services
             .iter()
             .find(|(p, _)| p.name == service)

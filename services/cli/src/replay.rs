@@ -388,14 +388,16 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // Checked as the service checks them.
     MetricsReader::from_config(&config.metrics).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let memory = || Arc::new(selfheal_bus::kv::MemoryKeyValue::default());
+    let control: selfheal_bus::kv::SharedKeyValue = memory();
     let decider = Decider {
         engine: engine.clone(),
-        limiter: selfheal_policy::limits::Limiter::new(memory(), memory(), config.limits.clone()),
+        limiter: selfheal_policy::limits::Limiter::new(memory(), control.clone(), config.limits.clone()),
         metrics: MetricsReader::none(),
         target: selfheal_policy::target::TargetReader::from_config(&config.target)
             .map_err(|e| anyhow::anyhow!("target: {e}"))?,
         windows: Arc::new(selfheal_policy::windows::Windows::new(&config.windows).map_err(anyhow::Error::msg)?),
-        freeze: selfheal_bus::control::FreezeReader::new(memory()),
+        freeze: selfheal_bus::control::FreezeReader::new(control.clone()),
+        preview_control: control,
         dependents: Default::default(),
     };
 

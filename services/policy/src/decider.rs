@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use selfheal_bus::control::FreezeReader;
+use selfheal_bus::{control::FreezeReader, kv::SharedKeyValue};
 use selfheal_proto::v1::{AlertEvent, Decision};
 use serde_json::Value;
 
@@ -46,7 +46,13 @@ pub struct Decider {
     pub metrics: MetricsReader,
     pub target: TargetReader,
     pub windows: Arc<Windows>,
+    /// The freeze as the acting path reads it: from the control bucket itself, so a freeze
+    /// stored a round trip ago stops the next decision.
     pub freeze: FreezeReader,
+    /// The control bucket (kill switch, freeze) as `Evaluate` previews it: from memory, kept
+    /// current by the bucket's watch where it is watched — a switch just set shows in a
+    /// preview as soon as the watch delivers it (a millisecond or so).
+    pub preview_control: SharedKeyValue,
     pub dependents: DependentsReader,
 }
 
@@ -57,9 +63,16 @@ impl Decider {
         &self,
         labels: &BTreeMap<String, String>,
         now: DateTime<Utc>,
+        mode: Mode,
     ) -> Result<Vec<InForce>, DecideError> {
         let mut in_force = self.windows.in_force(labels, now);
-        if let Some(freeze) = self.freeze.in_force(now).await.map_err(DecideError::Freeze)? {
+        let freeze = match mode {
+            Mode::Reserve => self.freeze.in_force(now).await,
+            Mode::Preview => selfheal_bus::control::freeze(&self.preview_control)
+                .await
+                .map(|freeze| freeze.filter(|f| f.until > now)),
+        };
+        if let Some(freeze) = freeze.map_err(DecideError::Freeze)? {
             in_force.push(InForce::freeze(&freeze));
             in_force.sort_by_key(|w| w.until);
         }
@@ -82,22 +95,27 @@ impl Decider {
             .map(|a| a.labels.clone().into_iter().collect())
             .unwrap_or_default();
         // Independent reads, at once: the history (from memory while the actions bucket is
-        // watched) and the freeze are one round trip, not two.
+        // watched) and the freeze (from memory in a preview) are one round trip at most.
         let history = async {
             match service {
                 Some(service) => self.limiter.history(service, now).await.map_err(DecideError::History),
                 None => Ok(Vec::new()),
             }
         };
-        // `Evaluate` (a preview) reads the kill switch with them; a reservation reads it when it
-        // takes its slot.
+        // `Evaluate` (a preview) reads the kill switch with them (from memory); a reservation
+        // reads it from the bucket when it takes its slot.
         let kill_switch = async {
             match mode {
-                Mode::Preview => self.limiter.kill_switch().await.map_err(DecideError::Limits),
+                Mode::Preview => self
+                    .limiter
+                    .kill_switch_in(&self.preview_control)
+                    .await
+                    .map_err(DecideError::Limits),
                 Mode::Reserve => Ok(false),
             }
         };
-        let (history, windows, kill_switch) = futures::join!(history, self.windows_in_force(&labels, now), kill_switch);
+        let (history, windows, kill_switch) =
+            futures::join!(history, self.windows_in_force(&labels, now, mode), kill_switch);
         let (history, windows) = (history?, windows?);
         let ((metrics, metrics_errors), (target, target_error), dependents) = futures::join!(
             self.metrics.read(&labels),
@@ -203,17 +221,15 @@ mod tests {
     }
 
     fn decider(windows: &[WindowConfig], limits: LimitsConfig) -> Decider {
+        let control: SharedKeyValue = Arc::new(MemoryKeyValue::default());
         Decider {
             engine: eager(),
-            limiter: Limiter::new(
-                Arc::new(MemoryKeyValue::default()),
-                Arc::new(MemoryKeyValue::default()),
-                limits,
-            ),
+            limiter: Limiter::new(Arc::new(MemoryKeyValue::default()), control.clone(), limits),
             metrics: MetricsReader::none(),
             target: TargetReader::none(),
             windows: Arc::new(Windows::new(windows).expect("valid")),
-            freeze: FreezeReader::new(Arc::new(MemoryKeyValue::default())),
+            freeze: FreezeReader::new(control.clone()),
+            preview_control: control,
             dependents: DependentsReader::default(),
         }
     }
@@ -256,6 +272,45 @@ mod tests {
         assert_eq!(input["windows"][0]["name"], "release");
         // The refusal took no slot of the limits.
         assert!(decider.limiter.history("checkout", now).await?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_acting_path_reads_the_switches_from_the_bucket_and_a_preview_from_its_view() -> anyhow::Result<()> {
+        let now = Utc::now();
+        let mut decider = decider(&[], LimitsConfig::default());
+        // The preview's view has not heard of the freeze yet (its watch is a moment behind).
+        let control: SharedKeyValue = Arc::new(MemoryKeyValue::default());
+        decider.freeze = FreezeReader::new(control.clone());
+        decider.preview_control = Arc::new(MemoryKeyValue::default());
+        let freeze = selfheal_bus::control::Freeze {
+            until: now + chrono::Duration::minutes(5),
+            reason: "failover".into(),
+            by: "test".into(),
+        };
+        selfheal_bus::control::set_freeze(&control, Some(&freeze)).await?;
+        let (acting, _) = decider
+            .decide(&event("a"), Some("checkout"), false, now, Mode::Reserve)
+            .await?;
+        assert_eq!(acting.action(), Action::Escalate, "{}", acting.reason);
+        assert!(acting.reason.contains("failover"), "{}", acting.reason);
+        let (preview, _) = decider
+            .decide(&event("a"), Some("checkout"), false, now, Mode::Preview)
+            .await?;
+        assert_eq!(preview.action(), Action::Rollback, "the view: {}", preview.reason);
+        // Once the view has it, the preview says so; the kill switch likewise.
+        selfheal_bus::control::set_freeze(&decider.preview_control, Some(&freeze)).await?;
+        let (preview, _) = decider
+            .decide(&event("a"), Some("checkout"), false, now, Mode::Preview)
+            .await?;
+        assert!(preview.reason.contains("failover"), "{}", preview.reason);
+        selfheal_bus::control::set_freeze(&decider.preview_control, None).await?;
+        selfheal_bus::control::set_kill_switch(&decider.preview_control, true).await?;
+        let (preview, _) = decider
+            .decide(&event("b"), Some("checkout"), false, now, Mode::Preview)
+            .await?;
+        assert_eq!(preview.action(), Action::Escalate, "{}", preview.reason);
+        assert!(preview.reason.contains("kill switch"), "{}", preview.reason);
         Ok(())
     }
 

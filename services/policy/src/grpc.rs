@@ -167,6 +167,7 @@ mod tests {
                 limiter: limiter.clone(),
                 windows: Default::default(),
                 freeze: selfheal_bus::control::FreezeReader::new(Arc::new(MemoryKeyValue::default())),
+                preview_control: Arc::new(MemoryKeyValue::default()),
                 dependents: Default::default(),
             },
             dry_run: false,

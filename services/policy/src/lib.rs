@@ -282,8 +282,9 @@ impl Service for Policy {
         // The action records, read from memory (kept current by the bucket's watch): a decision's
         // history and `Evaluate`'s limits cost no round trip; a reservation's compare-and-set on
         // a record another replica moved on still fails, and it reads the bucket again. The
-        // control bucket (kill switch, freeze) is read as it is, so a switch an operator has
-        // just set is seen by the next decision.
+        // acting path reads the control bucket (kill switch, freeze) as it is, so a switch an
+        // operator has just set stops the next decision; `Evaluate`, a preview, reads it from
+        // memory too.
         let kept = window * 2;
         let actions =
             selfheal_bus::watched::Watched::shared(limits::BUCKET, bus.key_value(limits::BUCKET, kept).await?, kept);
@@ -302,7 +303,8 @@ impl Service for Policy {
             metrics: metric_reader,
             target: target_reader,
             windows,
-            freeze: selfheal_bus::control::FreezeReader::new(control),
+            freeze: selfheal_bus::control::FreezeReader::new(control.clone()),
+            preview_control: selfheal_bus::watched::Watched::shared(limits::CONTROL_BUCKET, control, Duration::ZERO),
             dependents,
         };
         let outcomes = Arc::new(OutcomeHandler {

@@ -403,13 +403,14 @@ impl Limiter {
         Err(LimitError::Contended)
     }
 
-    /// Whether the kill switch is on (in the config or in [`CONTROL_BUCKET`]).
-    pub async fn kill_switch(&self) -> Result<bool, LimitError> {
-        Ok(self.config.kill_switch || kill_switch_on(&self.control).await?)
+    /// Whether the kill switch is on: in the config, or in `control` ([`CONTROL_BUCKET`] as the
+    /// caller reads it; `Evaluate` from memory).
+    pub async fn kill_switch_in(&self, control: &SharedKeyValue) -> Result<bool, LimitError> {
+        Ok(self.config.kill_switch || kill_switch_on(control).await?)
     }
 
     /// What [`Self::reserve`] would answer now, reserving nothing (`Evaluate`'s "what would
-    /// happen"), with the kill switch as the caller read it ([`Self::kill_switch`], read at
+    /// happen"), with the kill switch as the caller read it ([`Self::kill_switch_in`], read at
     /// once with the decision's other reads).
     pub async fn preview(
         &self,
