@@ -81,6 +81,11 @@ pub struct RegoEngine {
     /// engine per call); `None` when the query does not compile, and then errors come from the
     /// ordinary path.
     compiled: Option<std::sync::Arc<regorus::CompiledPolicy>>,
+    /// The query compiled once more, to a program for regorus's virtual machine: about four
+    /// times as fast again (the default policy: ~25 µs against ~100). `None` when the policy
+    /// uses something that compiler does not take; an evaluation the machine cannot finish is
+    /// made by the interpreter, whose answer (or error) stands.
+    vm: Option<std::sync::Arc<Vm>>,
     files: Vec<PolicyFile>,
     /// `data.<package>.test_*` rules found in the files.
     tests: Vec<String>,
@@ -151,14 +156,12 @@ impl RegoEngine {
             files.push(PolicyFile { path, package });
         }
         engine.set_rego_v0(false);
-        let compiled = engine
-            .clone()
-            .compile_with_entrypoint(&query.into())
-            .ok()
-            .map(std::sync::Arc::new);
+        let compiled = engine.clone().compile_with_entrypoint(&query.into()).ok();
+        let vm = compiled.as_ref().and_then(|compiled| Vm::compile(compiled, query));
         Ok(Self {
             engine,
-            compiled,
+            compiled: compiled.map(std::sync::Arc::new),
+            vm: vm.map(std::sync::Arc::new),
             files,
             tests,
             query: query.to_string(),
@@ -175,6 +178,68 @@ impl RegoEngine {
                 (rule.clone(), passed)
             })
             .collect()
+    }
+}
+
+/// The query as a program for regorus's virtual machine (RVM), and machines idle between
+/// evaluations (each evaluation starts from a clean state: the machine resets itself).
+pub(crate) struct Vm {
+    policy: regorus::CompiledPolicy,
+    program: std::sync::Arc<regorus::rvm::program::Program>,
+    query: String,
+    idle: std::sync::Mutex<Vec<regorus::rvm::vm::RegoVM>>,
+}
+
+/// Instructions one evaluation may run on the machine before it gives up and the interpreter
+/// (which has no such limit) evaluates instead: far above what a policy over a service's history
+/// needs, low enough to stop a runaway loop early.
+const VM_MAX_INSTRUCTIONS: usize = 1_000_000;
+
+/// Machines kept idle (more are made when more evaluations run at once).
+const VM_IDLE: usize = 16;
+
+impl Vm {
+    fn compile(policy: &regorus::CompiledPolicy, query: &str) -> Option<Self> {
+        match regorus::languages::rego::compiler::Compiler::compile_from_policy(policy, &[query]) {
+            Ok(program) => Some(Self {
+                policy: policy.clone(),
+                program,
+                query: query.to_string(),
+                idle: Default::default(),
+            }),
+            Err(error) => {
+                tracing::info!(%error, query, "the policy does not compile for regorus's virtual machine: its interpreter evaluates it");
+                None
+            }
+        }
+    }
+
+    /// The query's value for `input`; `None` when the machine cannot say (an error, or undefined:
+    /// the interpreter then answers, with its own words for what went wrong).
+    fn eval(&self, input: regorus::Value) -> Option<regorus::Value> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut vm = idle.unwrap_or_else(|| {
+            let mut vm = regorus::rvm::vm::RegoVM::new_with_policy(self.policy.clone());
+            vm.load_program(self.program.clone());
+            vm.set_max_instructions(VM_MAX_INSTRUCTIONS);
+            vm
+        });
+        vm.set_input(input);
+        let value = vm.execute_entry_point_by_name(&self.query);
+        vm.set_input(regorus::Value::Null);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < VM_IDLE
+        {
+            idle.push(vm);
+        }
+        match value {
+            Ok(regorus::Value::Undefined) => None,
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::debug!(%error, "regorus's virtual machine did not finish: the interpreter evaluates");
+                None
+            }
+        }
     }
 }
 
@@ -207,14 +272,14 @@ impl PolicyEngine for RegoEngine {
 }
 
 impl RegoEngine {
-    /// The decision for `input` (synchronous; about 20 µs for the default policy).
-    pub fn eval(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
-        let eval_error = |reason: String| PolicyError::Eval {
-            query: self.query.clone(),
-            reason,
-        };
-        let input = regorus::Value::from(input.clone());
-        let value = match &self.compiled {
+    /// Whether evaluations run on regorus's virtual machine (else its interpreter).
+    pub fn compiled_to_vm(&self) -> bool {
+        self.vm.is_some()
+    }
+
+    /// What regorus's interpreter makes of the query for `input`.
+    fn interpret(&self, input: regorus::Value) -> Result<regorus::Value, String> {
+        match &self.compiled {
             Some(compiled) => compiled.eval_with_input(input),
             None => {
                 let mut engine = self.engine.clone();
@@ -222,7 +287,20 @@ impl RegoEngine {
                 engine.eval_rule(self.query.clone())
             }
         }
-        .map_err(|e| eval_error(e.to_string()))?;
+        .map_err(|e| e.to_string())
+    }
+
+    /// The decision for `input` (synchronous; about 25 µs for the default policy).
+    pub fn eval(&self, input: &serde_json::Value) -> Result<(RawDecision, String), PolicyError> {
+        let eval_error = |reason: String| PolicyError::Eval {
+            query: self.query.clone(),
+            reason,
+        };
+        let input = regorus::Value::from(input.clone());
+        let value = match self.vm.as_ref().and_then(|vm| vm.eval(input.clone())) {
+            Some(value) => value,
+            None => self.interpret(input).map_err(eval_error)?,
+        };
         if value == regorus::Value::Undefined {
             return Err(PolicyError::Undefined {
                 query: self.query.clone(),
@@ -291,6 +369,97 @@ mod tests {
             .expect("eval");
         assert_eq!(none.action, "none");
         assert!(!none.reason.is_empty());
+    }
+
+    /// regorus's virtual machine decides as its interpreter does on every branch of the default
+    /// policy: each combination of alert, metrics, target, history, windows and callers.
+    #[test]
+    fn the_virtual_machine_decides_as_the_interpreter_does() {
+        let engine = default_policy();
+        let vm = engine
+            .vm
+            .as_ref()
+            .expect("the default policy compiles for the virtual machine");
+        let now = "2026-12-01T12:00:00Z";
+        let metrics = [
+            json!({}),
+            json!({"metrics": {"error_rate": 0.12, "restarts": 5}}),
+            json!({"metrics": {"error_rate": 0.01, "restarts": 1}}),
+            json!({"metrics": {"error_rate": 0.2}}),
+            json!({"metrics": {"cpu": 0.93}}),
+            json!({"metrics": {"cpu": 0.42}}),
+            json!({"metrics": {}, "metrics_errors": {"error_rate": "prometheus: timeout"}}),
+        ];
+        let targets = [
+            json!(null),
+            json!({"replicas": 2}),
+            json!({"replicas": 10, "max_replicas": 10}),
+        ];
+        let rollback =
+            |at: &str| json!({"incident": "i", "action": "rollback", "at": at, "alertname": "HighErrorRate"});
+        let histories = [
+            json!([]),
+            json!([rollback("2026-12-01T11:50:00Z"), rollback("2026-12-01T11:55:00Z")]),
+            json!([rollback("2026-12-01T10:00:00Z")]),
+            json!([{"incident": "v", "action": "rollback", "at": "2026-12-01T11:40:00Z", "alertname": "HighErrorRate",
+                    "outcome": "verified", "outcome_at": "2026-12-01T11:45:00Z"},
+                   {"incident": "w", "action": "scale", "at": "2026-12-01T11:40:00Z", "alertname": "HighCPU",
+                    "outcome": "verified", "outcome_at": "2026-12-01T11:41:00Z"}]),
+        ];
+        let windows = [
+            json!([]),
+            json!([{"name": "freeze", "kind": "freeze", "until": "2026-12-01T13:00:00Z", "reason": "failover"}]),
+            json!([{"name": "release", "kind": "window", "until": "2026-12-01T12:30:00Z", "reason": ""}]),
+        ];
+        let callers = [
+            json!({}),
+            json!({"max_firing_dependents": 2, "dependents": [
+                {"service": "web", "rate": 3.5, "firing": true},
+                {"service": "api", "rate": 1.0, "firing": true},
+                {"service": "batch", "rate": 0.1, "firing": true},
+                {"service": "cron", "rate": 0.0, "firing": false}]}),
+        ];
+        let mut cases = 0;
+        for alertname in ["HighErrorRate", "HighCPU", "HighRestartCount"] {
+            for severity in ["critical", "warning"] {
+                for auto_heal in ["true", "false"] {
+                    for metrics in &metrics {
+                        for target in &targets {
+                            for history in &histories {
+                                for windows in &windows {
+                                    for callers in &callers {
+                                        let mut input = json!({
+                                            "alert": {"labels": {"alertname": alertname, "severity": severity,
+                                                                 "auto_heal": auto_heal, "service": "checkout"},
+                                                      "status": "firing"},
+                                            "incident": "k", "history": history, "windows": windows,
+                                            "recently_fixed_seconds": 3600, "now": now,
+                                        });
+                                        for extra in [metrics, callers] {
+                                            for (key, value) in extra.as_object().into_iter().flatten() {
+                                                input[key] = value.clone();
+                                            }
+                                        }
+                                        if !target.is_null() {
+                                            input["target"] = target.clone();
+                                        }
+                                        let value = regorus::Value::from(input.clone());
+                                        let interpreted =
+                                            engine.interpret(value.clone()).expect("the interpreter decides");
+                                        let run = vm.eval(value);
+                                        assert_eq!(run.as_ref(), Some(&interpreted), "{input}");
+                                        cases += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 3 * 2 * 2 * 7 * 3 * 4 * 3 * 2);
+        // And through `eval`, which runs on the machine.
+        assert!(engine.compiled_to_vm());
     }
 
     #[test]
