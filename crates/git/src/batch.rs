@@ -32,6 +32,11 @@ pub(crate) struct BatchState {
     pub(crate) refs: BTreeMap<FullName, PendingRef>,
     /// Commits made in the batch, with what each changed, its parent and its mark.
     pub(crate) made: HashMap<ObjectId, std::sync::Arc<Changes>>,
+    /// Where each ref the batch read pointed on disk when it first read it (None: absent). The
+    /// batch reads the disk once per ref, not once per question (a ref read is five system
+    /// calls); the flush's compare-and-set is against these values, so a ref that moved on disk
+    /// meanwhile fails the flush as it would have anyway.
+    pub(crate) on_disk: HashMap<FullName, Option<ObjectId>>,
 }
 
 /// A ref the batch moves: from what was on disk when the batch first read it, to `new`.
@@ -64,6 +69,7 @@ impl Batch {
                 repo,
                 refs: BTreeMap::new(),
                 made: Default::default(),
+                on_disk: Default::default(),
             }),
         }
     }
@@ -74,11 +80,21 @@ impl Batch {
     }
 
     /// Where `name` points in the batch: its own change, or what is on disk.
-    pub(crate) fn tip(state: &BatchState, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
+    pub(crate) fn tip(state: &mut BatchState, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
         match state.refs.get(name) {
             Some(pending) => Ok(Some(pending.new)),
-            None => current_tip(&state.repo, name),
+            None => Self::on_disk(state, name),
         }
+    }
+
+    /// Where `name` pointed on disk when the batch first read it.
+    fn on_disk(state: &mut BatchState, name: &FullName) -> Result<Option<ObjectId>, RepoError> {
+        if let Some(known) = state.on_disk.get(name) {
+            return Ok(*known);
+        }
+        let now = current_tip(&state.repo, name)?;
+        state.on_disk.insert(name.clone(), now);
+        Ok(now)
     }
 
     /// Moves `name` in the batch, compare-and-set against where it points in the batch.
@@ -93,7 +109,7 @@ impl Batch {
         let (now, on_disk) = match state.refs.get(name) {
             Some(pending) => (Some(pending.new), pending.on_disk),
             None => {
-                let on_disk = current_tip(&state.repo, name)?;
+                let on_disk = Self::on_disk(state, name)?;
                 (on_disk, on_disk)
             }
         };
@@ -125,6 +141,7 @@ impl Batched for Batch {
         let mut state = self.state();
         let refs = std::mem::take(&mut state.refs);
         state.made.clear();
+        state.on_disk.clear();
         let objects = state.repo.objects.take_object_memory().unwrap_or_default();
         state.repo.objects.enable_object_memory();
         drop(state);
@@ -198,7 +215,7 @@ impl GitRepo for Batch {
 
     fn branch_tip(&self, branch: &str) -> Result<Option<String>, RepoError> {
         let name = branch_ref_name(branch)?;
-        Ok(Self::tip(&self.state(), &name)?.map(|id| id.to_string()))
+        Ok(Self::tip(&mut self.state(), &name)?.map(|id| id.to_string()))
     }
 
     fn read_file(&self, commit: &str, path: &str) -> Result<Option<String>, RepoError> {
@@ -212,8 +229,8 @@ impl GitRepo for Batch {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let state = self.state();
-        let Some(tip) = Self::tip(&state, &name)? else {
+        let mut state = self.state();
+        let Some(tip) = Self::tip(&mut state, &name)? else {
             return Ok(Vec::new());
         };
         let mut versions = Vec::new();
@@ -234,7 +251,7 @@ impl GitRepo for Batch {
         }
         let Some(base) = next else { return Ok(versions) };
         let rest = limit - versions.len();
-        let older = if current_tip(&state.repo, &name)? == Some(base) {
+        let older = if Self::on_disk(&mut state, &name)? == Some(base) {
             self.store.indexed_history(&state.repo, branch, base, path, rest)?
         } else {
             // A branch the batch made, on top of another one: walk from where it starts.
@@ -295,8 +312,8 @@ impl GitRepo for Batch {
     /// The batch's own commits on the branch first, then the shared index from where they start.
     fn marked_commit(&self, branch: &str, incident: &str) -> Result<Option<(String, String)>, RepoError> {
         let name = branch_ref_name(branch)?;
-        let state = self.state();
-        let mut next = Self::tip(&state, &name)?;
+        let mut state = self.state();
+        let mut next = Self::tip(&mut state, &name)?;
         while let Some((id, made)) = next.and_then(|id| Some((id, state.made.get(&id)?.clone()))) {
             if made.2.as_deref() == Some(incident) {
                 return Ok(Some((id.to_string(), commit_message(&state.repo, id)?)));
@@ -304,7 +321,7 @@ impl GitRepo for Batch {
             next = made.1;
         }
         let Some(base) = next else { return Ok(None) };
-        let found = if current_tip(&state.repo, &name)? == Some(base) {
+        let found = if Self::on_disk(&mut state, &name)? == Some(base) {
             self.store
                 .with_index(&state.repo, branch, base, |index| index.marked(&state.repo, incident))?
         } else {

@@ -145,3 +145,54 @@ fn a_batch_whose_base_moved_writes_no_ref() {
     assert_eq!(packs(&f.bare), packs_before, "five objects, written loose");
     git(&f.bare, &["fsck", "--strict", "--no-dangling"]);
 }
+
+/// A batch reads each ref from disk once: what it reads later is what it read first (its own
+/// changes aside), and a ref that moved on disk meanwhile fails the flush, whatever was read.
+#[test]
+fn a_batch_reads_a_ref_once_and_a_ref_moved_since_fails_its_flush() {
+    let f = gitops_fixture();
+    let repo = LocalRepository::open(&f.bare).unwrap();
+    let path = "apps/demo/kustomization.yaml";
+    let batch = repo.batch();
+    assert_eq!(batch.branch_tip("main").unwrap(), Some(f.main[0].clone()));
+    assert_eq!(batch.branch_tip("selfheal/z").unwrap(), None);
+    let moved = repo
+        .commit_file(
+            "main",
+            Some(&f.main[0]),
+            &f.main[0],
+            "README.md",
+            "moved\n",
+            "moved",
+            &author(),
+        )
+        .unwrap();
+    repo.commit_file("selfheal/z", None, &moved, "README.md", "z\n", "z", &author())
+        .unwrap();
+    // The batch still answers what it read first.
+    assert_eq!(batch.branch_tip("main").unwrap(), Some(f.main[0].clone()));
+    assert_eq!(batch.branch_tip("selfheal/z").unwrap(), None);
+    assert!(batch.marked_commit("main", "nobody").unwrap().is_none());
+    let commit = batch
+        .commit_file(
+            "main",
+            Some(&f.main[0]),
+            &f.main[0],
+            path,
+            "newTag: v2\n",
+            "bump",
+            &author(),
+        )
+        .unwrap();
+    assert_eq!(
+        batch.branch_tip("main").unwrap(),
+        Some(commit.clone()),
+        "its own change"
+    );
+    let err = batch.flush().unwrap_err();
+    assert!(
+        matches!(&err, RepoError::Conflict { branch, found, .. } if branch == "main" && *found == moved),
+        "{err:?}"
+    );
+    assert_eq!(repo.branch_tip("main").unwrap(), Some(moved));
+}
