@@ -87,6 +87,8 @@ pub struct RegoEngine {
     /// made by the interpreter, whose answer (or error) stands.
     vm: Option<std::sync::Arc<Vm>>,
     files: Vec<PolicyFile>,
+    /// The files of the query's package, comma-separated: the policy named in each decision.
+    deciding: String,
     /// `data.<package>.test_*` rules found in the files.
     tests: Vec<String>,
     query: String,
@@ -158,11 +160,19 @@ impl RegoEngine {
         engine.set_rego_v0(false);
         let compiled = engine.clone().compile_with_entrypoint(&query.into()).ok();
         let vm = compiled.as_ref().and_then(|compiled| Vm::compile(compiled, query));
+        let package = query.rsplit_once('.').map(|(package, _)| package).unwrap_or_default();
+        let deciding = files
+            .iter()
+            .filter(|f| f.package == package)
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(Self {
             engine,
             compiled: compiled.map(std::sync::Arc::new),
             vm: vm.map(std::sync::Arc::new),
             files,
+            deciding,
             tests,
             query: query.to_string(),
         })
@@ -296,7 +306,8 @@ impl RegoEngine {
             query: self.query.clone(),
             reason,
         };
-        let input = regorus::Value::from(input.clone());
+        // Read straight from the JSON (no copy of it first).
+        let input = regorus::Value::deserialize(input).map_err(|e| eval_error(e.to_string()))?;
         let value = match self.vm.as_ref().and_then(|vm| vm.eval(input.clone())) {
             Some(value) => value,
             None => self.interpret(input).map_err(eval_error)?,
@@ -306,24 +317,13 @@ impl RegoEngine {
                 query: self.query.clone(),
             });
         }
-        let json = value.to_json_str().map_err(|e| eval_error(e.to_string()))?;
-        let raw: RawDecision = serde_json::from_str(&json).map_err(|e| PolicyError::Shape {
+        // Through a JSON value, not its text.
+        let json = serde_json::to_value(&value).map_err(|e| eval_error(e.to_string()))?;
+        let raw = RawDecision::deserialize(&json).map_err(|e| PolicyError::Shape {
             query: self.query.clone(),
             reason: e.to_string(),
         })?;
-        let package = self
-            .query
-            .rsplit_once('.')
-            .map(|(package, _)| package)
-            .unwrap_or_default();
-        let policy = self
-            .files
-            .iter()
-            .filter(|f| f.package == package)
-            .map(|f| f.path.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok((raw, policy))
+        Ok((raw, self.deciding.clone()))
     }
 }
 
