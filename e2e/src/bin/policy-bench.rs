@@ -35,6 +35,11 @@ struct Args {
     /// Concurrent calls in flight (over one HTTP/2 connection per 4 callers).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// The policy service's worker threads (`TOKIO_WORKER_THREADS`). Unset: one per CPU but the
+    /// one the callers run on (they share the machine; in production they are elsewhere). 0: one
+    /// per CPU, the service's own default.
+    #[arg(long)]
+    service_workers: Option<usize>,
 }
 
 fn alert(i: usize) -> Alert {
@@ -85,6 +90,15 @@ async fn main() -> anyhow::Result<()> {
         ("SELFHEAL_POLICY_GRPC_TOKEN", TOKEN.to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = match args.service_workers {
+        Some(0) => cpus,
+        Some(workers) => workers,
+        None => cpus.saturating_sub(1).max(1),
+    };
+    let mut env = env.to_vec();
+    env.push(("TOKIO_WORKER_THREADS", workers.to_string()));
+    println!("policy service on {workers} worker thread(s) of {cpus} CPUs; the callers on one thread");
     let mut policy = Process::start("policy", &binary("selfheal-policy")?, &[], &env, temp.path())?;
     wait_ready(&format!("http://127.0.0.1:{http}/readyz"), &mut policy).await?;
 
