@@ -45,6 +45,11 @@ pub struct PolicyConfig {
     pub grpc_tokens: Vec<selfheal_config::NamedToken>,
     /// Decide and publish, but mark every decision dry-run so nothing is changed.
     pub dry_run: bool,
+    /// Evaluate the Rego policies on regorus's virtual machine (about four times as fast as its
+    /// interpreter; a policy that does not compile for it, or an evaluation it cannot finish, is
+    /// evaluated by the interpreter). `false`: the interpreter only, the reference — should a
+    /// policy decide differently on the two, which is a regorus bug worth reporting.
+    pub rego_vm: bool,
     /// How often to look for changed policy files (zero: never; gRPC Reload still works).
     #[serde(with = "humantime_serde")]
     pub reload_interval: std::time::Duration,
@@ -90,6 +95,7 @@ impl Default for PolicyConfig {
             grpc_token_file: None,
             grpc_tokens: Vec::new(),
             dry_run: false,
+            rego_vm: true,
             reload_interval: std::time::Duration::from_secs(2),
             ack_wait: std::time::Duration::from_secs(30),
             concurrency: 256,

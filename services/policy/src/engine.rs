@@ -218,7 +218,7 @@ impl Vm {
                 idle: Default::default(),
             }),
             Err(error) => {
-                tracing::info!(%error, query, "the policy does not compile for regorus's virtual machine: its interpreter evaluates it");
+                tracing::debug!(%error, query, "the policy does not compile for regorus's virtual machine");
                 None
             }
         }
@@ -285,6 +285,15 @@ impl RegoEngine {
     /// Whether evaluations run on regorus's virtual machine (else its interpreter).
     pub fn compiled_to_vm(&self) -> bool {
         self.vm.is_some()
+    }
+
+    /// On regorus's virtual machine where the policy compiled for it (`true`), or on its
+    /// interpreter only (`false`: the reference, for a policy the two would decide differently).
+    pub fn on_vm(mut self, vm: bool) -> Self {
+        if !vm {
+            self.vm = None;
+        }
+        self
     }
 
     /// What regorus's interpreter makes of the query for `input`.
@@ -458,8 +467,17 @@ mod tests {
             }
         }
         assert_eq!(cases, 3 * 2 * 2 * 7 * 3 * 4 * 3 * 2);
-        // And through `eval`, which runs on the machine.
         assert!(engine.compiled_to_vm());
+        // `rego_vm = false`: the interpreter only, deciding alike.
+        let interpreted = default_policy().on_vm(false);
+        assert!(!interpreted.compiled_to_vm());
+        let input = alert(
+            json!({"alertname": "HighErrorRate", "severity": "critical", "auto_heal": "true", "service": "checkout"}),
+        );
+        assert_eq!(
+            interpreted.eval(&input).expect("eval"),
+            engine.eval(&input).expect("eval")
+        );
     }
 
     #[test]
@@ -495,6 +513,8 @@ mod tests {
 pub struct ReloadingEngine {
     dir: PathBuf,
     query: String,
+    /// Evaluate on regorus's virtual machine where the policy compiles for it (`rego_vm`).
+    vm: bool,
     current: std::sync::RwLock<Arc<RegoEngine>>,
     /// The error of the last failed reload, cleared by a good one.
     last_error: std::sync::RwLock<Option<String>>,
@@ -531,12 +551,21 @@ fn fingerprint(dir: &Path) -> Vec<Fingerprint> {
 
 impl ReloadingEngine {
     /// Loads `dir`; fails if the first load fails (a service must not start without policies).
-    pub fn load(dir: &Path, query: &str) -> Result<Self, PolicyError> {
+    /// `vm`: evaluate on regorus's virtual machine where the policy compiles for it (false: on
+    /// its interpreter only).
+    pub fn load(dir: &Path, query: &str, vm: bool) -> Result<Self, PolicyError> {
         let print = fingerprint(dir);
-        let engine = RegoEngine::load_dir(dir, query)?;
+        let engine = RegoEngine::load_dir(dir, query)?.on_vm(vm);
+        if vm && !engine.compiled_to_vm() {
+            tracing::info!(
+                query,
+                "evaluating on regorus's interpreter: the policy does not compile for its virtual machine"
+            );
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             query: query.to_string(),
+            vm,
             current: std::sync::RwLock::new(Arc::new(engine)),
             last_error: std::sync::RwLock::new(None),
             fingerprint: std::sync::Mutex::new(print),
@@ -553,7 +582,7 @@ impl ReloadingEngine {
     /// Loads the directory again. On failure the previous policies stay in force.
     pub fn reload(&self) -> Result<Vec<PolicyFile>, PolicyError> {
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint(&self.dir);
-        match RegoEngine::load_dir(&self.dir, &self.query) {
+        match RegoEngine::load_dir(&self.dir, &self.query).map(|engine| engine.on_vm(self.vm)) {
             Ok(engine) => {
                 let files = engine.policies();
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
@@ -626,7 +655,7 @@ mod reload_tests {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("p.rego");
         std::fs::write(&file, GOOD)?;
-        let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision")?;
+        let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision", true)?;
         assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v1");
 
         std::fs::write(&file, "package selfheal\ndecision := {\n")?;
@@ -664,7 +693,7 @@ mod reload_tests {
         version("..2026_11_28_01", "v1")?;
         symlink("..2026_11_28_01", dir.path().join("..data"))?;
         symlink("..data/p.rego", dir.path().join("p.rego"))?;
-        let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision")?;
+        let engine = ReloadingEngine::load(dir.path(), "data.selfheal.decision", true)?;
         assert_eq!(engine.eval(&serde_json::json!({}))?.0.reason, "v1");
         assert!(engine.reload_if_changed().is_none(), "nothing changed yet");
 

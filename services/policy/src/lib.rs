@@ -211,7 +211,7 @@ impl Service for Policy {
                     .map_err(|e| StartError::config(format!("opa_url: {e}")))?,
             ),
             _ => Arc::new(
-                engine::ReloadingEngine::load(&config.policy_dir, &config.query)
+                engine::ReloadingEngine::load(&config.policy_dir, &config.query, config.rego_vm)
                     .map_err(|e| StartError::config(format!("policy_dir: {e}")))?,
             ),
         };
