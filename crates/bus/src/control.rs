@@ -85,6 +85,14 @@ pub async fn freeze(kv: &SharedKeyValue) -> Result<Option<Freeze>, KvError> {
         .map_err(|e| KvError::Other(format!("{FREEZE_KEY} in {BUCKET} is unreadable ({e}): fix or lift it")))
 }
 
+/// The freeze in force at `now`, if any (one set that has not ended).
+pub async fn freeze_in_force(
+    kv: &SharedKeyValue,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Freeze>, KvError> {
+    Ok(freeze(kv).await?.filter(|f| f.until > now))
+}
+
 /// Whether the kill switch is on; `kv` is [`BUCKET`].
 pub async fn kill_switch_on(kv: &SharedKeyValue) -> Result<bool, KvError> {
     Ok(kv
@@ -142,8 +150,10 @@ impl FreezeReader {
     /// The freeze in force at `now`, if any.
     pub async fn in_force(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Option<Freeze>, KvError> {
         let kv = self.kv.clone();
-        let read = self.reads.read((), move || async move { freeze(&kv).await }).await?;
-        Ok(read.filter(|f| f.until > now))
+        self.reads
+            .read((), move || async move { freeze(&kv).await })
+            .await
+            .map(|read| read.filter(|f| f.until > now))
     }
 }
 

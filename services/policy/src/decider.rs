@@ -68,9 +68,7 @@ impl Decider {
         let mut in_force = self.windows.in_force(labels, now);
         let freeze = match mode {
             Mode::Reserve => self.freeze.in_force(now).await,
-            Mode::Preview => selfheal_bus::control::freeze(&self.preview_control)
-                .await
-                .map(|freeze| freeze.filter(|f| f.until > now)),
+            Mode::Preview => selfheal_bus::control::freeze_in_force(&self.preview_control, now).await,
         };
         if let Some(freeze) = freeze.map_err(DecideError::Freeze)? {
             in_force.push(InForce::freeze(&freeze));

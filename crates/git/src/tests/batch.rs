@@ -103,6 +103,12 @@ fn a_caller_with_an_older_tip_does_not_throw_the_index_away() {
     assert_eq!(tip.to_string(), newer);
 }
 
+/// Moves main on disk, from `tip`, behind a batch's back: the new tip.
+fn move_main(repo: &LocalRepository, tip: &str) -> String {
+    repo.commit_file("main", Some(tip), tip, "README.md", "moved\n", "moved", &author())
+        .unwrap()
+}
+
 #[test]
 fn a_batch_whose_base_moved_writes_no_ref() {
     let f = gitops_fixture();
@@ -115,17 +121,7 @@ fn a_batch_whose_base_moved_writes_no_ref() {
         .unwrap();
     batch.update_branch("main", &f.main[0], &commit).unwrap();
     // Meanwhile, main moves on disk.
-    let moved = repo
-        .commit_file(
-            "main",
-            Some(&f.main[0]),
-            &f.main[0],
-            "README.md",
-            "moved\n",
-            "moved",
-            &author(),
-        )
-        .unwrap();
+    let moved = move_main(&repo, &f.main[0]);
     let err = batch.flush().unwrap_err();
     assert!(
         matches!(&err, RepoError::Conflict { branch, found, .. } if branch == "main" && *found == moved),
@@ -156,17 +152,7 @@ fn a_batch_reads_a_ref_once_and_a_ref_moved_since_fails_its_flush() {
     let batch = repo.batch();
     assert_eq!(batch.branch_tip("main").unwrap(), Some(f.main[0].clone()));
     assert_eq!(batch.branch_tip("selfheal/z").unwrap(), None);
-    let moved = repo
-        .commit_file(
-            "main",
-            Some(&f.main[0]),
-            &f.main[0],
-            "README.md",
-            "moved\n",
-            "moved",
-            &author(),
-        )
-        .unwrap();
+    let moved = move_main(&repo, &f.main[0]);
     repo.commit_file("selfheal/z", None, &moved, "README.md", "z\n", "z", &author())
         .unwrap();
     // The batch still answers what it read first.
