@@ -57,13 +57,15 @@ pub(crate) fn carry_out_together(
     let reconciler = reconciler.on(batch.clone());
     let started = std::time::Instant::now();
     let outcomes: Vec<_> = work.iter().map(|(d, t)| reconciler.reconcile(d, t)).collect();
+    let made = started.elapsed();
     let flushed = batch.flush();
     match flushed {
         Ok(refs) => {
             tracing::debug!(
                 decisions = work.len(),
                 refs,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                made_us = made.as_micros() as u64,
+                elapsed_us = started.elapsed().as_micros() as u64,
                 "batch written"
             );
             outcomes

@@ -28,6 +28,10 @@ pub struct RemediationsService {
     handler: Arc<RemediationHandler>,
     /// `DescribeTarget`'s answers at main's current tip.
     targets: Arc<crate::reconcile::TargetCache>,
+    /// At most one describe per core reads git at once: a burst of alerts asks for hundreds,
+    /// each a short blocking read, and a thread per read (tokio makes one for each blocking task
+    /// in flight) cost more than the reads; queued, the later ones find the answer cached.
+    reading: Arc<tokio::sync::Semaphore>,
 }
 
 /// The service behind its token check; each RPC checks its role.
@@ -82,9 +86,11 @@ fn check_key(incident_key: &str) -> Result<(), Status> {
 
 impl RemediationsService {
     pub fn new(handler: Arc<RemediationHandler>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         Self {
             handler,
             targets: Default::default(),
+            reading: Arc::new(tokio::sync::Semaphore::new(cores)),
         }
     }
 
@@ -267,11 +273,19 @@ impl RemediationsService {
         }
         let reconciler = self.handler.reconciler().clone();
         let targets = self.targets.clone();
-        let described = tokio::task::spawn_blocking(move || reconciler.describe_with(&labels, &targets))
+        let turn = self
+            .reading
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| {
-                selfheal_telemetry::errors::hidden(tonic::Code::Internal, "describing the target failed", &e)
-            })?;
+            .map_err(|_| Status::unavailable("the service is stopping"))?;
+        let described = tokio::task::spawn_blocking(move || {
+            let described = reconciler.describe_with(&labels, &targets);
+            drop(turn);
+            described
+        })
+        .await
+        .map_err(|e| selfheal_telemetry::errors::hidden(tonic::Code::Internal, "describing the target failed", &e))?;
         match described {
             Ok(target) => Ok(Response::new(target)),
             Err(ReconcileError::Refused(reason)) => Err(Status::failed_precondition(reason)),

@@ -526,19 +526,27 @@ impl Limiter {
     async fn reserve_all(&self, requests: &[(ActionRecord, DateTime<Utc>)]) -> Result<Vec<Verdict>, LimitError> {
         // Bounded: each lost compare-and-set means another replica made progress.
         for _ in 0..64 {
-            if self.config.kill_switch || kill_switch_on(&self.control).await? {
-                return Ok(requests
-                    .iter()
-                    .map(|_| Verdict::Refused(KILL_SWITCH_ON.into()))
-                    .collect());
-            }
-            // Every key the batch touches, read at once.
+            // Every key the batch touches, read at once, and the kill switch with them: one round
+            // trip before anything is written.
             let keys: std::collections::BTreeSet<String> = requests
                 .iter()
                 .map(|(record, _)| Self::key(&Scope::Service(&record.service)))
                 .chain([Self::key(&Scope::Global)])
                 .collect();
-            let mut held = self.read_held(keys).await?;
+            let kill_switch = async {
+                if self.config.kill_switch {
+                    return Ok(true);
+                }
+                kill_switch_on(&self.control).await
+            };
+            let (kill_switch, held) = futures::join!(kill_switch, self.read_held(keys));
+            if kill_switch? {
+                return Ok(requests
+                    .iter()
+                    .map(|_| Verdict::Refused(KILL_SWITCH_ON.into()))
+                    .collect());
+            }
+            let mut held = held?;
             let mut verdicts = Vec::with_capacity(requests.len());
             for (record, now) in requests {
                 let verdict = self.take_both(&mut held, record, *now);
