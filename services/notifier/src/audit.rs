@@ -47,8 +47,6 @@ pub struct Filter {
 pub struct Recorded {
     /// False when the event was already recorded (a redelivery).
     pub inserted: bool,
-    /// Whether people were already told about it.
-    pub notified: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,8 +215,7 @@ impl AuditStore for SqlAuditStore {
             .await?
             .rows_affected(),
         } == 1;
-        let notified = self.is_notified(&entry.event_key).await?;
-        Ok(Recorded { inserted, notified })
+        Ok(Recorded { inserted })
     }
 
     async fn is_notified(&self, event_key: &str) -> Result<bool, AuditError> {
@@ -360,26 +357,17 @@ mod tests {
     async fn exercise(store: &SqlAuditStore) -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
-            Recorded {
-                inserted: true,
-                notified: false
-            }
+            Recorded { inserted: true }
         );
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
-            Recorded {
-                inserted: false,
-                notified: false
-            }
+            Recorded { inserted: false }
         );
         store.mark_notified("decision.abc", "2026-11-22T10:58:54Z").await?;
         store.mark_notified("decision.abc", "2026-11-22T10:58:55Z").await?;
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
-            Recorded {
-                inserted: false,
-                notified: true
-            }
+            Recorded { inserted: false }
         );
         assert!(store.is_notified("decision.abc").await?);
         assert!(!store.is_notified("decision.abc#slack").await?);
