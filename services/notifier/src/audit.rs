@@ -355,10 +355,7 @@ mod tests {
 
     /// The same behaviour on every database.
     async fn exercise(store: &SqlAuditStore) -> Result<(), Box<dyn std::error::Error>> {
-        assert_eq!(
-            store.record(&entry("decision.abc")).await?,
-            Recorded { inserted: true }
-        );
+        assert_eq!(store.record(&entry("decision.abc")).await?, Recorded { inserted: true });
         assert_eq!(
             store.record(&entry("decision.abc")).await?,
             Recorded { inserted: false }

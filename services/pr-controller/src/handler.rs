@@ -78,17 +78,19 @@ impl RemediationHandler {
         self
     }
 
-    /// Whether the kill switch stops this automatic decision: it is on, and the change was not
-    /// already made (a redelivery after a crash announces a merged change; it does not undo it).
-    async fn kill_switch_stops(&self, decision: &Decision) -> Result<bool, CarryOutError> {
-        let Some(control) = &self.control else { return Ok(false) };
-        if !control.is_on().await.map_err(CarryOutError::Control)? {
+    /// Whether the kill switch (on: `switch_on`) stops this automatic decision: it is on, and
+    /// the change was not already made (a redelivery after a crash announces a merged change; it
+    /// does not undo it). `record` is the remediation's record as read with the switch.
+    async fn kill_switch_stops(
+        &self,
+        decision: &Decision,
+        switch_on: bool,
+        record: Option<&verify::Record>,
+    ) -> Result<bool, CarryOutError> {
+        if !switch_on {
             return Ok(false);
         }
-        if let Some(verifier) = &self.verifier
-            && let Some(record) = verifier.get(&decision.incident_key).await?
-            && record.state == RemediationState::Merged
-        {
+        if record.is_some_and(|record| record.state == RemediationState::Merged) {
             return Ok(false);
         }
         // Made, but not yet recorded when the process died: the commit on main says so.
@@ -230,8 +232,23 @@ impl RemediationHandler {
             tracing::info!("dry-run decision: nothing changed");
             return Ok(None);
         }
-        if let Some(verifier) = &self.verifier
-            && let Some(record) = verifier.get(&decision.incident_key).await?
+        // The remediation's record and the kill switch, read at once. Approve and Retry (`note`)
+        // are people's decisions; the kill switch stops only selfheal's.
+        let record = async {
+            match &self.verifier {
+                Some(verifier) => verifier.get(&decision.incident_key).await,
+                None => Ok(None),
+            }
+        };
+        let switch = async {
+            match (&self.control, note) {
+                (Some(control), None) => control.is_on().await.map_err(CarryOutError::Control),
+                _ => Ok(false),
+            }
+        };
+        let (record, switch_on) = futures::join!(record, switch);
+        let record = record?;
+        if let Some(record) = &record
             && matches!(
                 record.state,
                 RemediationState::Rejected | RemediationState::Verified | RemediationState::Escalated
@@ -244,8 +261,7 @@ impl RemediationHandler {
             return Ok(None);
         }
         let trace_id = selfheal_telemetry::propagation::trace_id(&span).unwrap_or_default();
-        // Approve and Retry (`note`) are people's decisions; the kill switch stops only selfheal's.
-        let outcome = if note.is_none() && self.kill_switch_stops(&decision).await? {
+        let outcome = if self.kill_switch_stops(&decision, switch_on?, record.as_ref()).await? {
             tracing::warn!("the kill switch is on: the decision is not carried out");
             Err(ReconcileError::Refused(KILL_SWITCH_REFUSAL.into()))
         } else {
