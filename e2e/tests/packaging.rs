@@ -36,9 +36,12 @@ fn the_dockerfile_builds_with_the_command_ci_runs() -> anyhow::Result<()> {
         "RUSTUP_TOOLCHAIN",
         "CARGO_HOME",
         "CARGO_TARGET_DIR",
-        // scripts/test turns incremental builds off; cargo's fingerprint includes it, so
-        // without it here every workspace crate would be built a second time.
+        // scripts/test turns incremental builds off and builds through clippy's driver;
+        // cargo's fingerprint includes both, so without them here every workspace crate would
+        // be built a second time.
         "CARGO_INCREMENTAL",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
     ];
     let status = Command::new(env!("CARGO"))
         .args(&args)

@@ -70,6 +70,20 @@ fn a_batch_sees_its_own_changes_and_writes_them_at_once() {
         kept.is_empty(),
         "the pack is referenced: no .keep left for gc to trip on"
     );
+    // The index selfheal wrote is the one git would: every entry's offset, CRC and id check out.
+    let newest = std::fs::read_dir(f.bare.join("objects/pack"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap())
+        .unwrap();
+    let verified = git(&f.bare, &["verify-pack", "-v", newest.to_str().unwrap()]);
+    assert!(verified.contains(&tip), "{verified}");
+    assert!(
+        f.bare.join("selfheal-pack.keep").exists(),
+        "the .keep waits for the next pack, moved back rather than deleted"
+    );
     // The same history, read from disk by the shared index and by a fresh handle.
     assert_eq!(repo.file_history("main", path, 20).unwrap(), in_batch);
     let fresh = LocalRepository::open(&f.bare).unwrap();
