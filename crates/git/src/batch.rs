@@ -9,6 +9,7 @@ use gix::refs::{FullName, Target};
 use crate::{
     error::RepoError,
     index::BranchIndex,
+    pack::write_pack,
     plumbing::*,
     repo::{Author, Batched, FileVersion, GitRepo},
     store::Store,

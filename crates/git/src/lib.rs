@@ -36,6 +36,7 @@ mod error;
 pub mod forge;
 mod index;
 mod local;
+mod pack;
 mod plumbing;
 mod remote;
 mod repo;
