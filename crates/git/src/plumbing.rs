@@ -521,6 +521,11 @@ pub(crate) fn current_tip(repo: &gix::Repository, name: &FullName) -> Result<Opt
     let Some(reference) = repo.try_find_reference(name.as_ref()).map_err(git_err(what()))? else {
         return Ok(None);
     };
+    // A branch names its commit directly: read it as it is (peeling would look the object up to
+    // see whether it is a tag). Anything else (a symbolic ref) is followed to its object.
+    if let Some(id) = reference.target().try_id() {
+        return Ok(Some(id.to_owned()));
+    }
     let id = reference.into_fully_peeled_id().map_err(git_err(what()))?;
     Ok(Some(id.detach()))
 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use crate::{
     deployment::{container_index, split_image},
-    documents::{choose, detect, documents},
+    documents::{Doc, choose, detect, documents},
     kind::{EditError, Kind},
     kustomize::{kustomize_image_tag, kustomize_replicas, set_kustomize_image_tag, set_kustomize_replicas},
     place::Place,
@@ -31,6 +31,69 @@ pub fn kind_at(place: &Place, file: &str, text: &str) -> Result<Kind, EditError>
         Some(kind) => Ok(kind),
         None => detect(file, &documents(file, text)?),
     }
+}
+
+/// What a file says at a place: its kind, the image tag and the replica count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlaceRead {
+    pub kind: Kind,
+    /// None: the document sets no tag for the place.
+    pub tag: Option<String>,
+    /// None: no replica count, or none that could be read.
+    pub replicas: Option<i64>,
+}
+
+/// [`kind_at`], [`read_tag`] and [`read_replicas`] at once, the file split into its documents
+/// once rather than three times (each answer is kept as those keep theirs). Fails as `kind_at`
+/// or `read_tag` would; a replica count that cannot be read is None.
+pub fn read_place(place: &Place, file: &str, text: &str) -> Result<PlaceRead, EditError> {
+    // Split at most once, and only for what is not kept already.
+    let mut split: Option<Result<Vec<Doc>, EditError>> = None;
+    let kind = match place.kind {
+        Some(kind) => kind,
+        None => {
+            let name = READS.get_or(ReadKey::new("kind", place, file, text), || {
+                Ok(Some(
+                    detect(file, split_once(&mut split, file, text)?)?.name().to_string(),
+                ))
+            })?;
+            name.as_deref()
+                .and_then(Kind::from_name)
+                .ok_or_else(|| EditError::Parse {
+                    file: file.to_string(),
+                    reason: "its kind could not be read".into(),
+                })?
+        }
+    };
+    let tag = READS.get_or(ReadKey::new("tag", place, file, text), || {
+        let range = choose(file, kind, split_once(&mut split, file, text)?, place)?
+            .range
+            .clone();
+        read_tag_in(kind, place, file, &text[range])
+    })?;
+    let replicas = READS
+        .get_or(ReadKey::new("replicas", place, file, text), || {
+            let range = choose(file, kind, split_once(&mut split, file, text)?, place)?
+                .range
+                .clone();
+            read_replicas_in(kind, place, file, &text[range]).map(|count| count.map(|c| c.to_string()))
+        })
+        .ok()
+        .flatten()
+        .and_then(|count| count.parse().ok());
+    Ok(PlaceRead { kind, tag, replicas })
+}
+
+/// The documents of `text`, split the first time they are asked for.
+fn split_once<'a>(
+    split: &'a mut Option<Result<Vec<Doc>, EditError>>,
+    file: &str,
+    text: &str,
+) -> Result<&'a [Doc], EditError> {
+    split
+        .get_or_insert_with(|| documents(file, text))
+        .as_deref()
+        .map_err(Clone::clone)
 }
 
 /// `text` with its document at `range` edited by `edit`, every other byte as it was.

@@ -62,4 +62,11 @@ impl Kind {
             Kind::Manifest => "manifest",
         }
     }
+
+    /// The kind [`Kind::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Kind::Kustomize, Kind::HelmValues, Kind::HelmRelease, Kind::Manifest]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
 }

@@ -27,7 +27,7 @@ mod restart;
 mod yaml;
 
 pub use documents::kind_of;
-pub use edit::{kind_at, read_replicas, read_tag, restart, set_replicas, set_tag};
+pub use edit::{PlaceRead, kind_at, read_place, read_replicas, read_tag, restart, set_replicas, set_tag};
 pub use flux_hold::{FLUX_MARKER_HELD, hold_flux_marker};
 pub use kind::{EditError, Kind};
 pub use kustomize::{

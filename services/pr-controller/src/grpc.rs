@@ -273,6 +273,7 @@ impl RemediationsService {
         }
         let reconciler = self.handler.reconciler().clone();
         let targets = self.targets.clone();
+        let asked = std::time::Instant::now();
         let turn = self
             .reading
             .clone()
@@ -280,8 +281,14 @@ impl RemediationsService {
             .await
             .map_err(|_| Status::unavailable("the service is stopping"))?;
         let described = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let described = reconciler.describe_with(&labels, &targets);
             drop(turn);
+            tracing::debug!(
+                waited_us = (started - asked).as_micros() as u64,
+                took_us = started.elapsed().as_micros() as u64,
+                "target described"
+            );
             described
         })
         .await

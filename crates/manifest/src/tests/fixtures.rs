@@ -214,3 +214,59 @@ fn restart_sets_the_pod_template_annotation() {
         value(&before, &["spec", "template", "metadata", "labels"])
     );
 }
+
+/// `read_place` answers what `kind_at`, `read_tag` and `read_replicas` answer one by one, on
+/// every kind of real file, with the kind given or read from the file, and fails where they fail.
+#[test]
+fn reading_a_place_at_once_answers_as_the_reads_one_by_one() {
+    let detected = |service: &str| Place {
+        service: service.into(),
+        ..Place::default()
+    };
+    // (file, service, whether it sets a tag for the service)
+    for (path, service, tagged) in [
+        ("argocd-example-apps/helm-guestbook/values.yaml", "guestbook", true),
+        (
+            "argocd-example-apps/guestbook/guestbook-ui-deployment.yaml",
+            "guestbook-ui",
+            true,
+        ),
+        ("argocd-example-apps/sock-shop/base/carts-dep.yaml", "carts", true),
+        // A kustomization without `images`: no tag, no error.
+        (
+            "argocd-example-apps/kustomize-guestbook/kustomization.yaml",
+            "guestbook-ui",
+            false,
+        ),
+        // A HelmRelease whose values set no tag.
+        (
+            "flux2-kustomize-helm-example/apps/base/podinfo/release.yaml",
+            "podinfo",
+            false,
+        ),
+        // Many Deployments, one chosen by name.
+        ("istio-bookinfo/bookinfo.yaml", "reviews-v2", true),
+        // Many Deployments, none of the service: a refusal, the same from both.
+        ("istio-bookinfo/bookinfo.yaml", "no-such-service", false),
+    ] {
+        let text = fixture(path);
+        let kind = kind_at(&detected(service), path, &text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        for place in [detected(service), Place::of(kind, service)] {
+            // Asked first (read from the text), then again (answered from what was kept).
+            let first = read_place(&place, path, &text);
+            let one_by_one = read_tag(&place, path, &text).map(|tag| PlaceRead {
+                kind,
+                tag,
+                replicas: read_replicas(&place, path, &text).ok().flatten(),
+            });
+            assert_eq!(first, one_by_one, "{path} {place:?}");
+            assert_eq!(read_place(&place, path, &text), one_by_one, "{path} {place:?}");
+        }
+        let shown = read_place(&detected(service), path, &text);
+        if service == "no-such-service" {
+            assert!(shown.is_err(), "{path}: {shown:?}");
+        } else {
+            assert_eq!(shown.map(|read| read.tag.is_some()), Ok(tagged), "{path}");
+        }
+    }
+}

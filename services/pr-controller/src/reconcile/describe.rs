@@ -38,12 +38,9 @@ impl Reconciler {
             .ok_or_else(|| ReconcileError::Refused(format!("{path} does not exist on {main}")))?;
         // The file must hold the place (its kind known, the document found); a value it does not
         // set is only empty.
-        let kind = manifest::kind_at(&place, &path, &text)?;
-        let current_tag = manifest::read_tag(&place, &path, &text)?.unwrap_or_default();
-        let replicas = manifest::read_replicas(&place, &path, &text)
-            .ok()
-            .flatten()
-            .and_then(|r| i32::try_from(r).ok());
+        let read = manifest::read_place(&place, &path, &text)?;
+        let (kind, current_tag) = (read.kind, read.tag.unwrap_or_default());
+        let replicas = read.replicas.and_then(|r| i32::try_from(r).ok());
         let earlier_tags = self.earlier_tags(&path, &place, &current_tag)?;
         let target = Target {
             repository: self.git.location(),
