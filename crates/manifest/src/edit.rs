@@ -65,18 +65,15 @@ pub fn read_place(place: &Place, file: &str, text: &str) -> Result<PlaceRead, Ed
                 })?
         }
     };
+    let doc = |split: &mut Option<Result<Vec<Doc>, EditError>>| -> Result<&str, EditError> {
+        Ok(&text[choose(file, kind, split_once(split, file, text)?, place)?.range.clone()])
+    };
     let tag = READS.get_or(ReadKey::new("tag", place, file, text), || {
-        let range = choose(file, kind, split_once(&mut split, file, text)?, place)?
-            .range
-            .clone();
-        read_tag_in(kind, place, file, &text[range])
+        read_tag_in(kind, place, file, doc(&mut split)?)
     })?;
     let replicas = READS
         .get_or(ReadKey::new("replicas", place, file, text), || {
-            let range = choose(file, kind, split_once(&mut split, file, text)?, place)?
-                .range
-                .clone();
-            read_replicas_in(kind, place, file, &text[range]).map(|count| count.map(|c| c.to_string()))
+            read_replicas_in(kind, place, file, doc(&mut split)?).map(|count| count.map(|c| c.to_string()))
         })
         .ok()
         .flatten()

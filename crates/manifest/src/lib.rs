@@ -36,7 +36,7 @@ pub use kustomize::{
 pub use place::{Place, is_values_path};
 
 #[cfg(test)]
-use read_cache::{READS, Reads};
+use read_cache::{READS, Reads, uncached};
 
 #[cfg(test)]
 #[path = "tests/documents.rs"]

@@ -44,6 +44,10 @@ impl Reads {
     pub(crate) const MAX_BYTES: usize = 32 << 20;
 
     pub(crate) fn get_or(&self, key: ReadKey, read: impl FnOnce() -> Answer) -> Answer {
+        #[cfg(test)]
+        if UNCACHED.with(std::cell::Cell::get) {
+            return read();
+        }
         let lock = || self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(answer) = lock().by_key.get(&key) {
             return answer.clone();
@@ -64,6 +68,22 @@ impl Reads {
         }
         answer
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by [`uncached`]: this thread's reads neither look up nor keep answers.
+    static UNCACHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `read` with every answer read from the text on this thread, none looked up or kept: what a
+/// cached answer is compared against.
+#[cfg(test)]
+pub(crate) fn uncached<T>(read: impl FnOnce() -> T) -> T {
+    UNCACHED.with(|flag| flag.set(true));
+    let answer = read();
+    UNCACHED.with(|flag| flag.set(false));
+    answer
 }
 
 #[cfg(test)]
